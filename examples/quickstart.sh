@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: builds riskhost and the example models,
+# starts the server on embedded defaults (bundled market data, in-process
+# cache), prints the loaded models and a sample score, and keeps serving
+# until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LISTEN="${RISKHOST_LISTEN:-127.0.0.1:8080}"
+
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+plugins/build.sh
+cargo build --quiet --release -p riskhost
+
+target/release/riskhost serve --listen "$LISTEN" --plugins plugins/dist &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+
+for _ in $(seq 1 300); do
+    if curl -fsS "http://$LISTEN/readyz" >/dev/null 2>&1; then break; fi
+    if ! kill -0 $server 2>/dev/null; then echo "riskhost exited" >&2; exit 1; fi
+    sleep 0.1
+done
+
+echo
+echo "== GET /v1/models"
+curl -fsS "http://$LISTEN/v1/models" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin)["models"]:
+    print(f"  {m[\"name\"]:16} {m[\"version\"]:8} {m[\"digest\"][:23]}…")'
+echo
+echo "== POST /v1/score (99% 1-day historical VaR of examples/portfolios/balanced.json)"
+curl -fsS "http://$LISTEN/v1/score" -H 'content-type: application/json' \
+    -d "{\"model\": \"var-historical\", \"portfolio\": $(cat examples/portfolios/balanced.json), \"params\": {\"confidence\": 0.99}}" \
+    | python3 -m json.tool
+echo
+echo "riskhost is serving on http://$LISTEN (Ctrl-C to stop)"
+wait $server

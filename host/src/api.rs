@@ -1,0 +1,310 @@
+//! The HTTP API: routes, JSON error bodies and request metrics.
+//!
+//! Handlers only translate between HTTP and the scoring service; every
+//! error leaves as `{"error": {"code": "...", "message": "..."}}` with a
+//! status that says whose fault it was (4xx: the request; 5xx: the host or a
+//! model; 503 with Retry-After: try again).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::registry::{LoadFailure, rfc3339};
+use crate::scoring::{ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService};
+
+/// Shared by every handler.
+pub struct AppState {
+    pub scoring: ScoringService,
+    pub metrics: PrometheusHandle,
+    /// Set when shutdown begins, so `/readyz` turns unready before draining.
+    pub shutting_down: AtomicBool,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/v1/score", post(score))
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(track_http))
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<ScoreError> for ApiError {
+    fn from(error: ScoreError) -> Self {
+        let (status, retry_after_secs) = match error.class() {
+            ErrorClass::InvalidRequest => (StatusCode::UNPROCESSABLE_ENTITY, None),
+            ErrorClass::NotFound => (StatusCode::NOT_FOUND, None),
+            ErrorClass::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+            ErrorClass::Timeout => (StatusCode::GATEWAY_TIMEOUT, None),
+            ErrorClass::ModelFailure | ErrorClass::Internal => {
+                (StatusCode::INTERNAL_SERVER_ERROR, None)
+            }
+        };
+        ApiError {
+            status,
+            code: error.code(),
+            message: error.to_string(),
+            retry_after_secs,
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match &rejection {
+            JsonRejection::JsonDataError(_) => "invalid_body",
+            JsonRejection::JsonSyntaxError(_) => "malformed_json",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            JsonRejection::BytesRejection(_) => "body_too_large",
+            _ => "invalid_body",
+        };
+        let status = match rejection.status() {
+            // axum reports an over-long body as 413 inside the bytes rejection.
+            s if s == StatusCode::PAYLOAD_TOO_LARGE => s,
+            s if s == StatusCode::UNSUPPORTED_MEDIA_TYPE => s,
+            s if s == StatusCode::BAD_REQUEST => s,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            code
+        };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+/// `Json` whose rejections are JSON errors too. It reads the whole body
+/// before judging the content type, so a rejected request leaves its
+/// keep-alive connection usable for the client's next request.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json")
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        rejection.body_text(),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        rejection.body_text(),
+                    )
+                }
+            })?;
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with `Content-Type: application/json`",
+            ));
+        }
+        Json::<T>::from_bytes(&body)
+            .map(|Json(v)| ApiJson(v))
+            .map_err(ApiError::from)
+    }
+}
+
+async fn score(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<ScoreRequest>,
+) -> Result<Json<ScoreResponse>, ApiError> {
+    Ok(Json(state.scoring.score(request).await?))
+}
+
+#[derive(Serialize)]
+struct ModelView {
+    name: String,
+    version: String,
+    digest: String,
+    size_bytes: usize,
+    source: String,
+    #[serde(serialize_with = "rfc3339")]
+    loaded_at: std::time::SystemTime,
+    status: &'static str,
+    info: crate::engine::ModelDescription,
+}
+
+#[derive(Serialize)]
+struct ModelsView {
+    models: Vec<ModelView>,
+    /// Components that failed to load, with the reason.
+    failures: Vec<LoadFailure>,
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize> {
+    let registry = state.scoring.registry();
+    let models = registry
+        .active()
+        .values()
+        .map(|entry| ModelView {
+            name: entry.model.name().to_owned(),
+            version: entry.model.version().to_owned(),
+            digest: entry.model.digest.clone(),
+            size_bytes: entry.model.size_bytes,
+            source: entry.source.clone(),
+            loaded_at: entry.loaded_at,
+            status: "active",
+            info: entry.model.description.clone(),
+        })
+        .collect();
+    Json(ModelsView {
+        models,
+        failures: registry.failures(),
+    })
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let registry = state.scoring.registry();
+    let shutting_down = state.shutting_down.load(Ordering::Acquire);
+    let loaded = registry.initial_load_done();
+    let ready = loaded && !shutting_down;
+    let body = Json(json!({
+        "ready": ready,
+        "models_loaded": registry.active().len(),
+        "load_failures": registry.failures().len(),
+        "reason": if shutting_down { "shutting down" } else if !loaded { "loading models" } else { "" },
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Counts requests by route, method and status, and times them by route.
+async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let in_flight = metrics::gauge!("riskhost_http_requests_in_flight");
+    in_flight.increment(1.0);
+    let response = next.run(request).await;
+    in_flight.decrement(1.0);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("riskhost_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("riskhost_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,108 @@
+//! Subcommands other than the server itself, and the dispatch of all of them.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+
+use crate::cache::InProcessCache;
+use crate::config::{Cli, Command, ScoreArgs};
+use crate::engine::ModelEngine;
+use crate::loader;
+use crate::registry::{BulkheadLimits, ModelRegistry};
+use crate::scoring::{PortfolioInput, ScoreRequest, ScoringService, ScoringSettings};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => {
+            crate::telemetry::init_logging(args.sources.log_format);
+            runtime.block_on(crate::server::serve(args))
+        }
+        Command::Score(args) => {
+            crate::telemetry::init_logging(args.sources.log_format);
+            runtime.block_on(score(args))
+        }
+        Command::ExportSampleData { out } => {
+            let table = crate::market::sample::sample_table();
+            match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    table.write_csv(std::io::BufWriter::new(file))?;
+                }
+                None => table.write_csv(std::io::stdout().lock())?,
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `riskhost score`: the same path as the server's, in one process.
+async fn score(args: ScoreArgs) -> anyhow::Result<()> {
+    let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
+    let registry = Arc::new(ModelRegistry::new());
+    let bulkhead = BulkheadLimits {
+        max_concurrent: 1,
+        max_queued: 1,
+    };
+    let model_path = Path::new(&args.model);
+    let model_name = if model_path.extension().is_some_and(|e| e == "wasm") || model_path.is_file()
+    {
+        loader::load_file(&engine, &registry, model_path, bulkhead)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} did not load: {e}", model_path.display()))?
+    } else {
+        loader::load_directory(&engine, &registry, &args.sources.plugins, bulkhead).await;
+        if registry.active().get(&args.model).is_none() {
+            let failures: Vec<String> = registry
+                .failures()
+                .iter()
+                .map(|f| format!("{}: {}", f.source, f.error))
+                .collect();
+            bail!(
+                "no model `{}` in {} (loaded: {}){}",
+                args.model,
+                args.sources.plugins.display(),
+                registry
+                    .active()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!("; failures: {}", failures.join("; "))
+                }
+            );
+        }
+        args.model.clone()
+    };
+    let market = crate::server::market_source(&args.sources)?;
+    let portfolio_text = std::fs::read_to_string(&args.portfolio)
+        .with_context(|| format!("cannot read {}", args.portfolio.display()))?;
+    let portfolio: PortfolioInput = serde_json::from_str(&portfolio_text)
+        .with_context(|| format!("{} is not a portfolio", args.portfolio.display()))?;
+    let cache = Arc::new(InProcessCache::new(1 << 20));
+    let scoring = ScoringService::new(engine, registry, market, cache, ScoringSettings::default());
+    let request = ScoreRequest {
+        model: model_name,
+        portfolio,
+        params: args.params.into_iter().collect::<BTreeMap<_, _>>(),
+        as_of: args.as_of,
+    };
+    let response = scoring
+        .score(request)
+        .await
+        .map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &response)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Every setting of riskhost, from flags or environment variables.
+//!
+//! Each flag has an environment variable of the same name in upper case with
+//! a `RISKHOST_` prefix; a flag wins over its variable. `riskhost --help` and
+//! the README's configuration table list them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::SandboxLimits;
+use crate::registry::BulkheadLimits;
+use crate::scoring::{PortfolioLimits, ScoringSettings};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "riskhost",
+    version,
+    about = "Serves risk models shipped as sandboxed WebAssembly components"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Score one portfolio with one model, without a server.
+    Score(ScoreArgs),
+    /// Write the bundled sample prices as CSV (`date,instrument,close`).
+    ExportSampleData {
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Where models and data come from; shared by `serve` and `score`.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Directory whose `.wasm` components are loaded at start-up.
+    #[arg(long, env = "RISKHOST_PLUGINS", default_value = "plugins/dist")]
+    pub plugins: PathBuf,
+    /// Daily closes as CSV (`date,instrument,close`) instead of the bundled sample data.
+    #[arg(long, env = "RISKHOST_PRICES")]
+    pub prices: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "RISKHOST_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// Limits of the model sandbox.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Linear memory cap per model instance, in MiB.
+    #[arg(long, env = "RISKHOST_MEMORY_LIMIT_MIB", default_value_t = 64)]
+    pub memory_limit_mib: usize,
+    /// Base deadline of one model call, in milliseconds.
+    #[arg(long, env = "RISKHOST_DEADLINE_MS", default_value_t = 1000)]
+    pub deadline_ms: u64,
+    /// Deadline added per job of a batch call, in microseconds.
+    #[arg(long, env = "RISKHOST_DEADLINE_PER_JOB_US", default_value_t = 2000)]
+    pub deadline_per_job_us: u64,
+    /// Longest deadline of any call, in milliseconds.
+    #[arg(long, env = "RISKHOST_DEADLINE_CAP_MS", default_value_t = 30_000)]
+    pub deadline_cap_ms: u64,
+    /// Largest accepted component, in MiB.
+    #[arg(long, env = "RISKHOST_MAX_COMPONENT_MIB", default_value_t = 64)]
+    pub max_component_mib: usize,
+}
+
+impl SandboxArgs {
+    pub fn limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: self.memory_limit_mib << 20,
+            deadline_base: Duration::from_millis(self.deadline_ms),
+            deadline_per_job: Duration::from_micros(self.deadline_per_job_us),
+            deadline_cap: Duration::from_millis(self.deadline_cap_ms),
+            max_component_bytes: self.max_component_mib << 20,
+            ..SandboxLimits::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "RISKHOST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    /// Byte budget of the in-process score cache, in MiB.
+    #[arg(long, env = "RISKHOST_CACHE_MAX_MIB", default_value_t = 256)]
+    pub cache_max_mib: u64,
+    /// How long a cached score is kept, in seconds.
+    #[arg(long, env = "RISKHOST_CACHE_TTL_SECS", default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+    /// Concurrent calls per model; further calls queue (default: one per core).
+    #[arg(long, env = "RISKHOST_MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Calls that may wait per model before new ones get 503.
+    #[arg(long, env = "RISKHOST_MAX_QUEUED_CALLS", default_value_t = 1024)]
+    pub max_queued_calls: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "RISKHOST_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Most positions in one portfolio.
+    #[arg(long, env = "RISKHOST_MAX_POSITIONS", default_value_t = 10_000)]
+    pub max_positions: usize,
+    /// How long in-flight requests may take to finish after SIGTERM, in seconds.
+    #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn bulkhead(&self) -> BulkheadLimits {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        BulkheadLimits {
+            max_concurrent: self.max_concurrent_calls.unwrap_or(cores).max(1),
+            max_queued: self.max_queued_calls,
+        }
+    }
+
+    pub fn scoring(&self) -> ScoringSettings {
+        ScoringSettings {
+            cache_ttl: Duration::from_secs(self.cache_ttl_secs),
+            portfolio_limits: PortfolioLimits {
+                max_positions: self.max_positions,
+                ..PortfolioLimits::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    /// A `.wasm` file, or the name of a model in the plugins directory.
+    #[arg(long)]
+    pub model: String,
+    /// Portfolio JSON: `{"id": "...", "positions": [{"instrument": "SPX", "quantity": 10}]}`.
+    #[arg(long)]
+    pub portfolio: PathBuf,
+    /// A parameter, as NAME=VALUE; repeat for several.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, f64)>,
+    /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
+    #[arg(long, value_parser = crate::scoring::parse_date)]
+    pub as_of: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+fn parse_param(s: &str) -> Result<(String, f64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    let value: f64 = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{value}` is not a number: {e}"))?;
+    Ok((name.trim().to_owned(), value))
+}

@@ -1,0 +1,15 @@
+//! riskhost: serves risk models shipped as sandboxed WebAssembly components.
+//!
+//! See ARCHITECTURE.md at the repository root for the map of this crate.
+
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod loader;
+pub mod market;
+pub mod registry;
+pub mod scoring;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,112 @@
+//! Loads model components from files into the registry.
+//!
+//! Compilation is CPU-bound and can take seconds for large components, so it
+//! runs on blocking threads; one file failing never stops the others.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::engine::ModelEngine;
+use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
+
+/// The `.wasm` files of a directory, sorted by name.
+pub fn component_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Loads one file; on success the model becomes active, on failure the
+/// error is recorded in the registry. Returns the model name on success.
+pub async fn load_file(
+    engine: &Arc<ModelEngine>,
+    registry: &ModelRegistry,
+    path: &Path,
+    bulkhead: BulkheadLimits,
+) -> Result<String, String> {
+    let source = format!("file:{}", path.display());
+    let started = Instant::now();
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) => {
+            let error = format!("cannot read {}: {e}", path.display());
+            registry.record_failure(&source, error.clone());
+            return Err(error);
+        }
+    };
+    let engine = engine.clone();
+    let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes))
+        .await
+        .map_err(|e| format!("loading panicked: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match loaded {
+        Ok(model) => {
+            let name = model.name().to_owned();
+            tracing::info!(
+                model = %name, version = %model.version(), digest = %model.digest, source = %source,
+                ms = started.elapsed().as_millis() as u64, "model loaded"
+            );
+            registry.activate(Arc::new(ModelEntry {
+                model,
+                source,
+                loaded_at: SystemTime::now(),
+                bulkhead: Bulkhead::new(bulkhead),
+            }));
+            Ok(name)
+        }
+        Err(error) => {
+            tracing::error!(source = %source, %error, "model failed to load");
+            registry.record_failure(&source, error.clone());
+            Err(error)
+        }
+    }
+}
+
+/// Loads every component of `dir` at start-up. Two files naming the same
+/// model is a configuration error: the first (by file name) is served, the
+/// second is recorded as failed.
+pub async fn load_directory(
+    engine: &Arc<ModelEngine>,
+    registry: &ModelRegistry,
+    dir: &Path,
+    bulkhead: BulkheadLimits,
+) {
+    let files = match component_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugins directory; serving no models");
+            registry.record_failure(
+                &format!("dir:{}", dir.display()),
+                format!("cannot read directory: {e}"),
+            );
+            return;
+        }
+    };
+    if files.is_empty() {
+        tracing::warn!(dir = %dir.display(), "the plugins directory holds no .wasm files");
+    }
+    for path in files {
+        let before = registry.active();
+        match load_file(engine, registry, &path, bulkhead).await {
+            Ok(name) => {
+                if let Some(first) = before.get(&name) {
+                    let source = format!("file:{}", path.display());
+                    // Put the first file's version back and report the clash.
+                    registry.activate(first.clone());
+                    registry.record_failure(
+                        &source,
+                        format!(
+                            "model `{name}` is already provided by {}; rename one of them",
+                            first.source
+                        ),
+                    );
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+}

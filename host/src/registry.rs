@@ -1,0 +1,290 @@
+//! Which model versions are being served, and how to reach them.
+//!
+//! The registry maps a model name to its active version. Reads are lock-free
+//! (`ArcSwap` of an immutable map) because every request resolves a model;
+//! writes (a load or an unload) replace the whole map. A request holds an
+//! `Arc<ModelEntry>`, so a call in flight finishes on the version it started
+//! with even if that version is replaced meanwhile. Files that failed to load
+//! are kept with their error so operators can see them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::engine::LoadedModel;
+
+/// Per-model concurrency bounds: at most `max_concurrent` calls run and at
+/// most `max_queued` wait; beyond that the caller is told to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkheadLimits {
+    pub max_concurrent: usize,
+    pub max_queued: usize,
+}
+
+/// A bulkhead keeps one slow or hostile model from taking every execution
+/// slot: its callers queue here, not in front of other models.
+pub struct Bulkhead {
+    running: Semaphore,
+    queued: AtomicUsize,
+    limits: BulkheadLimits,
+}
+
+/// The model's queue is full.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the model's queue is full ({queued} calls waiting)")]
+pub struct Overloaded {
+    pub queued: usize,
+}
+
+impl Bulkhead {
+    pub fn new(limits: BulkheadLimits) -> Self {
+        Bulkhead {
+            running: Semaphore::new(limits.max_concurrent.max(1)),
+            queued: AtomicUsize::new(0),
+            limits,
+        }
+    }
+
+    /// Waits for a slot, or fails at once when too many callers wait already.
+    pub async fn enter(&self) -> Result<SemaphorePermit<'_>, Overloaded> {
+        if let Ok(permit) = self.running.try_acquire() {
+            return Ok(permit);
+        }
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        let _leave = scopeguard(|| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        });
+        if queued >= self.limits.max_queued {
+            return Err(Overloaded { queued });
+        }
+        // The semaphore is never closed, so acquire only fails if it were.
+        self.running
+            .acquire()
+            .await
+            .map_err(|_| Overloaded { queued })
+    }
+}
+
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
+
+/// A served model version.
+pub struct ModelEntry {
+    pub model: LoadedModel,
+    /// Where it came from, e.g. `file:plugins/dist/var-historical.wasm`.
+    pub source: String,
+    pub loaded_at: SystemTime,
+    pub bulkhead: Bulkhead,
+}
+
+/// A file or upload that did not become a served model.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    pub source: String,
+    pub error: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+/// Serializes a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let dt: chrono::DateTime<chrono::Utc> = (*t).into();
+    s.serialize_str(&dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// How a client names a model: `name`, `name@1.2.0` or `name@sha256:…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef<'a> {
+    Active(&'a str),
+    Version(&'a str, &'a str),
+    Digest(&'a str, &'a str),
+}
+
+impl<'a> ModelRef<'a> {
+    pub fn parse(s: &'a str) -> ModelRef<'a> {
+        match s.split_once('@') {
+            None => ModelRef::Active(s),
+            Some((name, pin)) if pin.starts_with("sha256:") => ModelRef::Digest(name, pin),
+            Some((name, version)) => ModelRef::Version(name, version),
+        }
+    }
+
+    pub fn name(&self) -> &'a str {
+        match self {
+            ModelRef::Active(n) | ModelRef::Version(n, _) | ModelRef::Digest(n, _) => n,
+        }
+    }
+}
+
+/// Why a model reference did not resolve.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown model `{name}`; loaded models: {loaded}")]
+    UnknownModel { name: String, loaded: String },
+    #[error(
+        "model `{name}` has no loaded version {pin}; the active version is {active_version} ({active_digest})"
+    )]
+    UnknownVersion {
+        name: String,
+        pin: String,
+        active_version: String,
+        active_digest: String,
+    },
+}
+
+pub struct ModelRegistry {
+    active: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
+    failures: std::sync::Mutex<BTreeMap<String, LoadFailure>>,
+    initial_load_done: AtomicBool,
+}
+
+impl Default for ModelRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModelRegistry {
+    pub fn new() -> Self {
+        ModelRegistry {
+            active: ArcSwap::from_pointee(BTreeMap::new()),
+            failures: std::sync::Mutex::new(BTreeMap::new()),
+            initial_load_done: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes `entry` the active version of its model; returns the one it replaced.
+    pub fn activate(&self, entry: Arc<ModelEntry>) -> Option<Arc<ModelEntry>> {
+        let name = entry.model.name().to_owned();
+        self.clear_failure(&entry.source);
+        let mut replaced = None;
+        self.active.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            replaced = next.insert(name.clone(), entry.clone());
+            next
+        });
+        metrics::gauge!("riskhost_models_loaded").set(self.active.load().len() as f64);
+        replaced
+    }
+
+    pub fn record_failure(&self, source: &str, error: String) {
+        metrics::counter!("riskhost_model_load_failures_total").increment(1);
+        let failure = LoadFailure {
+            source: source.to_owned(),
+            error,
+            at: SystemTime::now(),
+        };
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.insert(source.to_owned(), failure);
+        }
+    }
+
+    fn clear_failure(&self, source: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(source);
+        }
+    }
+
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.failures
+            .lock()
+            .map(|f| f.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn resolve(&self, reference: &str) -> Result<Arc<ModelEntry>, ResolveError> {
+        let parsed = ModelRef::parse(reference);
+        let models = self.active.load();
+        let Some(entry) = models.get(parsed.name()) else {
+            return Err(ResolveError::UnknownModel {
+                name: parsed.name().to_owned(),
+                loaded: if models.is_empty() {
+                    "none".to_owned()
+                } else {
+                    models.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            });
+        };
+        let matches = match parsed {
+            ModelRef::Active(_) => true,
+            ModelRef::Version(_, v) => entry.model.version() == v,
+            ModelRef::Digest(_, d) => entry.model.digest == d,
+        };
+        if !matches {
+            return Err(ResolveError::UnknownVersion {
+                name: parsed.name().to_owned(),
+                pin: reference[parsed.name().len() + 1..].to_owned(),
+                active_version: entry.model.version().to_owned(),
+                active_digest: entry.model.digest.clone(),
+            });
+        }
+        Ok(entry.clone())
+    }
+
+    /// Every active model, by name.
+    pub fn active(&self) -> Arc<BTreeMap<String, Arc<ModelEntry>>> {
+        self.active.load_full()
+    }
+
+    /// Marks the start-up load as finished (successful or not).
+    pub fn mark_initial_load_done(&self) {
+        self.initial_load_done.store(true, Ordering::Release);
+    }
+
+    pub fn initial_load_done(&self) -> bool {
+        self.initial_load_done.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_refs_parse_pins() {
+        assert_eq!(ModelRef::parse("var"), ModelRef::Active("var"));
+        assert_eq!(
+            ModelRef::parse("var@1.2.0"),
+            ModelRef::Version("var", "1.2.0")
+        );
+        assert_eq!(
+            ModelRef::parse("var@sha256:ab"),
+            ModelRef::Digest("var", "sha256:ab")
+        );
+    }
+
+    #[tokio::test]
+    async fn bulkhead_queues_up_to_its_bound_then_refuses() {
+        let bulkhead = Arc::new(Bulkhead::new(BulkheadLimits {
+            max_concurrent: 1,
+            max_queued: 1,
+        }));
+        let first = bulkhead.enter().await.map_err(|e| e.to_string());
+        assert!(first.is_ok());
+        let waiter = {
+            let b = bulkhead.clone();
+            tokio::spawn(async move { b.enter().await.map(|_| ()).map_err(|e| e.queued) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(matches!(
+            bulkhead.enter().await,
+            Err(Overloaded { queued: 1 })
+        ));
+        drop(first);
+        assert_eq!(waiter.await.ok(), Some(Ok(())));
+    }
+}

@@ -1,0 +1,136 @@
+//! Assembles the server from configuration and runs it until shutdown.
+//!
+//! Shutdown lives here and only here: on SIGTERM or Ctrl-C, `/readyz` turns
+//! unready, the listener stops accepting, in-flight requests get the grace
+//! period to finish, and the process exits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::api::{self, AppState, HttpLimits};
+use crate::cache::InProcessCache;
+use crate::config::{ServeArgs, SourceArgs};
+use crate::engine::ModelEngine;
+use crate::loader;
+use crate::market::{EmbeddedSource, MarketDataSource};
+use crate::registry::ModelRegistry;
+use crate::scoring::ScoringService;
+
+/// The market data source the configuration asks for.
+pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
+    Ok(match &sources.prices {
+        Some(path) => {
+            let table = crate::market::csv::load_prices_csv_file(path)
+                .with_context(|| format!("cannot load prices from {}", path.display()))?;
+            Arc::new(EmbeddedSource::from_table(table, "csv"))
+        }
+        None => Arc::new(EmbeddedSource::bundled()),
+    })
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::init_metrics()?;
+    let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
+    let registry = Arc::new(ModelRegistry::new());
+    let market = market_source(&args.sources)?;
+    let snapshot = market.snapshot();
+    tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
+    let cache = Arc::new(InProcessCache::new(args.cache_max_mib << 20));
+    let scoring = ScoringService::new(
+        engine.clone(),
+        registry.clone(),
+        market,
+        cache,
+        args.scoring(),
+    );
+    let state = Arc::new(AppState {
+        scoring,
+        metrics: metrics.clone(),
+        shutting_down: AtomicBool::new(false),
+    });
+    let app = api::router(
+        state.clone(),
+        HttpLimits {
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // Scripts and tests read this line to find the port.
+    println!("riskhost listening on http://{address}");
+    tracing::info!(%address, "listening");
+
+    // Serve while models load: /healthz answers at once, /readyz when loaded.
+    let loading = {
+        let (engine, registry) = (engine.clone(), registry.clone());
+        let (dir, bulkhead) = (args.sources.plugins.clone(), args.bulkhead());
+        tokio::spawn(async move {
+            loader::load_directory(&engine, &registry, &dir, bulkhead).await;
+            registry.mark_initial_load_done();
+            let active = registry.active();
+            tracing::info!(
+                models = active.len(),
+                failures = registry.failures().len(),
+                "ready"
+            );
+        })
+    };
+
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            metrics.run_upkeep();
+        }
+    });
+
+    let shutdown_started = Arc::new(tokio::sync::Notify::new());
+    let server = {
+        let (state, shutdown_started) = (state.clone(), shutdown_started.clone());
+        axum::serve(listener, app).with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            state.shutting_down.store(true, Ordering::Release);
+            tracing::info!("shutdown requested: not ready, draining in-flight requests");
+            shutdown_started.notify_one();
+        })
+    };
+    let server = tokio::spawn(server.into_future());
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    tokio::select! {
+        result = server => result.context("the server task failed")?.context("the server failed")?,
+        () = async { shutdown_started.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+        }
+    }
+    loading.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,210 @@
+//! Shared harness of the integration tests: starts the real `riskhost`
+//! binary on an ephemeral port and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The example models, built by `plugins/build.sh` (which `tests/run.sh` runs first).
+pub fn plugins_dir() -> PathBuf {
+    let dir = workspace().join("plugins/dist");
+    for model in ["var-historical", "var-parametric", "es-historical"] {
+        assert!(
+            dir.join(format!("{model}.wasm")).is_file(),
+            "{}/{model}.wasm is missing: run plugins/build.sh (tests/run.sh does) before the tests",
+            dir.display()
+        );
+    }
+    dir
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_riskhost")
+}
+
+/// A riskhost server process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts `riskhost serve` with the example models plus `extra` flags and
+    /// waits until it is ready.
+    pub fn start(extra: &[&str]) -> Server {
+        let plugins = plugins_dir();
+        let mut args = vec!["--plugins", plugins.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
+    }
+
+    /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`.
+    pub fn start_with(args: &[&str]) -> Server {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start riskhost");
+        let stdout = child.stdout.take().expect("no stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("riskhost listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("riskhost did not announce its address");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let server = Server {
+            child,
+            base,
+            client,
+        };
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send()
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "riskhost did not become ready in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GET, returning status and JSON body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().expect("GET failed");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .expect("GET failed")
+            .text()
+            .expect("text body")
+    }
+
+    /// POST JSON, returning status and JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .expect("POST failed");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// POST raw bytes with a content type.
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .expect("POST failed");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts an error answer: the status, the code, and that the message
+/// mentions `needle`.
+#[track_caller]
+pub fn assert_error(answer: &(u16, Value), status: u16, code: &str, needle: &str) {
+    let (got_status, body) = answer;
+    assert_eq!(*got_status, status, "unexpected status; body: {body}");
+    assert_eq!(body["error"]["code"], code, "unexpected code; body: {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "message {message:?} does not mention {needle:?}"
+    );
+}
+
+/// A fresh temporary directory under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "riskhost-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
