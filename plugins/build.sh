@@ -14,7 +14,7 @@ cargo build --quiet --profile plugin --target wasm32-wasip2 "${args[@]}"
 
 mkdir -p plugins/dist
 for m in "${MODELS[@]}"; do
-    src="target/wasm32-wasip2/plugin/${m//-/_}.wasm"
+    src="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/plugin/${m//-/_}.wasm"
     cp "$src" "plugins/dist/.$m.wasm.tmp"
     mv "plugins/dist/.$m.wasm.tmp" "plugins/dist/$m.wasm"
 done
