@@ -9,7 +9,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+tests/services.sh
 plugins/build.sh
+tests/plugins/build.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
