@@ -30,6 +30,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
+    pub admin_token: crate::auth::AdminToken,
 }
 
 /// HTTP settings.
@@ -59,6 +60,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u32>,
+    extra_header: Option<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -68,7 +70,18 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            extra_header: None,
         }
+    }
+
+    /// Adds a header to the answer (e.g. `WWW-Authenticate`).
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.extra_header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
@@ -80,6 +93,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some((name, value)) = self.extra_header {
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -102,6 +118,7 @@ impl From<ScoreError> for ApiError {
             code: error.code(),
             message: error.to_string(),
             retry_after_secs,
+            extra_header: None,
         }
     }
 }

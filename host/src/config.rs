@@ -119,6 +119,9 @@ pub struct ServeArgs {
     /// Most positions in one portfolio.
     #[arg(long, env = "RISKHOST_MAX_POSITIONS", default_value_t = 10_000)]
     pub max_positions: usize,
+    /// Bearer token of the admin API; the admin API is off without one.
+    #[arg(long, env = "RISKHOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -46,10 +46,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache,
         args.scoring(),
     );
+    if args.admin_token.is_none() {
+        tracing::info!("no admin token configured: the admin API is disabled");
+    }
     let state = Arc::new(AppState {
         scoring,
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
+        admin_token: crate::auth::AdminToken::new(args.admin_token.as_deref()),
     });
     let app = api::router(
         state.clone(),
