@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::LoadedModel;
 
@@ -29,7 +29,7 @@ pub struct BulkheadLimits {
 /// A bulkhead keeps one slow or hostile model from taking every execution
 /// slot: its callers queue here, not in front of other models.
 pub struct Bulkhead {
-    running: Semaphore,
+    running: Arc<Semaphore>,
     queued: AtomicUsize,
     limits: BulkheadLimits,
 }
@@ -44,15 +44,16 @@ pub struct Overloaded {
 impl Bulkhead {
     pub fn new(limits: BulkheadLimits) -> Self {
         Bulkhead {
-            running: Semaphore::new(limits.max_concurrent.max(1)),
+            running: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             queued: AtomicUsize::new(0),
             limits,
         }
     }
 
-    /// Waits for a slot, or fails at once when too many callers wait already.
-    pub async fn enter(&self) -> Result<SemaphorePermit<'_>, Overloaded> {
-        if let Ok(permit) = self.running.try_acquire() {
+    /// Waits for a slot, or fails at once when too many callers wait
+    /// already. The slot is held until the returned permit is dropped.
+    pub async fn enter_owned(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        if let Ok(permit) = self.running.clone().try_acquire_owned() {
             return Ok(permit);
         }
         let queued = self.queued.fetch_add(1, Ordering::AcqRel);
@@ -64,7 +65,8 @@ impl Bulkhead {
         }
         // The semaphore is never closed, so acquire only fails if it were.
         self.running
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Overloaded { queued })
     }
@@ -273,15 +275,15 @@ mod tests {
             max_concurrent: 1,
             max_queued: 1,
         }));
-        let first = bulkhead.enter().await.map_err(|e| e.to_string());
+        let first = bulkhead.enter_owned().await.map_err(|e| e.to_string());
         assert!(first.is_ok());
         let waiter = {
             let b = bulkhead.clone();
-            tokio::spawn(async move { b.enter().await.map(|_| ()).map_err(|e| e.queued) })
+            tokio::spawn(async move { b.enter_owned().await.map(|_| ()).map_err(|e| e.queued) })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(matches!(
-            bulkhead.enter().await,
+            bulkhead.enter_owned().await,
             Err(Overloaded { queued: 1 })
         ));
         drop(first);
