@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::registry::{LoadFailure, rfc3339};
+use crate::scoring::batch::{BatchError, BatchRequest};
 use crate::scoring::{ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService};
 
 /// Shared by every handler.
@@ -37,11 +39,17 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
+    /// Body limit of the batch route, which carries many portfolios.
+    pub max_batch_body_bytes: usize,
 }
 
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     Router::new()
         .route("/v1/score", post(score))
+        .route(
+            "/v1/score/batch",
+            post(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)),
+        )
         .route("/v1/models", get(list_models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -207,6 +215,59 @@ async fn score(
     ApiJson(request): ApiJson<ScoreRequest>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
     Ok(Json(state.scoring.score(request).await?))
+}
+
+impl From<BatchError> for ApiError {
+    fn from(error: BatchError) -> Self {
+        let message = error.to_string();
+        match error {
+            BatchError::Score(e) => ApiError::from(e),
+            BatchError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", message)
+            }
+            BatchError::Params { .. } | BatchError::UnusedParam(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
+            }
+            BatchError::Empty(_) | BatchError::DuplicateModel(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", message)
+            }
+        }
+    }
+}
+
+/// `POST /v1/score/batch`: JSON `{"as_of", "results": [...]}`, or with
+/// `Accept: application/x-ndjson` one cell per line, streamed.
+async fn score_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let wants_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let response = state.scoring.score_batch(request).await?;
+    if !wants_ndjson {
+        return Ok(Json(response).into_response());
+    }
+    let lines = futures::stream::iter(response.results.into_iter().map(|cell| {
+        let mut line = serde_json::to_vec(&cell).unwrap_or_else(|e| {
+            serde_json::to_vec(
+                &json!({"error": {"code": "internal_error", "message": e.to_string()}}),
+            )
+            .unwrap_or_default()
+        });
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    }));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::SandboxLimits;
 use crate::registry::BulkheadLimits;
+use crate::scoring::batch::BatchLimits;
+use crate::scoring::batcher::DynamicBatching;
 use crate::scoring::{PortfolioLimits, ScoringSettings};
 use crate::telemetry::LogFormat;
 
@@ -32,6 +34,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Score one portfolio with one model, without a server.
     Score(ScoreArgs),
+    /// Score a file of portfolios (one JSON portfolio per line) with the batch engine.
+    ScoreFile(ScoreFileArgs),
     /// Write the bundled sample prices as CSV (`date,instrument,close`).
     ExportSampleData {
         /// Output file; standard output when absent.
@@ -116,9 +120,14 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "RISKHOST_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
+    /// Largest accepted body of a batch request, in bytes.
+    #[arg(long, env = "RISKHOST_MAX_BATCH_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_batch_body_bytes: usize,
     /// Most positions in one portfolio.
     #[arg(long, env = "RISKHOST_MAX_POSITIONS", default_value_t = 10_000)]
     pub max_positions: usize,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
     /// Bearer token of the admin API; the admin API is off without one.
     #[arg(long, env = "RISKHOST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -145,6 +154,49 @@ impl ServeArgs {
                 max_positions: self.max_positions,
                 ..PortfolioLimits::default()
             },
+            batch: self.batching.limits(),
+            dynamic: self.batching.dynamic(),
+        }
+    }
+}
+
+/// Batch API bounds and dynamic batching of single requests.
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// Most portfolios in one batch request.
+    #[arg(long, env = "RISKHOST_BATCH_MAX_PORTFOLIOS", default_value_t = 10_000)]
+    pub batch_max_portfolios: usize,
+    /// Most models in one batch request.
+    #[arg(long, env = "RISKHOST_BATCH_MAX_MODELS", default_value_t = 16)]
+    pub batch_max_models: usize,
+    /// Jobs per model call when running a batch.
+    #[arg(long, env = "RISKHOST_BATCH_CHUNK_SIZE", default_value_t = 256)]
+    pub batch_chunk_size: usize,
+    /// Most single requests coalesced into one model call; 1 disables dynamic batching.
+    #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_MAX", default_value_t = 64)]
+    pub dynamic_batch_max: usize,
+    /// Extra wait for more requests before a call even when the model is idle, in µs (0: none).
+    #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_DELAY_US", default_value_t = 0)]
+    pub dynamic_batch_delay_us: u64,
+    /// Single requests that may wait per model version before new ones get 503.
+    #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_QUEUE", default_value_t = 4096)]
+    pub dynamic_batch_queue: usize,
+}
+
+impl BatchingArgs {
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_portfolios: self.batch_max_portfolios,
+            max_models: self.batch_max_models,
+            chunk_size: self.batch_chunk_size.max(1),
+        }
+    }
+
+    pub fn dynamic(&self) -> DynamicBatching {
+        DynamicBatching {
+            max_batch: self.dynamic_batch_max.max(1),
+            max_delay: Duration::from_micros(self.dynamic_batch_delay_us),
+            max_queue: self.dynamic_batch_queue.max(1),
         }
     }
 }
@@ -163,6 +215,32 @@ pub struct ScoreArgs {
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
     #[arg(long, value_parser = crate::scoring::parse_date)]
     pub as_of: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreFileArgs {
+    /// JSON Lines: one portfolio per line, `{"id": "...", "positions": [...]}`.
+    pub input: PathBuf,
+    /// Models to score with, comma-separated (`name`, `name@1.2.0`, `name@sha256:…`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    /// Output file: `.csv` or `.jsonl`; JSON Lines on standard output when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A parameter, as NAME=VALUE; repeat for several.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, f64)>,
+    /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
+    #[arg(long, value_parser = crate::scoring::parse_date)]
+    pub as_of: Option<chrono::NaiveDate>,
+    /// Portfolios per batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub sources: SourceArgs,
 }

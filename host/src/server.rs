@@ -59,6 +59,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state.clone(),
         HttpLimits {
             max_body_bytes: args.max_body_bytes,
+            max_batch_body_bytes: args.max_batch_body_bytes,
         },
     );
 

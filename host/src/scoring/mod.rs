@@ -2,15 +2,20 @@
 //!
 //! For every request the service resolves the model version, resolves the
 //! parameters against the model's `info()`, canonicalises the portfolio,
-//! resolves the as-of date, and derives the memo key. On a miss it fetches
-//! the price window, calls the model in the sandbox behind the model's
-//! bulkhead, and stores the result. All I/O happens here, never in a model.
+//! resolves the as-of date, and derives the memo key. Misses become
+//! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
+//! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
+//! batch request in chunks over one prefetched price window ([`batch`]).
+//! All I/O happens here, never in a model.
 
+pub mod batch;
+pub mod batcher;
+pub mod jobs;
 pub mod request;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::NaiveDate;
 
@@ -18,15 +23,13 @@ pub use request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
 };
 
-use crate::cache::{
-    CacheTier, CachedScore, CanonicalPosition, ScoreCache, key::days_since_epoch, score_key,
-};
-use crate::engine::bindings::{
-    self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
-};
-use crate::engine::{CallError, Determinism, ModelEngine, ParamError, unit_name};
-use crate::market::{DataError, MarketDataSource, PriceWindow};
+use crate::cache::{CacheTier, CachedScore, CanonicalPosition, ScoreCache, score_key};
+use crate::engine::bindings::{self, ModelError};
+use crate::engine::{CallError, ModelEngine, ParamError, unit_name};
+use crate::market::{DataError, MarketDataSource};
 use crate::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
+use batcher::Batchers;
+use jobs::{Executor, PreparedJob};
 
 /// How an error should be answered; the HTTP layer maps it to a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +147,8 @@ impl ScoreError {
 pub struct ScoringSettings {
     pub cache_ttl: Duration,
     pub portfolio_limits: PortfolioLimits,
+    pub batch: batch::BatchLimits,
+    pub dynamic: batcher::DynamicBatching,
 }
 
 impl Default for ScoringSettings {
@@ -151,23 +156,26 @@ impl Default for ScoringSettings {
         ScoringSettings {
             cache_ttl: Duration::from_secs(3600),
             portfolio_limits: PortfolioLimits::default(),
+            batch: batch::BatchLimits::default(),
+            dynamic: batcher::DynamicBatching::default(),
         }
     }
 }
 
 /// Everything a request needs to be scored, shared by all handlers.
 pub struct ScoringService {
-    engine: Arc<ModelEngine>,
     registry: Arc<ModelRegistry>,
     market: Arc<dyn MarketDataSource>,
     cache: Arc<dyn ScoreCache>,
     settings: ScoringSettings,
+    executor: Arc<Executor>,
+    batchers: Batchers,
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
 struct PreparedPortfolio {
     id: Option<String>,
-    positions: Vec<CanonicalPosition>,
+    positions: Arc<Vec<CanonicalPosition>>,
 }
 
 impl ScoringService {
@@ -178,12 +186,18 @@ impl ScoringService {
         cache: Arc<dyn ScoreCache>,
         settings: ScoringSettings,
     ) -> Self {
-        ScoringService {
+        let executor = Arc::new(Executor {
             engine,
+            market: market.clone(),
+        });
+        let batchers = Batchers::new(settings.dynamic, executor.clone());
+        ScoringService {
             registry,
             market,
             cache,
             settings,
+            executor,
+            batchers,
         }
     }
 
@@ -243,47 +257,48 @@ impl ScoringService {
         }
         record_cache(&entry, None);
 
-        let lookback = description.lookback_for(&params);
-        let instruments: Vec<&str> = portfolio
-            .positions
-            .iter()
-            .map(|p| p.instrument.as_str())
-            .collect();
-        let window = self
-            .market
-            .price_window(&instruments, as_of, lookback)
-            .await?;
-        let market = market_data(&window);
-        let job = Job {
-            portfolio: Portfolio {
-                id: portfolio.id.clone().unwrap_or_default(),
-                positions: (0u32..)
-                    .zip(&portfolio.positions)
-                    .map(|(series, p)| Position {
-                        series,
-                        quantity: p.quantity,
-                    })
-                    .collect(),
-            },
+        let job = PreparedJob {
+            key,
+            portfolio_id: portfolio.id.clone(),
+            lookback: description.lookback_for(&params),
+            positions: portfolio.positions.clone(),
             params,
-            seed: key.seed(),
         };
-        let determinism = Determinism {
-            as_of_unix_seconds: i64::from(days_since_epoch(as_of)) * 86_400,
-            seed: key.seed(),
-        };
-        let mut results = self
-            .call_model(&entry, market, vec![job], determinism)
-            .await?;
-        let result = results
-            .pop()
-            .ok_or_else(|| ScoreError::Internal("the model returned no result".into()))?;
-        let score = result.map_err(|e| ScoreError::from_model_error(entry.model.name(), e))?;
+        let score = self.run_one(&entry, as_of, job).await?;
         let cached = Arc::new(CachedScore { score });
         self.cache
             .put_many(vec![(key, cached.clone(), self.settings.cache_ttl)])
             .await;
         Ok(respond(&cached.score, None))
+    }
+
+    /// Runs one job: through the dynamic batcher when it is on, else alone.
+    async fn run_one(
+        &self,
+        entry: &Arc<ModelEntry>,
+        as_of: NaiveDate,
+        job: PreparedJob,
+    ) -> Result<bindings::Score, ScoreError> {
+        if self.settings.dynamic.enabled() {
+            return self.batchers.submit(entry, as_of, job).await;
+        }
+        let (window, mut errors) = self.executor.prefetch(as_of, &[&job]).await;
+        if let Some(Some(error)) = errors.pop() {
+            return Err(error);
+        }
+        let window = window.ok_or_else(|| ScoreError::Internal("no price window".into()))?;
+        let slot = entry
+            .bulkhead
+            .enter_owned()
+            .await
+            .map_err(|source| overloaded(entry, source))?;
+        let mut results = self
+            .executor
+            .run(entry.clone(), window, vec![job], slot)
+            .await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(ScoreError::Internal("the model returned no result".into())))
     }
 
     async fn prepare_portfolio(
@@ -322,65 +337,17 @@ impl ScoringService {
         let positions = request::canonicalize(&positions, limits).map_err(ScoreError::Portfolio)?;
         Ok(PreparedPortfolio {
             id: input.id,
-            positions,
+            positions: Arc::new(positions),
         })
     }
+}
 
-    /// Runs one batch call behind the model's bulkhead, off the async runtime.
-    async fn call_model(
-        &self,
-        entry: &Arc<ModelEntry>,
-        market: MarketData,
-        jobs: Vec<Job>,
-        determinism: Determinism,
-    ) -> Result<Vec<Result<bindings::Score, ModelError>>, ScoreError> {
-        let name = entry.model.name();
-        let _slot = entry.bulkhead.enter().await.map_err(|source| {
-            metrics::counter!("riskhost_model_rejected_total", "model" => name.to_owned())
-                .increment(1);
-            ScoreError::Overloaded {
-                model: name.to_owned(),
-                source,
-            }
-        })?;
-        let engine = self.engine.clone();
-        let call_entry = entry.clone();
-        let jobs_len = jobs.len();
-        let started = Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
-            engine.call(&call_entry.model, &market, &jobs, determinism)
-        })
-        .await
-        .map_err(|e| ScoreError::Internal(format!("the model call panicked: {e}")))?;
-        let labels = [
-            ("model", name.to_owned()),
-            ("version", entry.model.version().to_owned()),
-        ];
-        metrics::histogram!("riskhost_model_call_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("riskhost_model_batch_size", &labels).record(jobs_len as f64);
-        match outcome {
-            Ok(outcome) => {
-                for result in &outcome.results {
-                    let outcome = match result {
-                        Ok(_) => "ok",
-                        Err(ModelError::InvalidInput(_)) => "invalid_input",
-                        Err(ModelError::InsufficientData(_)) => "insufficient_data",
-                        Err(ModelError::Internal(_)) => "internal",
-                    };
-                    metrics::counter!("riskhost_model_jobs_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "outcome" => outcome).increment(1);
-                }
-                Ok(outcome.results)
-            }
-            Err(error) => {
-                tracing::warn!(model = name, digest = %entry.model.digest, code = error.code(), %error, "model call failed");
-                metrics::counter!("riskhost_model_errors_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "kind" => error.code()).increment(1);
-                Err(ScoreError::Call {
-                    model: name.to_owned(),
-                    error,
-                })
-            }
-        }
+fn overloaded(entry: &ModelEntry, source: Overloaded) -> ScoreError {
+    metrics::counter!("riskhost_model_rejected_total", "model" => entry.model.name().to_owned())
+        .increment(1);
+    ScoreError::Overloaded {
+        model: entry.model.name().to_owned(),
+        source,
     }
 }
 
@@ -390,22 +357,6 @@ fn record_cache(entry: &ModelEntry, tier: Option<CacheTier>) {
         None => ("all", "miss"),
     };
     metrics::counter!("riskhost_cache_lookups_total", "model" => entry.model.name().to_owned(), "tier" => tier, "result" => result).increment(1);
-}
-
-/// The contract's market data for a price window (series in window order).
-fn market_data(window: &PriceWindow) -> MarketData {
-    MarketData {
-        as_of: window.as_of.format("%Y-%m-%d").to_string(),
-        dates: window.dates.iter().map(|d| days_since_epoch(*d)).collect(),
-        series: window
-            .series
-            .iter()
-            .map(|s| PriceSeries {
-                instrument: s.instrument.clone(),
-                closes: s.closes.clone(),
-            })
-            .collect(),
-    }
 }
 
 /// Parses an ISO date, for CLI flags.

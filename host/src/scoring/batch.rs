@@ -1,0 +1,377 @@
+//! The batch API: many portfolios × many models in one request.
+//!
+//! One request resolves every model and parameter set once, canonicalises
+//! every portfolio, looks every (portfolio, model) cell up in the memo in one
+//! round trip, fetches the price window for all misses once (union of
+//! instruments, longest lookback), runs each model version's misses in
+//! chunks spread over its bulkhead's slots, and writes every new score back
+//! in one round trip. A bad portfolio or a failing job fails its own cells
+//! only; the answer has one entry per (portfolio, model), portfolio-major, in
+//! request order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::jobs::{JobResult, PreparedJob};
+use super::request::BreakdownEntry;
+use super::{PortfolioInput, ScoreError, ScoringService, overloaded, record_cache};
+use crate::cache::{CacheTier, CachedScore, score_key};
+use crate::engine::bindings;
+use crate::engine::{ParamError, unit_name};
+use crate::registry::ModelEntry;
+
+/// Bounds on one batch request.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_portfolios: usize,
+    pub max_models: usize,
+    /// Jobs per model call.
+    pub chunk_size: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_portfolios: 10_000,
+            max_models: 16,
+            chunk_size: 256,
+        }
+    }
+}
+
+/// `POST /v1/score/batch`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Model references (`name`, `name@1.2.0`, `name@sha256:…`), each at most once.
+    pub models: Vec<String>,
+    pub portfolios: Vec<PortfolioInput>,
+    /// Parameters for every model; a model ignores parameters it does not
+    /// declare, but each one must be declared by at least one model.
+    #[serde(default)]
+    pub params: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub as_of: Option<NaiveDate>,
+}
+
+/// The answer: one cell per (portfolio, model), portfolio-major.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResponse {
+    pub as_of: NaiveDate,
+    pub results: Vec<BatchCell>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BatchCell {
+    /// Position of the portfolio in the request.
+    pub portfolio_index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portfolio_id: Option<String>,
+    /// The model's name.
+    pub model: String,
+    #[serde(flatten)]
+    pub outcome: CellOutcome,
+}
+
+/// A cell's score, or why there is none.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum CellOutcome {
+    Score(CellScore),
+    Error { error: CellError },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CellScore {
+    pub version: String,
+    pub digest: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub breakdown: Vec<BreakdownEntry>,
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_tier: Option<CacheTier>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CellError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CellOutcome {
+    fn failed(error: &ScoreError) -> Self {
+        CellOutcome::Error {
+            error: CellError {
+                code: error.code(),
+                message: error.to_string(),
+            },
+        }
+    }
+
+    fn scored(entry: &ModelEntry, score: &bindings::Score, tier: Option<CacheTier>) -> Self {
+        CellOutcome::Score(CellScore {
+            version: entry.model.version().to_owned(),
+            digest: entry.model.digest.clone(),
+            value: score.value,
+            unit: unit_name(score.unit),
+            breakdown: score
+                .breakdown
+                .iter()
+                .map(|c| BreakdownEntry {
+                    name: c.name.clone(),
+                    value: c.value,
+                })
+                .collect(),
+            cached: tier.is_some(),
+            cache_tier: tier,
+        })
+    }
+}
+
+/// Why a whole batch request is refused (as opposed to one of its cells).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("the batch has {got} {what}; the limit is {limit}")]
+    TooLarge {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
+    #[error("the batch needs at least one {0}")]
+    Empty(&'static str),
+    #[error("model `{0}` is listed twice")]
+    DuplicateModel(String),
+    #[error("parameter `{0}` is not accepted by any model of the batch")]
+    UnusedParam(String),
+    #[error("{model}: {error}")]
+    Params { model: String, error: ParamError },
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+impl ScoringService {
+    /// Scores every portfolio of the request with every model.
+    pub async fn score_batch(&self, request: BatchRequest) -> Result<BatchResponse, BatchError> {
+        let limits = self.settings.batch;
+        if request.models.is_empty() {
+            return Err(BatchError::Empty("model"));
+        }
+        if request.portfolios.is_empty() {
+            return Err(BatchError::Empty("portfolio"));
+        }
+        if request.models.len() > limits.max_models {
+            return Err(BatchError::TooLarge {
+                what: "models",
+                got: request.models.len(),
+                limit: limits.max_models,
+            });
+        }
+        if request.portfolios.len() > limits.max_portfolios {
+            return Err(BatchError::TooLarge {
+                what: "portfolios",
+                got: request.portfolios.len(),
+                limit: limits.max_portfolios,
+            });
+        }
+
+        // Models and their parameters: request-level errors.
+        let mut models: Vec<(Arc<ModelEntry>, Vec<f64>, usize)> =
+            Vec::with_capacity(request.models.len());
+        for reference in &request.models {
+            let entry = self.registry.resolve(reference).map_err(ScoreError::from)?;
+            if models
+                .iter()
+                .any(|(m, _, _)| m.model.digest == entry.model.digest)
+            {
+                return Err(BatchError::DuplicateModel(reference.clone()));
+            }
+            let description = &entry.model.description;
+            let own: BTreeMap<String, f64> = request
+                .params
+                .iter()
+                .filter(|(name, _)| description.params.iter().any(|p| &p.name == *name))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            let params = description
+                .resolve_params(&own)
+                .map_err(|error| BatchError::Params {
+                    model: entry.model.name().to_owned(),
+                    error,
+                })?;
+            let lookback = description.lookback_for(&params);
+            models.push((entry, params, lookback));
+        }
+        if let Some(unused) = request.params.keys().find(|name| {
+            !models
+                .iter()
+                .any(|(m, _, _)| m.model.description.params.iter().any(|p| &&p.name == name))
+        }) {
+            return Err(BatchError::UnusedParam(unused.clone()));
+        }
+        let as_of = self
+            .market
+            .resolve_as_of(request.as_of)
+            .await
+            .map_err(ScoreError::from)?;
+        let snapshot = self.market.snapshot();
+
+        // Portfolios: errors are per portfolio, reported in each of its cells.
+        let mut portfolios = Vec::with_capacity(request.portfolios.len());
+        for (index, input) in request.portfolios.into_iter().enumerate() {
+            let id = input.id.clone();
+            let prepared = self.prepare_portfolio(input).await.map_err(|e| match e {
+                ScoreError::Portfolio(message) => {
+                    ScoreError::Portfolio(format!("portfolio {index}: {message}"))
+                }
+                other => other,
+            });
+            portfolios.push((id, prepared));
+        }
+
+        // Every cell, its memo key, and one memo lookup for all of them.
+        let mut cells: Vec<Option<CellOutcome>> =
+            Vec::with_capacity(portfolios.len() * models.len());
+        let mut jobs: Vec<Option<(usize, PreparedJob)>> = Vec::with_capacity(cells.capacity());
+        for (id, prepared) in &portfolios {
+            for (model_index, (entry, params, lookback)) in models.iter().enumerate() {
+                match prepared {
+                    Err(error) => {
+                        cells.push(Some(CellOutcome::failed(error)));
+                        jobs.push(None);
+                    }
+                    Ok(portfolio) => {
+                        let key = score_key(
+                            &entry.model.digest,
+                            params,
+                            &portfolio.positions,
+                            &snapshot,
+                            as_of,
+                        );
+                        cells.push(None);
+                        jobs.push(Some((
+                            model_index,
+                            PreparedJob {
+                                key,
+                                portfolio_id: id.clone(),
+                                positions: portfolio.positions.clone(),
+                                params: params.clone(),
+                                lookback: *lookback,
+                            },
+                        )));
+                    }
+                }
+            }
+        }
+        let keyed: Vec<usize> = (0..jobs.len()).filter(|i| jobs[*i].is_some()).collect();
+        let keys: Vec<_> = keyed
+            .iter()
+            .filter_map(|i| jobs[*i].as_ref().map(|(_, j)| j.key))
+            .collect();
+        let hits = self.cache.get_many(&keys).await;
+        let mut misses: Vec<usize> = Vec::new();
+        for (cell, hit) in keyed.into_iter().zip(hits) {
+            let Some((model_index, _)) = &jobs[cell] else {
+                continue;
+            };
+            let entry = &models[*model_index].0;
+            match hit {
+                Some((cached, tier)) => {
+                    record_cache(entry, Some(tier));
+                    cells[cell] = Some(CellOutcome::scored(entry, &cached.score, Some(tier)));
+                }
+                None => {
+                    record_cache(entry, None);
+                    misses.push(cell);
+                }
+            }
+        }
+
+        // One price window for every miss of the batch.
+        if !misses.is_empty() {
+            let miss_jobs: Vec<&PreparedJob> = misses
+                .iter()
+                .filter_map(|c| jobs[*c].as_ref().map(|(_, j)| j))
+                .collect();
+            let (window, errors) = self.executor.prefetch(as_of, &miss_jobs).await;
+            let mut runnable: Vec<usize> = Vec::with_capacity(misses.len());
+            for (cell, error) in misses.iter().zip(errors) {
+                match error {
+                    Some(e) => cells[*cell] = Some(CellOutcome::failed(&e)),
+                    None => runnable.push(*cell),
+                }
+            }
+            if let Some(window) = window {
+                let mut calls = FuturesUnordered::new();
+                for (model_index, (entry, _, _)) in models.iter().enumerate() {
+                    let of_model: Vec<usize> = runnable
+                        .iter()
+                        .copied()
+                        .filter(|c| jobs[*c].as_ref().is_some_and(|(m, _)| *m == model_index))
+                        .collect();
+                    for chunk in of_model.chunks(limits.chunk_size.max(1)) {
+                        let chunk_jobs: Vec<PreparedJob> = chunk
+                            .iter()
+                            .filter_map(|c| jobs[*c].as_ref().map(|(_, j)| j.clone()))
+                            .collect();
+                        let (entry, window, executor) =
+                            (entry.clone(), window.clone(), self.executor.clone());
+                        let chunk = chunk.to_vec();
+                        calls.push(async move {
+                            let results: Vec<JobResult> = match entry.bulkhead.enter_owned().await {
+                                Ok(slot) => {
+                                    executor.run(entry.clone(), window, chunk_jobs, slot).await
+                                }
+                                Err(source) => vec![Err(overloaded(&entry, source)); chunk.len()],
+                            };
+                            (entry, chunk, results)
+                        });
+                    }
+                }
+                let mut fresh = Vec::new();
+                while let Some((entry, chunk, results)) = calls.next().await {
+                    for (cell, result) in chunk.into_iter().zip(results) {
+                        match result {
+                            Ok(score) => {
+                                cells[cell] = Some(CellOutcome::scored(&entry, &score, None));
+                                if let Some((_, job)) = &jobs[cell] {
+                                    fresh.push((
+                                        job.key,
+                                        Arc::new(CachedScore { score }),
+                                        self.settings.cache_ttl,
+                                    ));
+                                }
+                            }
+                            Err(error) => cells[cell] = Some(CellOutcome::failed(&error)),
+                        }
+                    }
+                }
+                self.cache.put_many(fresh).await;
+            }
+        }
+
+        let per_portfolio = models.len();
+        let results = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| {
+                let (portfolio_index, model_index) = (i / per_portfolio, i % per_portfolio);
+                BatchCell {
+                    portfolio_index,
+                    portfolio_id: portfolios[portfolio_index].0.clone(),
+                    model: models[model_index].0.model.name().to_owned(),
+                    outcome: outcome.unwrap_or_else(|| {
+                        CellOutcome::failed(&ScoreError::Internal(
+                            "the cell was never computed".into(),
+                        ))
+                    }),
+                }
+            })
+            .collect();
+        Ok(BatchResponse { as_of, results })
+    }
+}
