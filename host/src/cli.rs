@@ -28,6 +28,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(args.sources.log_format);
             runtime.block_on(score(args))
         }
+        Command::ScoreFile(args) => {
+            crate::telemetry::init_logging(args.sources.log_format);
+            runtime.block_on(crate::score_file::run(args))
+        }
         Command::ExportSampleData { out } => {
             let table = crate::market::sample::sample_table();
             match out {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod loader;
 pub mod market;
 pub mod registry;
+pub mod score_file;
 pub mod scoring;
 pub mod server;
 pub mod telemetry;
