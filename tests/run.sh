@@ -14,5 +14,6 @@ plugins/build.sh
 tests/plugins/build.sh
 
 cargo fmt --all --check
+deploy/validate.sh
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo nextest run --workspace --no-fail-fast
