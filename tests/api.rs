@@ -481,3 +481,58 @@ fn the_cli_scores_like_the_server() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.json"));
 }
+
+#[test]
+fn config_prints_effective_settings_with_sources_and_redacts_secrets() {
+    let dir = TempDir::new("config");
+    let file = dir.path().join("riskhost.toml");
+    std::fs::write(
+        &file,
+        "cache_ttl_secs = 600\nadmin-token = \"s3cret-token\"\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(common::binary())
+        .arg("config")
+        .arg("--config")
+        .arg(&file)
+        .args(["--max-positions", "5"])
+        .env("RISKHOST_LISTEN", "0.0.0.0:9000")
+        .output()
+        .expect("run riskhost config");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("cache-ttl-secs ").contains("600") && line("cache-ttl-secs ").contains("file"),
+        "{text}"
+    );
+    assert!(
+        line("max-positions ").contains("5") && line("max-positions ").contains("flag"),
+        "{text}"
+    );
+    assert!(
+        line("listen ").contains("0.0.0.0:9000") && line("listen ").contains("env"),
+        "env beats the file: {text}"
+    );
+    assert!(line("admin-token ").contains("<redacted>"), "{text}");
+    assert!(!text.contains("s3cret-token"), "a secret leaked: {text}");
+
+    std::fs::write(&file, "nested = { x = 1 }\n").expect("write");
+    let bad = std::process::Command::new(common::binary())
+        .arg("config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`nested` is a table"));
+}

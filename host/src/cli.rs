@@ -20,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
+        Command::Config(_) => Ok(()),
         Command::Serve(args) => {
             crate::telemetry::init_logging(args.sources.log_format);
             runtime.block_on(crate::server::serve(args))

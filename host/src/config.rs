@@ -24,6 +24,9 @@ use crate::telemetry::LogFormat;
     about = "Serves risk models shipped as sandboxed WebAssembly components"
 )]
 pub struct Cli {
+    /// TOML file of settings (keys are flag names); flags and env vars win over it.
+    #[arg(long, global = true, env = "RISKHOST_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
+    /// Print the effective server configuration (secrets redacted) and exit.
+    Config(ServeArgs),
     /// Score one portfolio with one model, without a server.
     Score(ScoreArgs),
     /// Score a file of portfolios (one JSON portfolio per line) with the batch engine.

@@ -14,4 +14,5 @@ pub mod registry;
 pub mod score_file;
 pub mod scoring;
 pub mod server;
+pub mod settings_file;
 pub mod telemetry;

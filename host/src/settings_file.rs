@@ -1,0 +1,169 @@
+//! The configuration file and `riskhost config`.
+//!
+//! Settings come, in order of precedence, from flags, `RISKHOST_*`
+//! environment variables, a TOML file (`--config FILE` or `RISKHOST_CONFIG`)
+//! and defaults. The file's keys are the flag names (`cache_ttl_secs = 600`
+//! or `cache-ttl-secs = 600`); each becomes the default of its environment
+//! variable, so one mechanism serves every flag. `riskhost config` prints the
+//! effective value of every setting and where it came from, with secrets
+//! redacted.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
+
+/// A loaded configuration file: its path and the variables it set.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub path: String,
+    pub variables: Vec<String>,
+}
+
+/// Loads the configuration file named by `--config` or `RISKHOST_CONFIG`
+/// into the environment, under variables that are not set already.
+pub fn apply_config_file(args: &[OsString]) -> anyhow::Result<Option<ConfigFile>> {
+    let from_args = args
+        .windows(2)
+        .find(|w| w[0] == "--config")
+        .map(|w| w[1].to_string_lossy().into_owned())
+        .or_else(|| {
+            args.iter().find_map(|a| {
+                a.to_str()
+                    .and_then(|s| s.strip_prefix("--config="))
+                    .map(str::to_owned)
+            })
+        });
+    let Some(path) = from_args.or_else(|| std::env::var("RISKHOST_CONFIG").ok()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(Path::new(&path))
+        .with_context(|| format!("cannot read config file {path}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{path} is not valid TOML"))?;
+    let mut variables = Vec::new();
+    for (key, value) in table {
+        let variable = format!("RISKHOST_{}", key.replace('-', "_").to_ascii_uppercase());
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(";"),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Table(_) => {
+                bail!("{path}: `{key}` is a table; settings are flat `name = value` pairs")
+            }
+        };
+        if std::env::var_os(&variable).is_none() {
+            // SAFETY: called at start-up from `main`, before any thread exists.
+            unsafe { std::env::set_var(&variable, value) };
+            variables.push(variable);
+        }
+    }
+    Ok(Some(ConfigFile { path, variables }))
+}
+
+/// Names of settings whose values are secrets.
+fn is_secret(id: &str) -> bool {
+    ["token", "secret", "password", "key"]
+        .iter()
+        .any(|s| id.contains(s))
+}
+
+/// Hides the password of a URL like `postgres://user:pw@host/db`.
+fn redact_url(value: &str) -> String {
+    match (value.find("://"), value.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &value[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &value[..scheme + 3], &value[at..]),
+                None => value.to_owned(),
+            }
+        }
+        _ => value.to_owned(),
+    }
+}
+
+/// Prints every setting of `command` (the `serve` command's arguments) with
+/// its effective value and source.
+pub fn print_effective(command: &Command, matches: &ArgMatches, config_file: Option<&ConfigFile>) {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# effective riskhost configuration (flag > RISKHOST_* env > config file > default)\n",
+    );
+    if let Some(file) = config_file {
+        let _ = writeln!(out, "# config file: {}", file.path);
+    }
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version" | "config") {
+            continue;
+        }
+        let values: Vec<String> = matches
+            .get_raw(id)
+            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let shown = if values.is_empty() {
+            "(unset)".to_owned()
+        } else if is_secret(id) {
+            "<redacted>".to_owned()
+        } else {
+            values
+                .iter()
+                .map(|v| redact_url(v))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "env",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "",
+        };
+        let env = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let from_file = config_file.is_some_and(|f| f.variables.contains(&env));
+        let source = if from_file && source == "env" {
+            "file"
+        } else {
+            source
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} = {:<40} # {source:<7} {env}",
+            id.replace('_', "-"),
+            shown
+        );
+    }
+    // A closed pipe (e.g. `| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_and_secret_names_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("http://u@h"), "http://u@h");
+        assert!(is_secret("admin_token"));
+        assert!(!is_secret("listen"));
+    }
+}
