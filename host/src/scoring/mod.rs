@@ -7,10 +7,11 @@
 //! bulkhead, and stores the result. All I/O happens here, never in a model.
 
 pub mod request;
+pub mod single_flight;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::NaiveDate;
 
@@ -19,7 +20,8 @@ pub use request::{
 };
 
 use crate::cache::{
-    CacheTier, CachedScore, CanonicalPosition, ScoreCache, key::days_since_epoch, score_key,
+    CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey,
+    key::days_since_epoch, score_key,
 };
 use crate::engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
@@ -142,18 +144,23 @@ impl ScoreError {
 /// Settings of the scoring path.
 #[derive(Debug, Clone)]
 pub struct ScoringSettings {
-    pub cache_ttl: Duration,
+    /// What is memoized and for how long.
+    pub cache: CachePolicy,
     pub portfolio_limits: PortfolioLimits,
 }
 
 impl Default for ScoringSettings {
     fn default() -> Self {
         ScoringSettings {
-            cache_ttl: Duration::from_secs(3600),
+            cache: CachePolicy::default(),
             portfolio_limits: PortfolioLimits::default(),
         }
     }
 }
+
+/// What a single flight computes: the memoized outcome, and the tier that
+/// had it if the leader found it on its re-check.
+type Computed = Result<(Arc<CachedScore>, Option<CacheTier>), ScoreError>;
 
 /// Everything a request needs to be scored, shared by all handlers.
 pub struct ScoringService {
@@ -162,6 +169,8 @@ pub struct ScoringService {
     market: Arc<dyn MarketDataSource>,
     cache: Arc<dyn ScoreCache>,
     settings: ScoringSettings,
+    /// Concurrent identical misses run the model once (`single_flight.rs`).
+    flights: single_flight::SingleFlight<ScoreKey, Computed>,
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
@@ -184,7 +193,12 @@ impl ScoringService {
             market,
             cache,
             settings,
+            flights: single_flight::SingleFlight::new(),
         }
+    }
+
+    pub fn cache(&self) -> &Arc<dyn ScoreCache> {
+        &self.cache
     }
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
@@ -237,12 +251,44 @@ impl ScoringService {
             cache_tier: tier,
         };
 
-        if let Some(Some((hit, tier))) = self.cache.get_many(&[key]).await.pop() {
-            record_cache(&entry, Some(tier));
-            return Ok(respond(&hit.score, Some(tier)));
+        let name = entry.model.name();
+        let (memo, tier) = match self.cache.get_many(name, &[key]).await.pop() {
+            Some(Some((hit, tier))) => (hit, Some(tier)),
+            _ => {
+                // Concurrent identical misses share one computation.
+                let (computed, role) = self
+                    .flights
+                    .run(key, self.compute(&entry, params, &portfolio, as_of, key))
+                    .await;
+                if role == single_flight::Role::Follower {
+                    metrics::counter!("riskhost_cache_coalesced_total", "model" => name.to_owned())
+                        .increment(1);
+                }
+                let (memo, tier) = computed?;
+                (memo, tier.filter(|_| role == single_flight::Role::Leader))
+            }
+        };
+        match &memo.outcome {
+            Ok(score) => Ok(respond(score, tier)),
+            Err(error) => Err(ScoreError::from_model_error(name, error.clone())),
         }
-        record_cache(&entry, None);
+    }
 
+    /// The miss path: re-checks the in-process tier, fetches the price
+    /// window, calls the model and stores the outcome the policy allows.
+    async fn compute(
+        &self,
+        entry: &Arc<ModelEntry>,
+        params: Vec<f64>,
+        portfolio: &PreparedPortfolio,
+        as_of: NaiveDate,
+        key: ScoreKey,
+    ) -> Computed {
+        // A flight that ended between our lookup and our flight has filled it.
+        if let Some(hit) = self.cache.get_local(&key) {
+            return Ok((hit, Some(CacheTier::L1)));
+        }
+        let description = &entry.model.description;
         let lookback = description.lookback_for(&params);
         let instruments: Vec<&str> = portfolio
             .positions
@@ -273,17 +319,19 @@ impl ScoringService {
             seed: key.seed(),
         };
         let mut results = self
-            .call_model(&entry, market, vec![job], determinism)
+            .call_model(entry, market, vec![job], determinism)
             .await?;
         let result = results
             .pop()
             .ok_or_else(|| ScoreError::Internal("the model returned no result".into()))?;
-        let score = result.map_err(|e| ScoreError::from_model_error(entry.model.name(), e))?;
-        let cached = Arc::new(CachedScore { score });
-        self.cache
-            .put_many(vec![(key, cached.clone(), self.settings.cache_ttl)])
-            .await;
-        Ok(respond(&cached.score, None))
+        let name = entry.model.name();
+        let memo = Arc::new(CachedScore { outcome: result });
+        if let Some(ttl) = self.settings.cache.ttl_for(name, &memo.outcome) {
+            self.cache
+                .put_many(name, vec![(key, memo.clone(), ttl)])
+                .await;
+        }
+        Ok((memo, None))
     }
 
     async fn prepare_portfolio(
@@ -382,14 +430,6 @@ impl ScoringService {
             }
         }
     }
-}
-
-fn record_cache(entry: &ModelEntry, tier: Option<CacheTier>) {
-    let (tier, result) = match tier {
-        Some(t) => (t.as_str(), "hit"),
-        None => ("all", "miss"),
-    };
-    metrics::counter!("riskhost_cache_lookups_total", "model" => entry.model.name().to_owned(), "tier" => tier, "result" => result).increment(1);
 }
 
 /// The contract's market data for a price window (series in window order).
