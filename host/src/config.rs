@@ -184,13 +184,21 @@ pub struct RedisArgs {
     #[arg(long, env = "RISKHOST_REDIS_TIMEOUT_MS", default_value_t = 50)]
     pub redis_timeout_ms: u64,
     /// Budget of connecting to Redis, in milliseconds.
-    #[arg(long, env = "RISKHOST_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RISKHOST_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
     pub redis_connect_timeout_ms: u64,
     /// Consecutive failed Redis operations that open the circuit breaker.
     #[arg(long, env = "RISKHOST_REDIS_BREAKER_FAILURES", default_value_t = 5)]
     pub redis_breaker_failures: u32,
     /// How long the breaker stays open before probing Redis, in milliseconds.
-    #[arg(long, env = "RISKHOST_REDIS_BREAKER_COOLDOWN_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RISKHOST_REDIS_BREAKER_COOLDOWN_MS",
+        default_value_t = 1000
+    )]
     pub redis_breaker_cooldown_ms: u64,
 }
 

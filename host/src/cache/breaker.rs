@@ -256,11 +256,20 @@ mod tests {
         let t0 = Instant::now();
         let b = breaker(true, t0);
         assert_eq!(b.trip(t0), Transition::Opened);
-        assert!(!b.try_begin_probe(t0 + COOLDOWN / 2), "probe before cool-down");
+        assert!(
+            !b.try_begin_probe(t0 + COOLDOWN / 2),
+            "probe before cool-down"
+        );
         assert!(b.try_begin_probe(t0 + COOLDOWN));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(!b.allows_requests(), "requests wait for the probe's verdict");
-        assert!(!b.try_begin_probe(t0 + COOLDOWN), "only one probe at a time");
+        assert!(
+            !b.allows_requests(),
+            "requests wait for the probe's verdict"
+        );
+        assert!(
+            !b.try_begin_probe(t0 + COOLDOWN),
+            "only one probe at a time"
+        );
         assert_eq!(b.end_probe(true, t0 + COOLDOWN), Transition::Closed);
         assert!(b.allows_requests());
         // Closed again with a fresh count.

@@ -302,9 +302,10 @@ mod tests {
                 x.value.to_bits() == y.value.to_bits()
                     && x.unit == y.unit
                     && x.breakdown.len() == y.breakdown.len()
-                    && x.breakdown.iter().zip(&y.breakdown).all(|(p, q)| {
-                        p.name == q.name && p.value.to_bits() == q.value.to_bits()
-                    })
+                    && x.breakdown
+                        .iter()
+                        .zip(&y.breakdown)
+                        .all(|(p, q)| p.name == q.name && p.value.to_bits() == q.value.to_bits())
             }
             (Err(x), Err(y)) => x == y,
             _ => false,

@@ -489,7 +489,9 @@ mod tests {
     fn model_names_are_checked_before_they_reach_redis_patterns() {
         assert!(is_model_name("var-historical"));
         assert!(is_model_name("m2"));
-        for bad in ["", "Var", "var--x", "-var", "var-", "a*", "a:b", "a?", "[a]"] {
+        for bad in [
+            "", "Var", "var--x", "-var", "var-", "a*", "a:b", "a?", "[a]",
+        ] {
             assert!(!is_model_name(bad), "{bad}");
         }
     }

@@ -434,6 +434,187 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::bindings::{Contribution, ModelError, Score, Unit};
+
+    // These talk to the real Redis of `tests/services.sh`, each test under a
+    // prefix of its own so they run in parallel.
+    const URL: &str = "redis://127.0.0.1:6379/";
+
+    fn settings(url: &str, test: &str) -> RedisSettings {
+        RedisSettings {
+            url: url.into(),
+            prefix: format!("riskhost-unit-{test}-{}", std::process::id()),
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            breaker: BreakerSettings {
+                failure_threshold: 3,
+                cooldown: Duration::from_millis(100),
+            },
+        }
+    }
+
+    fn key(i: u32) -> ScoreKey {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        ScoreKey(k)
+    }
+
+    fn memo(i: u32) -> Arc<CachedScore> {
+        Arc::new(CachedScore {
+            outcome: Ok(Score {
+                value: f64::from(i),
+                unit: Unit::CurrencyAmount,
+                breakdown: vec![Contribution {
+                    name: format!("I{i}"),
+                    value: -0.0,
+                }],
+            }),
+        })
+    }
+
+    async fn raw(test_settings: &RedisSettings) -> MultiplexedConnection {
+        let client = redis::Client::open(test_settings.url.as_str()).expect("url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379 (run tests/services.sh)")
+    }
+
+    #[tokio::test]
+    async fn batches_round_trip_across_chunks_under_documented_keys() {
+        let settings = settings(URL, "batch");
+        let cache = RedisCache::connect(settings.clone())
+            .await
+            .expect("connect");
+        assert_eq!(cache.breaker_state(), BreakerState::Closed);
+        let n = 2 * CHUNK as u32 + 17;
+        let ttl = Duration::from_secs(60);
+        let entries: Vec<_> = (0..n).map(|i| (key(i), memo(i), ttl)).collect();
+        cache.put_many("m-a", &entries).await;
+        // Every other key of model m-a, plus keys never stored.
+        let keys: Vec<ScoreKey> = (0..n + 10).step_by(2).map(key).collect();
+        let got = cache.get_many("m-a", &keys).await;
+        assert_eq!(got.len(), keys.len());
+        for (i, slot) in (0..n + 10).step_by(2).zip(&got) {
+            match slot {
+                Some((value, remaining)) if i < n => {
+                    assert_eq!(value, memo(i).as_ref());
+                    assert!(*remaining <= ttl && *remaining > Duration::ZERO);
+                }
+                None if i >= n => {}
+                other => panic!("key {i}: {other:?}"),
+            }
+        }
+        // Another model's name is another key space.
+        assert!(
+            cache
+                .get_many("m-b", &keys[..3])
+                .await
+                .iter()
+                .all(Option::is_none)
+        );
+
+        let mut conn = raw(&settings).await;
+        let redis_key = format!(
+            "{}:v{KEY_SCHEMA_VERSION}:m-a:{}",
+            settings.prefix,
+            key(5).to_hex()
+        );
+        assert_eq!(cache.redis_key("m-a", &key(5)), redis_key);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(pttl > 0 && pttl <= 60_000, "PTTL {pttl}");
+
+        // A value this build cannot decode is a miss, not an error.
+        let _: () = redis::cmd("SET")
+            .arg(&redis_key)
+            .arg(b"\x07garbage".as_slice())
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        assert!(cache.get_many("m-a", &[key(5)]).await[0].is_none());
+        assert_eq!(cache.breaker_state(), BreakerState::Closed);
+        let _ = cache.purge(None).await;
+    }
+
+    #[tokio::test]
+    async fn purge_removes_one_model_or_the_whole_prefix_only() {
+        let settings = settings(URL, "purge");
+        let cache = RedisCache::connect(settings.clone())
+            .await
+            .expect("connect");
+        let ttl = Duration::from_secs(60);
+        let errors = Arc::new(CachedScore {
+            outcome: Err(ModelError::InsufficientData("short".into())),
+        });
+        cache
+            .put_many(
+                "m-a",
+                &(0..1500)
+                    .map(|i| (key(i), memo(i), ttl))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        cache
+            .put_many("m-b", &[(key(1), errors.clone(), ttl)])
+            .await;
+        // A neighbour deployment whose prefix extends ours is not ours.
+        let mut conn = raw(&settings).await;
+        let neighbour = format!("{}x:v{KEY_SCHEMA_VERSION}:m-a:00", settings.prefix);
+        let _: () = redis::cmd("SET")
+            .arg(&neighbour)
+            .arg(1)
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+
+        assert_eq!(cache.purge(Some("m-a")).await.ok(), Some(1500));
+        assert!(cache.get_many("m-a", &[key(0)]).await[0].is_none());
+        let kept = cache.get_many("m-b", &[key(1)]).await;
+        assert_eq!(kept[0].as_ref().map(|(v, _)| v), Some(errors.as_ref()));
+        assert_eq!(cache.purge(None).await.ok(), Some(1));
+        assert!(cache.get_many("m-b", &[key(1)]).await[0].is_none());
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&neighbour)
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 1, "purge reached past its prefix");
+        let _: () = redis::cmd("DEL")
+            .arg(&neighbour)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_warning_and_every_operation_a_miss() {
+        // Nothing listens on port 1.
+        let cache = RedisCache::connect(settings("redis://127.0.0.1:1/", "down"))
+            .await
+            .expect("starts anyway");
+        assert_ne!(cache.breaker_state(), BreakerState::Closed);
+        assert!(cache.get_many("m", &[key(1)]).await[0].is_none());
+        cache
+            .put_many("m", &[(key(1), memo(1), Duration::from_secs(1))])
+            .await;
+        assert!(matches!(cache.purge(None).await, Err(OpError::Unavailable)));
+        assert!(matches!(
+            RedisCache::connect(settings("http://nope", "bad")).await,
+            Err(RedisSetupError::Url(_))
+        ));
+        let mut bad_prefix = settings(URL, "prefix");
+        bad_prefix.prefix = "has space".into();
+        assert!(matches!(
+            RedisCache::connect(bad_prefix).await,
+            Err(RedisSetupError::Prefix(_))
+        ));
+    }
 
     #[test]
     fn glob_characters_are_escaped() {

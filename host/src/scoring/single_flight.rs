@@ -161,7 +161,11 @@ mod tests {
         let mut leaders = 0;
         for task in tasks {
             let (value, role) = task.await.expect("task");
-            assert_eq!(value, Err("model timed out".to_owned()), "the error is shared");
+            assert_eq!(
+                value,
+                Err("model timed out".to_owned()),
+                "the error is shared"
+            );
             leaders += usize::from(role == Role::Leader);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
