@@ -4,7 +4,8 @@
 //! parameters against the model's `info()`, canonicalises the portfolio,
 //! resolves the as-of date, and derives the memo key. On a miss it fetches
 //! the price window, calls the model in the sandbox behind the model's
-//! bulkhead, and stores the result. All I/O happens here, never in a model.
+//! bulkhead, and stores the result; concurrent identical misses share one
+//! computation (`single_flight.rs`). All I/O happens here, never in a model.
 
 pub mod request;
 pub mod single_flight;
@@ -142,20 +143,11 @@ impl ScoreError {
 }
 
 /// Settings of the scoring path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ScoringSettings {
     /// What is memoized and for how long.
     pub cache: CachePolicy,
     pub portfolio_limits: PortfolioLimits,
-}
-
-impl Default for ScoringSettings {
-    fn default() -> Self {
-        ScoringSettings {
-            cache: CachePolicy::default(),
-            portfolio_limits: PortfolioLimits::default(),
-        }
-    }
 }
 
 /// What a single flight computes: the memoized outcome, and the tier that
