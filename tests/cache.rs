@@ -30,15 +30,19 @@ fn prefix(test: &str) -> String {
 
 /// Flags of a replica on `url` under `prefix`. The operation timeout is
 /// generous because these tests run beside many others on two cores; the
-/// fault test shows what happens when Redis is not there at all.
+/// fault test shows what happens when Redis is slow or not there at all.
 fn redis_flags(url: &str, prefix: &str) -> Vec<String> {
+    redis_flags_with_timeout(url, prefix, 2000)
+}
+
+fn redis_flags_with_timeout(url: &str, prefix: &str, timeout_ms: u32) -> Vec<String> {
     [
         "--redis-url",
         url,
         "--redis-prefix",
         prefix,
         "--redis-timeout-ms",
-        "2000",
+        &timeout_ms.to_string(),
         "--redis-breaker-cooldown-ms",
         "100",
     ]
@@ -306,6 +310,18 @@ impl OwnRedis {
             .is_ok()
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: a Redis that
+    /// keeps its connections open and never answers.
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -332,15 +348,17 @@ fn free_port() -> u16 {
 struct Seen {
     requests: usize,
     failures: Vec<String>,
-    /// L2 hits on replica B, by phase (before kill, while down, after restart).
-    l2_hits: [usize; 3],
+    /// L2 hits on replica B, by phase: up, killed, restarted, frozen, thawed.
+    l2_hits: [usize; 5],
 }
 
 #[test]
-fn scoring_survives_redis_dying_and_caching_resumes_when_it_returns() {
+fn scoring_survives_redis_dying_or_hanging_and_caching_resumes_when_it_returns() {
     let mut redis = OwnRedis::start_on(free_port());
     let prefix = prefix("fault");
-    let flags = redis_flags(&redis.url(), &prefix);
+    // A short timeout, so a frozen Redis is noticed quickly; a timeout that
+    // fires under load is a miss, which this test tolerates.
+    let flags = redis_flags_with_timeout(&redis.url(), &prefix, 200);
     let (a, b) = (start(&flags), start(&flags));
 
     let phase = AtomicUsize::new(0);
@@ -392,12 +410,21 @@ fn scoring_survives_redis_dying_and_caching_resumes_when_it_returns() {
         redis.restart();
         phase.store(2, Ordering::Release);
         wait_for("L2 hits after Redis returned", &|s| s.l2_hits[2] >= 20);
+        redis.signal("-STOP");
+        phase.store(3, Ordering::Release);
+        let before = seen.lock().map(|s| s.requests).unwrap_or_default();
+        wait_for("requests with Redis frozen", &|s| {
+            s.requests >= before + 100
+        });
+        redis.signal("-CONT");
+        phase.store(4, Ordering::Release);
+        wait_for("L2 hits after Redis thawed", &|s| s.l2_hits[4] >= 20);
         stop.store(true, Ordering::Release);
     });
 
     let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
     eprintln!(
-        "fault test: {} requests, B's L2 hits before/during/after the outage: {:?}",
+        "fault test: {} requests, B's L2 hits up/killed/restarted/frozen/thawed: {:?}",
         seen.requests, seen.l2_hits
     );
     assert!(
@@ -407,12 +434,19 @@ fn scoring_survives_redis_dying_and_caching_resumes_when_it_returns() {
         seen.requests,
         &seen.failures[..seen.failures.len().min(5)]
     );
-    // Both replicas noticed, and both closed their breakers again.
+    // Both replicas noticed both faults, and both closed their breakers again.
     for server in [&a, &b] {
-        assert!(
-            metric(server, "riskhost_redis_errors_total").unwrap_or(0.0) > 0.0,
-            "no Redis error was counted"
-        );
+        for kind in ["connection", "timeout"] {
+            let errors = server
+                .get_text("/metrics")
+                .lines()
+                .filter(|l| {
+                    l.starts_with("riskhost_redis_errors_total{")
+                        && l.contains(&format!("kind=\"{kind}\""))
+                })
+                .count();
+            assert!(errors > 0, "no Redis error of kind {kind} was counted");
+        }
         assert_eq!(metric(server, "riskhost_cache_breaker_state"), Some(0.0));
     }
     assert!(

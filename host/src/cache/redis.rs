@@ -33,6 +33,10 @@ use super::{CacheTier, CachedScore, ScoreKey, codec, count_lookups};
 /// stays well under a megabyte for typical breakdowns.
 pub const CHUNK: usize = 1000;
 
+/// Longest TTL sent to Redis (ten years): Redis refuses an expiry that
+/// overflows its clock, and a refused write would count against the breaker.
+const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// How to reach Redis and when to give up on it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -257,7 +261,9 @@ impl RedisCache {
         let now_ms = unix_ms();
         let mut pipe = redis::pipe();
         for (key, value, ttl) in &entries {
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let ttl_ms = u64::try_from(ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_TTL_MS);
             pipe.cmd("SET")
                 .arg(self.redis_key(model, key))
                 .arg(codec::encode(value, now_ms.saturating_add(ttl_ms)))
