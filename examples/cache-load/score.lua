@@ -6,11 +6,14 @@
 local mode = os.getenv("MODE") or "fixed"
 local model = os.getenv("MODEL") or "var-historical"
 local threads = {}
-local id = 0
+local next_id = 0
 
+-- Runs in the main Lua state; `thread:set` gives each thread's own state a
+-- global `thread_id`, which keeps MODE=unique portfolios distinct across
+-- threads.
 function setup(thread)
-  id = id + 1
-  thread:set("id", id)
+  next_id = next_id + 1
+  thread:set("thread_id", next_id)
   table.insert(threads, thread)
 end
 
@@ -33,7 +36,7 @@ end
 function request()
   if mode == "unique" then
     counter = counter + 1
-    return wrk.format(nil, nil, nil, body(id * 100000000 + counter))
+    return wrk.format(nil, nil, nil, body(thread_id * 100000000 + counter))
   end
   return wrk.format()
 end
