@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -51,6 +51,8 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
             post(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)),
         )
         .route("/v1/models", get(list_models))
+        .route("/v1/cache", delete(purge_cache))
+        .route("/v1/cache/{model}", delete(purge_model_cache))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -385,4 +387,61 @@ async fn track_http(request: Request, next: Next) -> Response {
     metrics::histogram!("riskhost_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// `DELETE /v1/cache`: drops every memoized outcome (admin).
+async fn purge_cache(
+    _admin: crate::auth::Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    purge(&state, None).await
+}
+
+/// `DELETE /v1/cache/{model}`: drops one model's memoized outcomes, every
+/// version of it (admin). A model that is not loaded may still have entries
+/// in the shared tier, so any well-formed name is accepted.
+async fn purge_model_cache(
+    _admin: crate::auth::Admin,
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !crate::cache::is_model_name(&model) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_model_name",
+            format!(
+                "`{}` is not a model name: lower-kebab-case ASCII (a-z, 0-9, '-'), starting with a letter, at most 64 bytes",
+                model.chars().take(64).collect::<String>().escape_debug()
+            ),
+        ));
+    }
+    purge(&state, Some(&model)).await
+}
+
+async fn purge(state: &AppState, model: Option<&str>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.scoring.cache().purge(model).await {
+        Ok(report) => {
+            tracing::info!(
+                model = model.unwrap_or("*"),
+                purged_l1 = report.purged_l1,
+                purged_l2 = ?report.purged_l2,
+                "memo purged"
+            );
+            Ok(Json(json!({
+                "model": model,
+                "purged_l1": report.purged_l1,
+                "purged_l2": report.purged_l2,
+            })))
+        }
+        Err(error) => {
+            tracing::warn!(model = model.unwrap_or("*"), %error, "memo purge incomplete");
+            let mut answer = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache_unavailable",
+                error.to_string(),
+            );
+            answer.retry_after_secs = Some(5);
+            Err(answer)
+        }
+    }
 }

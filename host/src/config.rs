@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cache::CachePolicy;
+use crate::cache::breaker::BreakerSettings;
+use crate::cache::redis::RedisSettings;
 use crate::engine::SandboxLimits;
 use crate::registry::BulkheadLimits;
 use crate::scoring::batch::BatchLimits;
@@ -116,6 +119,16 @@ pub struct ServeArgs {
     /// How long a cached score is kept, in seconds.
     #[arg(long, env = "RISKHOST_CACHE_TTL_SECS", default_value_t = 3600)]
     pub cache_ttl_secs: u64,
+    /// A model's own score TTL, as NAME=SECS (0 turns its memo off); repeat
+    /// the flag, or separate with commas in the variable.
+    #[arg(long = "model-cache-ttl", env = "RISKHOST_MODEL_CACHE_TTL", value_delimiter = ',', value_parser = parse_model_ttl)]
+    pub model_cache_ttl: Vec<(String, u64)>,
+    /// How long a deterministic model error (invalid input, insufficient
+    /// data) is memoized, in seconds; 0 memoizes none.
+    #[arg(long, env = "RISKHOST_ERROR_CACHE_TTL_SECS", default_value_t = 60)]
+    pub error_cache_ttl_secs: u64,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Concurrent calls per model; further calls queue (default: one per core).
     #[arg(long, env = "RISKHOST_MAX_CONCURRENT_CALLS")]
     pub max_concurrent_calls: Option<usize>,
@@ -154,7 +167,15 @@ impl ServeArgs {
 
     pub fn scoring(&self) -> ScoringSettings {
         ScoringSettings {
-            cache_ttl: Duration::from_secs(self.cache_ttl_secs),
+            cache: CachePolicy {
+                ttl: Duration::from_secs(self.cache_ttl_secs),
+                model_ttl: self
+                    .model_cache_ttl
+                    .iter()
+                    .map(|(name, secs)| (name.clone(), Duration::from_secs(*secs)))
+                    .collect(),
+                error_ttl: Duration::from_secs(self.error_cache_ttl_secs),
+            },
             portfolio_limits: PortfolioLimits {
                 max_positions: self.max_positions,
                 ..PortfolioLimits::default()
@@ -206,6 +227,55 @@ impl BatchingArgs {
     }
 }
 
+/// The shared Redis cache tier; off without `--redis-url`.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis for the shared cache tier, e.g. `redis://127.0.0.1:6379/0`; the
+    /// in-process tier alone without one.
+    #[arg(long, env = "RISKHOST_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// First segment of every Redis key, so deployments can share a Redis.
+    #[arg(long, env = "RISKHOST_REDIS_PREFIX", default_value = "riskhost")]
+    pub redis_prefix: String,
+    /// Budget of one Redis round trip (per 1000 keys of a batch), in milliseconds.
+    #[arg(long, env = "RISKHOST_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    pub redis_timeout_ms: u64,
+    /// Budget of connecting to Redis, in milliseconds.
+    #[arg(
+        long,
+        env = "RISKHOST_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub redis_connect_timeout_ms: u64,
+    /// Consecutive failed Redis operations that open the circuit breaker.
+    #[arg(long, env = "RISKHOST_REDIS_BREAKER_FAILURES", default_value_t = 5)]
+    pub redis_breaker_failures: u32,
+    /// How long the breaker stays open before probing Redis, in milliseconds.
+    #[arg(
+        long,
+        env = "RISKHOST_REDIS_BREAKER_COOLDOWN_MS",
+        default_value_t = 1000
+    )]
+    pub redis_breaker_cooldown_ms: u64,
+}
+
+impl RedisArgs {
+    /// The Redis tier's settings, when one is configured.
+    pub fn settings(&self) -> Option<RedisSettings> {
+        let url = self.redis_url.clone().filter(|u| !u.is_empty())?;
+        Some(RedisSettings {
+            url,
+            prefix: self.redis_prefix.clone(),
+            op_timeout: Duration::from_millis(self.redis_timeout_ms.max(1)),
+            connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms.max(1)),
+            breaker: BreakerSettings {
+                failure_threshold: self.redis_breaker_failures.max(1),
+                cooldown: Duration::from_millis(self.redis_breaker_cooldown_ms),
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ScoreArgs {
     /// A `.wasm` file, or the name of a model in the plugins directory.
@@ -248,6 +318,21 @@ pub struct ScoreFileArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub sources: SourceArgs,
+}
+
+fn parse_model_ttl(s: &str) -> Result<(String, u64), String> {
+    let (name, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=SECS"))?;
+    let name = name.trim();
+    if !crate::cache::is_model_name(name) {
+        return Err(format!("`{name}` is not a model name (lower-kebab-case)"));
+    }
+    let secs: u64 = secs
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{secs}` is not a whole number of seconds: {e}"))?;
+    Ok((name.to_owned(), secs))
 }
 
 fn parse_param(s: &str) -> Result<(String, f64), String> {

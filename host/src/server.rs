@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::api::{self, AppState, HttpLimits};
-use crate::cache::InProcessCache;
+use crate::cache::redis::RedisCache;
+use crate::cache::{InProcessCache, ScoreCache, TieredCache};
 use crate::config::{ServeArgs, SourceArgs};
 use crate::engine::ModelEngine;
 use crate::loader;
@@ -38,7 +39,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let market = market_source(&args.sources)?;
     let snapshot = market.snapshot();
     tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
-    let cache = Arc::new(InProcessCache::new(args.cache_max_mib << 20));
+    let l1 = InProcessCache::new(args.cache_max_mib << 20);
+    // One trait, two backends: the tier layout is chosen here, once.
+    let cache: Arc<dyn ScoreCache> = match args.redis.settings() {
+        None => Arc::new(l1),
+        Some(settings) => Arc::new(TieredCache::new(l1, RedisCache::connect(settings).await?)),
+    };
     let scoring = ScoringService::new(
         engine.clone(),
         registry.clone(),

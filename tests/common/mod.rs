@@ -31,8 +31,10 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_riskhost")
+/// The binary under test: cargo's, or `RISKHOST_BIN` when set (e.g. to test
+/// a copy while other checkouts rebuild a shared target directory).
+pub fn binary() -> String {
+    std::env::var("RISKHOST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_riskhost").to_owned())
 }
 
 /// A riskhost server process, killed when dropped.

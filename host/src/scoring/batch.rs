@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::{JobResult, PreparedJob};
 use super::request::BreakdownEntry;
-use super::{PortfolioInput, ScoreError, ScoringService, overloaded, record_cache};
+use super::{PortfolioInput, ScoreError, ScoringService, overloaded};
 use crate::cache::{CacheTier, CachedScore, score_key};
-use crate::engine::bindings;
+use crate::engine::bindings::{self, ModelError};
 use crate::engine::{ParamError, unit_name};
 use crate::registry::ModelEntry;
 
@@ -110,6 +110,21 @@ impl CellOutcome {
                 code: error.code(),
                 message: error.to_string(),
             },
+        }
+    }
+
+    /// A memoized or fresh outcome: the score, or the model's own error.
+    fn memoized(
+        entry: &ModelEntry,
+        outcome: &Result<bindings::Score, ModelError>,
+        tier: Option<CacheTier>,
+    ) -> Self {
+        match outcome {
+            Ok(score) => Self::scored(entry, score, tier),
+            Err(error) => Self::failed(&ScoreError::from_model_error(
+                entry.model.name(),
+                error.clone(),
+            )),
         }
     }
 
@@ -267,29 +282,30 @@ impl ScoringService {
                 }
             }
         }
-        let keyed: Vec<usize> = (0..jobs.len()).filter(|i| jobs[*i].is_some()).collect();
-        let keys: Vec<_> = keyed
-            .iter()
-            .filter_map(|i| jobs[*i].as_ref().map(|(_, j)| j.key))
-            .collect();
-        let hits = self.cache.get_many(&keys).await;
+        // One memo round trip per model for all of its cells.
         let mut misses: Vec<usize> = Vec::new();
-        for (cell, hit) in keyed.into_iter().zip(hits) {
-            let Some((model_index, _)) = &jobs[cell] else {
+        for (model_index, (entry, _, _)) in models.iter().enumerate() {
+            let cells_of_model: Vec<usize> = (0..jobs.len())
+                .filter(|c| jobs[*c].as_ref().is_some_and(|(m, _)| *m == model_index))
+                .collect();
+            if cells_of_model.is_empty() {
                 continue;
-            };
-            let entry = &models[*model_index].0;
-            match hit {
-                Some((cached, tier)) => {
-                    record_cache(entry, Some(tier));
-                    cells[cell] = Some(CellOutcome::scored(entry, &cached.score, Some(tier)));
-                }
-                None => {
-                    record_cache(entry, None);
-                    misses.push(cell);
+            }
+            let keys: Vec<_> = cells_of_model
+                .iter()
+                .filter_map(|c| jobs[*c].as_ref().map(|(_, j)| j.key))
+                .collect();
+            let hits = self.cache.get_many(entry.model.name(), &keys).await;
+            for (cell, hit) in cells_of_model.into_iter().zip(hits) {
+                match hit {
+                    Some((memo, tier)) => {
+                        cells[cell] = Some(CellOutcome::memoized(entry, &memo.outcome, Some(tier)))
+                    }
+                    None => misses.push(cell),
                 }
             }
         }
+        misses.sort_unstable();
 
         // One price window for every miss of the batch.
         if !misses.is_empty() {
@@ -332,25 +348,38 @@ impl ScoringService {
                         });
                     }
                 }
-                let mut fresh = Vec::new();
+                let mut fresh: BTreeMap<String, Vec<_>> = BTreeMap::new();
                 while let Some((entry, chunk, results)) = calls.next().await {
+                    let name = entry.model.name();
                     for (cell, result) in chunk.into_iter().zip(results) {
-                        match result {
-                            Ok(score) => {
-                                cells[cell] = Some(CellOutcome::scored(&entry, &score, None));
-                                if let Some((_, job)) = &jobs[cell] {
-                                    fresh.push((
-                                        job.key,
-                                        Arc::new(CachedScore { score }),
-                                        self.settings.cache_ttl,
-                                    ));
+                        // Scores and the model's own (deterministic) errors are
+                        // memoized as the policy allows; failed calls never.
+                        let outcome = match result {
+                            Ok(score) => Ok(score),
+                            Err(error) => match error.into_model_error() {
+                                Ok(model_error) => Err(model_error),
+                                Err(other) => {
+                                    cells[cell] = Some(CellOutcome::failed(&other));
+                                    continue;
                                 }
-                            }
-                            Err(error) => cells[cell] = Some(CellOutcome::failed(&error)),
+                            },
+                        };
+                        let memo = Arc::new(CachedScore { outcome });
+                        cells[cell] = Some(CellOutcome::memoized(&entry, &memo.outcome, None));
+                        if let (Some((_, job)), Some(ttl)) = (
+                            &jobs[cell],
+                            self.settings.cache.ttl_for(name, &memo.outcome),
+                        ) {
+                            fresh
+                                .entry(name.to_owned())
+                                .or_default()
+                                .push((job.key, memo, ttl));
                         }
                     }
                 }
-                self.cache.put_many(fresh).await;
+                for (model, entries) in fresh {
+                    self.cache.put_many(&model, entries).await;
+                }
             }
         }
 

@@ -6,16 +6,17 @@
 //! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
 //! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
 //! batch request in chunks over one prefetched price window ([`batch`]).
+//! Concurrent identical misses share one computation ([`single_flight`]).
 //! All I/O happens here, never in a model.
 
 pub mod batch;
 pub mod batcher;
 pub mod jobs;
 pub mod request;
+pub mod single_flight;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::NaiveDate;
 
@@ -23,7 +24,9 @@ pub use request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
 };
 
-use crate::cache::{CacheTier, CachedScore, CanonicalPosition, ScoreCache, score_key};
+use crate::cache::{
+    CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey, score_key,
+};
 use crate::engine::bindings::{self, ModelError};
 use crate::engine::{CallError, ModelEngine, ParamError, unit_name};
 use crate::market::{DataError, MarketDataSource};
@@ -130,6 +133,19 @@ impl ScoreError {
         }
     }
 
+    /// The model's own error this is, given back unchanged; any other error
+    /// (a failed call, missing data…) is returned as is.
+    pub fn into_model_error(self) -> Result<ModelError, ScoreError> {
+        match self {
+            ScoreError::ModelInvalidInput { message, .. } => Ok(ModelError::InvalidInput(message)),
+            ScoreError::InsufficientData { message, .. } => {
+                Ok(ModelError::InsufficientData(message))
+            }
+            ScoreError::ModelInternal { message, .. } => Ok(ModelError::Internal(message)),
+            other => Err(other),
+        }
+    }
+
     fn from_model_error(model: &str, error: ModelError) -> Self {
         let model = model.to_owned();
         match error {
@@ -143,24 +159,18 @@ impl ScoreError {
 }
 
 /// Settings of the scoring path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ScoringSettings {
-    pub cache_ttl: Duration,
+    /// What is memoized and for how long.
+    pub cache: CachePolicy,
     pub portfolio_limits: PortfolioLimits,
     pub batch: batch::BatchLimits,
     pub dynamic: batcher::DynamicBatching,
 }
 
-impl Default for ScoringSettings {
-    fn default() -> Self {
-        ScoringSettings {
-            cache_ttl: Duration::from_secs(3600),
-            portfolio_limits: PortfolioLimits::default(),
-            batch: batch::BatchLimits::default(),
-            dynamic: batcher::DynamicBatching::default(),
-        }
-    }
-}
+/// A miss's memo entry and, when it came from the in-process tier after
+/// all, that tier.
+type Computed = Result<(Arc<CachedScore>, Option<CacheTier>), ScoreError>;
 
 /// Everything a request needs to be scored, shared by all handlers.
 pub struct ScoringService {
@@ -170,6 +180,8 @@ pub struct ScoringService {
     settings: ScoringSettings,
     executor: Arc<Executor>,
     batchers: Batchers,
+    /// Concurrent identical misses run the model once (`single_flight.rs`).
+    flights: single_flight::SingleFlight<ScoreKey, Computed>,
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
@@ -198,11 +210,16 @@ impl ScoringService {
             settings,
             executor,
             batchers,
+            flights: single_flight::SingleFlight::new(),
         }
     }
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
         &self.registry
+    }
+
+    pub fn cache(&self) -> &Arc<dyn ScoreCache> {
+        &self.cache
     }
 
     pub fn market(&self) -> &Arc<dyn MarketDataSource> {
@@ -251,25 +268,63 @@ impl ScoringService {
             cache_tier: tier,
         };
 
-        if let Some(Some((hit, tier))) = self.cache.get_many(&[key]).await.pop() {
-            record_cache(&entry, Some(tier));
-            return Ok(respond(&hit.score, Some(tier)));
+        let name = entry.model.name();
+        let (memo, tier) = match self.cache.get_many(name, &[key]).await.pop() {
+            Some(Some((hit, tier))) => (hit, Some(tier)),
+            _ => {
+                // Concurrent identical misses share one computation.
+                let (computed, role) = self
+                    .flights
+                    .run(key, self.compute(&entry, params, &portfolio, as_of, key))
+                    .await;
+                if role == single_flight::Role::Follower {
+                    metrics::counter!("riskhost_cache_coalesced_total", "model" => name.to_owned())
+                        .increment(1);
+                }
+                let (memo, tier) = computed?;
+                (memo, tier.filter(|_| role == single_flight::Role::Leader))
+            }
+        };
+        match &memo.outcome {
+            Ok(score) => Ok(respond(score, tier)),
+            Err(error) => Err(ScoreError::from_model_error(name, error.clone())),
         }
-        record_cache(&entry, None);
+    }
 
+    /// The miss path: re-checks the in-process tier, runs the job and stores
+    /// the outcome the cache policy allows (scores, and deterministic model
+    /// errors briefly; never failures of the call itself).
+    async fn compute(
+        &self,
+        entry: &Arc<ModelEntry>,
+        params: Vec<f64>,
+        portfolio: &PreparedPortfolio,
+        as_of: NaiveDate,
+        key: ScoreKey,
+    ) -> Computed {
+        // A flight that ended between our lookup and our flight has filled it.
+        if let Some(hit) = self.cache.get_local(&key) {
+            return Ok((hit, Some(CacheTier::L1)));
+        }
         let job = PreparedJob {
             key,
             portfolio_id: portfolio.id.clone(),
-            lookback: description.lookback_for(&params),
+            lookback: entry.model.description.lookback_for(&params),
             positions: portfolio.positions.clone(),
             params,
         };
-        let score = self.run_one(&entry, as_of, job).await?;
-        let cached = Arc::new(CachedScore { score });
-        self.cache
-            .put_many(vec![(key, cached.clone(), self.settings.cache_ttl)])
-            .await;
-        Ok(respond(&cached.score, None))
+        let outcome = match self.run_one(entry, as_of, job).await {
+            Ok(score) => Ok(score),
+            Err(error) => Err(error.into_model_error()?),
+        };
+        let name = entry.model.name();
+        let memo = Arc::new(CachedScore { outcome });
+        if let Some(ttl) = self.settings.cache.ttl_for(name, &memo.outcome) {
+            self.cache
+                .put_many(name, vec![(key, memo.clone(), ttl)])
+                .await;
+        }
+        Ok((memo, None))
     }
 
     /// Runs one job: through the dynamic batcher when it is on, else alone.
@@ -349,14 +404,6 @@ fn overloaded(entry: &ModelEntry, source: Overloaded) -> ScoreError {
         model: entry.model.name().to_owned(),
         source,
     }
-}
-
-fn record_cache(entry: &ModelEntry, tier: Option<CacheTier>) {
-    let (tier, result) = match tier {
-        Some(t) => (t.as_str(), "hit"),
-        None => ("all", "miss"),
-    };
-    metrics::counter!("riskhost_cache_lookups_total", "model" => entry.model.name().to_owned(), "tier" => tier, "result" => result).increment(1);
 }
 
 /// Parses an ISO date, for CLI flags.
