@@ -61,9 +61,11 @@ pub trait ScoreCache: Send + Sync + 'static {
 }
 
 /// The in-process tier: moka, bounded by an approximate byte budget, with a
-/// time to live per entry.
+/// time to live per entry. A budget of 0 disables it: every lookup misses,
+/// so every request runs its model (for tests and benchmarks of the models
+/// themselves).
 pub struct InProcessCache {
-    entries: moka::sync::Cache<ScoreKey, (Arc<CachedScore>, Duration)>,
+    entries: Option<moka::sync::Cache<ScoreKey, (Arc<CachedScore>, Duration)>>,
 }
 
 struct PerEntryTtl;
@@ -81,20 +83,24 @@ impl moka::Expiry<ScoreKey, (Arc<CachedScore>, Duration)> for PerEntryTtl {
 
 impl InProcessCache {
     pub fn new(max_bytes: u64) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_k: &ScoreKey, v: &(Arc<CachedScore>, Duration)| v.0.weight())
-            .expire_after(PerEntryTtl)
-            .build();
+        let entries = (max_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &ScoreKey, v: &(Arc<CachedScore>, Duration)| v.0.weight())
+                .expire_after(PerEntryTtl)
+                .build()
+        });
         InProcessCache { entries }
     }
 
     pub fn get(&self, key: &ScoreKey) -> Option<Arc<CachedScore>> {
-        self.entries.get(key).map(|(v, _)| v)
+        self.entries.as_ref()?.get(key).map(|(v, _)| v)
     }
 
     pub fn insert(&self, key: ScoreKey, value: Arc<CachedScore>, ttl: Duration) {
-        self.entries.insert(key, (value, ttl));
+        if let Some(entries) = &self.entries {
+            entries.insert(key, (value, ttl));
+        }
     }
 }
 
@@ -113,7 +119,9 @@ impl ScoreCache for InProcessCache {
     }
 
     async fn purge_all(&self) {
-        self.entries.invalidate_all();
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
     }
 }
 
@@ -155,5 +163,15 @@ mod tests {
         assert!(got[2].is_none());
         cache.purge_all().await;
         assert!(cache.get(&a).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_zero_budget_disables_the_cache() {
+        let cache = InProcessCache::new(0);
+        let key = ScoreKey([1; 32]);
+        cache
+            .put_many(vec![(key, score(1.0), Duration::from_secs(60))])
+            .await;
+        assert!(cache.get_many(&[key]).await[0].is_none());
     }
 }
