@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::engine::LoadedModel;
+use crate::engine::{LoadedModel, ModelLimits};
 
 /// Per-model concurrency bounds: at most `max_concurrent` calls run and at
 /// most `max_queued` wait; beyond that the caller is told to retry.
@@ -24,6 +24,16 @@ use crate::engine::LoadedModel;
 pub struct BulkheadLimits {
     pub max_concurrent: usize,
     pub max_queued: usize,
+}
+
+impl BulkheadLimits {
+    /// These limits with a model's own `max_concurrent`/`max_queued`, if any.
+    pub fn for_model(self, limits: &ModelLimits) -> BulkheadLimits {
+        BulkheadLimits {
+            max_concurrent: limits.max_concurrent.unwrap_or(self.max_concurrent),
+            max_queued: limits.max_queued.unwrap_or(self.max_queued),
+        }
+    }
 }
 
 /// A bulkhead keeps one slow or hostile model from taking every execution
@@ -48,6 +58,10 @@ impl Bulkhead {
             queued: AtomicUsize::new(0),
             limits,
         }
+    }
+
+    pub fn limits(&self) -> BulkheadLimits {
+        self.limits
     }
 
     /// Waits for a slot, or fails at once when too many callers wait already.
