@@ -18,9 +18,11 @@ impl Model for HostileMemory {
         ModelInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Sandbox test model: allocates without bound with misbehave=1."
-                .to_owned(),
-            params: vec![shared::misbehave_param("1 allocates until it is stopped", 1)],
+            description: "Sandbox test model: allocates without bound with misbehave=1.".to_owned(),
+            params: vec![shared::misbehave_param(
+                "1 allocates until it is stopped",
+                1,
+            )],
             data: DataNeeds {
                 lookback_days: 1,
                 lookback_param: None,

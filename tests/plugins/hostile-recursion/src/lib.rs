@@ -17,8 +17,7 @@ impl Model for HostileRecursion {
         ModelInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Sandbox test model: recurses without bound with misbehave=1."
-                .to_owned(),
+            description: "Sandbox test model: recurses without bound with misbehave=1.".to_owned(),
             params: vec![shared::misbehave_param("1 recurses without bound", 1)],
             data: DataNeeds {
                 lookback_days: 1,

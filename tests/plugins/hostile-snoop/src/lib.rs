@@ -12,7 +12,9 @@ use std::hash::BuildHasher;
 use std::io::Read;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use riskhost_sdk::{BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, Score, Unit};
+use riskhost_sdk::{
+    BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, Score, Unit,
+};
 
 pub struct HostileSnoop;
 
@@ -69,7 +71,11 @@ impl Model for HostileSnoop {
         for i in 0..5_000_000u64 {
             spin = std::hint::black_box(spin.wrapping_add(i));
         }
-        report.add("monotonic", "ns elapsed over a busy loop", start.elapsed().as_nanos() as f64);
+        report.add(
+            "monotonic",
+            "ns elapsed over a busy loop",
+            start.elapsed().as_nanos() as f64,
+        );
 
         let draw = getrandom::u64().map_or_else(|e| e.to_string(), |r| format!("{r:016x}"));
         report.add("random", draw, 0.0);

@@ -30,7 +30,13 @@ impl Model for MonteCarlo {
                 .to_owned(),
             params: vec![
                 ParamSpec::real("confidence", "Loss quantile.", 0.99, 0.5, 0.9999),
-                ParamSpec::integer("scenarios", "Monte Carlo scenarios.", 10_000, 100, 1_000_000),
+                ParamSpec::integer(
+                    "scenarios",
+                    "Monte Carlo scenarios.",
+                    10_000,
+                    100,
+                    1_000_000,
+                ),
                 ParamSpec::integer("lookback_days", "Historical days sampled.", 250, 2, 5000),
             ],
             data: DataNeeds {
@@ -51,7 +57,13 @@ impl Model for MonteCarlo {
             .iter()
             .map(|p| ctx.returns(p.series, lookback))
             .collect::<Result<Vec<_>, _>>()?;
-        let day_loss = |t: usize| -> f64 { -values.iter().zip(&returns).map(|(v, r)| v * r[t]).sum::<f64>() };
+        let day_loss = |t: usize| -> f64 {
+            -values
+                .iter()
+                .zip(&returns)
+                .map(|(v, r)| v * r[t])
+                .sum::<f64>()
+        };
 
         let entropy = getrandom::u64()
             .map_err(|e| ModelError::Internal(format!("no WASI randomness: {e}")))?;
