@@ -487,7 +487,12 @@ impl ModelEngine {
             }
             None => {
                 let message = format!("{error:#}");
-                if store.data().limiter.memory_limit_hit {
+                if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    CallError::Trap(format!(
+                        "the model called exit (status {}) instead of returning",
+                        exit.0
+                    ))
+                } else if store.data().limiter.memory_limit_hit {
                     memory_exhausted
                 } else if message.contains("fuel allocated for hostcalls") {
                     // wasmtime's hostcall fuel ran out while lifting the results.
@@ -498,7 +503,8 @@ impl ModelEngine {
                 } else if message.contains("pooling") || message.contains("maximum concurrent") {
                     CallError::Instantiate(message)
                 } else {
-                    CallError::Trap(truncate(&message, 1024).to_owned())
+                    // The root cause without wasmtime's multi-line backtrace.
+                    CallError::Trap(truncate(&error.root_cause().to_string(), 1024).to_owned())
                 }
             }
         }

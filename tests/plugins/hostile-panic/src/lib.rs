@@ -1,4 +1,5 @@
-//! `hostile-panic`: a test model that panics when asked to misbehave.
+//! `hostile-panic`: a test model that panics (`misbehave = 1`) or calls
+//! `exit` (`misbehave = 2`) when asked to misbehave.
 //!
 //! A Rust panic in a wasm component prints its message to stderr and aborts
 //! with an `unreachable` trap. The host must turn that into a `model_trap`
@@ -19,8 +20,8 @@ impl Model for HostilePanic {
         ModelInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Sandbox test model: panics with misbehave=1.".to_owned(),
-            params: vec![shared::misbehave_param("1 panics", 1)],
+            description: "Sandbox test model: panics with misbehave=1, exits with 2.".to_owned(),
+            params: vec![shared::misbehave_param("1 panics, 2 calls exit(3)", 2)],
             data: DataNeeds {
                 lookback_days: 1,
                 lookback_param: None,
@@ -29,8 +30,10 @@ impl Model for HostilePanic {
     }
 
     fn score(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
-        if shared::misbehave(job) == 1 {
-            explode(job.portfolio.positions.len());
+        match shared::misbehave(job) {
+            1 => explode(job.portfolio.positions.len()),
+            2 => std::process::exit(3),
+            _ => {}
         }
         shared::gross_exposure(ctx, job)
     }
