@@ -61,8 +61,13 @@ pub fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
     dir
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_riskhost")
+/// The `riskhost` binary under test: `$RISKHOST_TEST_BINARY` when set, else
+/// the one cargo built for these tests. The override exists because
+/// worktrees sharing one CARGO_TARGET_DIR also share `target/debug/riskhost`,
+/// which another checkout's build can replace while these tests run.
+pub fn binary() -> String {
+    std::env::var("RISKHOST_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_riskhost").to_owned())
 }
 
 /// A riskhost server process, killed when dropped.
