@@ -685,7 +685,8 @@ fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
-/// One thread advancing the engine's epoch; deadlines are counted in ticks.
+/// One thread advancing the engine's epoch once per elapsed tick of the real
+/// clock; deadlines are counted in ticks.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<()>,
@@ -698,9 +699,18 @@ impl EpochTicker {
         let handle = std::thread::Builder::new()
             .name("riskhost-epoch".into())
             .spawn(move || {
+                // The epoch counts elapsed ticks of the real clock, not loop
+                // iterations: on a loaded host a 1 ms sleep can take several,
+                // and counting iterations would stretch every deadline.
+                let started = Instant::now();
+                let mut epoch: u128 = 0;
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    let due = started.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+                    while epoch < due {
+                        engine.increment_epoch();
+                        epoch += 1;
+                    }
                 }
             })?;
         Ok(EpochTicker { stop, handle })
