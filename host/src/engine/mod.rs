@@ -5,7 +5,9 @@
 //! epoch ticker thread. Loading a model compiles it, links it against the
 //! sandbox (`InstancePre`), reads and checks `info()` and runs a warm-up call;
 //! only a model that passes all of that is ever served. Each batch call gets a
-//! fresh instance from the pool and is stopped at its deadline.
+//! fresh instance from the pool and runs under its model's limits (deadline,
+//! memory, stack, optional fuel, output budget; see `limits.rs`); whatever
+//! stops it becomes a `CallError` that says why.
 //!
 //! Everything here is blocking and CPU-bound: callers run it on a blocking
 //! thread, never on the async runtime.
