@@ -283,6 +283,39 @@ struct ModelView {
     loaded_at: std::time::SystemTime,
     status: &'static str,
     info: crate::engine::ModelDescription,
+    limits: LimitsView,
+}
+
+/// The limits a model's calls run under, defaults and overrides resolved.
+#[derive(Serialize)]
+struct LimitsView {
+    memory_bytes: usize,
+    deadline_ms: u128,
+    deadline_per_job_us: u128,
+    deadline_cap_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuel_base: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuel_per_job: Option<u64>,
+    max_concurrent: usize,
+    max_queued: usize,
+}
+
+impl LimitsView {
+    fn of(entry: &crate::registry::ModelEntry) -> LimitsView {
+        let limits = &entry.model.limits;
+        let bulkhead = entry.bulkhead.limits();
+        LimitsView {
+            memory_bytes: limits.memory_bytes,
+            deadline_ms: limits.deadline_base.as_millis(),
+            deadline_per_job_us: limits.deadline_per_job.as_micros(),
+            deadline_cap_ms: limits.deadline_cap.as_millis(),
+            fuel_base: limits.fuel.map(|f| f.base),
+            fuel_per_job: limits.fuel.map(|f| f.per_job),
+            max_concurrent: bulkhead.max_concurrent,
+            max_queued: bulkhead.max_queued,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -306,6 +339,7 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize>
             loaded_at: entry.loaded_at,
             status: "active",
             info: entry.model.description.clone(),
+            limits: LimitsView::of(entry),
         })
         .collect();
     Json(ModelsView {

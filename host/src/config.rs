@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::CachePolicy;
 use crate::cache::breaker::BreakerSettings;
 use crate::cache::redis::RedisSettings;
-use crate::engine::SandboxLimits;
+use crate::engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
 use crate::registry::BulkheadLimits;
 use crate::scoring::batch::BatchLimits;
 use crate::scoring::batcher::DynamicBatching;
@@ -77,32 +77,60 @@ pub struct SourceArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
     /// Linear memory cap per model instance, in MiB.
-    #[arg(long, env = "RISKHOST_MEMORY_LIMIT_MIB", default_value_t = 64)]
-    pub memory_limit_mib: usize,
+    #[arg(long, env = "RISKHOST_MEMORY_LIMIT_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_MIB as u64))]
+    pub memory_limit_mib: u64,
     /// Base deadline of one model call, in milliseconds.
-    #[arg(long, env = "RISKHOST_DEADLINE_MS", default_value_t = 1000)]
+    #[arg(long, env = "RISKHOST_DEADLINE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_ms: u64,
     /// Deadline added per job of a batch call, in microseconds.
     #[arg(long, env = "RISKHOST_DEADLINE_PER_JOB_US", default_value_t = 2000)]
     pub deadline_per_job_us: u64,
     /// Longest deadline of any call, in milliseconds.
-    #[arg(long, env = "RISKHOST_DEADLINE_CAP_MS", default_value_t = 30_000)]
+    #[arg(long, env = "RISKHOST_DEADLINE_CAP_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_cap_ms: u64,
     /// Largest accepted component, in MiB.
     #[arg(long, env = "RISKHOST_MAX_COMPONENT_MIB", default_value_t = 64)]
     pub max_component_mib: usize,
+    /// Fuel per job of a call: turns on fuel metering, a deterministic CPU
+    /// budget (about one unit per wasm instruction). Off by default.
+    #[arg(long, env = "RISKHOST_FUEL_PER_JOB")]
+    pub fuel_per_job: Option<u64>,
+    /// Fuel every call gets on top of its per-job fuel (instantiation,
+    /// per-batch work); defaults to --fuel-per-job. Needs --fuel-per-job.
+    #[arg(long, env = "RISKHOST_FUEL_BASE", requires = "fuel_per_job")]
+    pub fuel_base: Option<u64>,
+    /// Limits of one model, overriding the defaults above:
+    /// `MODEL:KEY=VALUE[,KEY=VALUE…]`, e.g. `slow-legal:deadline_ms=5000,memory_mib=128`.
+    /// Keys: memory_mib, deadline_ms, deadline_per_job_us, deadline_cap_ms,
+    /// fuel_base, fuel_per_job, max_concurrent, max_queued. Repeat the flag
+    /// for several models; the variable separates them with `;`.
+    #[arg(
+        long = "model-limits",
+        env = "RISKHOST_MODEL_LIMITS",
+        value_delimiter = ';'
+    )]
+    pub model_limits: Vec<ModelLimitsArg>,
 }
 
 impl SandboxArgs {
     pub fn limits(&self) -> SandboxLimits {
-        SandboxLimits {
-            memory_bytes: self.memory_limit_mib << 20,
+        let mut limits = SandboxLimits {
+            memory_bytes: usize::try_from(self.memory_limit_mib).unwrap_or(MAX_MEMORY_MIB) << 20,
             deadline_base: Duration::from_millis(self.deadline_ms),
             deadline_per_job: Duration::from_micros(self.deadline_per_job_us),
             deadline_cap: Duration::from_millis(self.deadline_cap_ms),
             max_component_bytes: self.max_component_mib << 20,
+            fuel: self.fuel_per_job.map(|per_job| FuelBudget {
+                base: self.fuel_base.unwrap_or(per_job).max(1),
+                per_job,
+            }),
             ..SandboxLimits::default()
-        }
+        };
+        limits.add_overrides(self.model_limits.iter().cloned());
+        limits
     }
 }
 

@@ -50,11 +50,12 @@ pub async fn load_file(
                 model = %name, version = %model.version(), digest = %model.digest, source = %source,
                 ms = started.elapsed().as_millis() as u64, "model loaded"
             );
+            let bulkhead = Bulkhead::new(bulkhead.for_model(&model.limits));
             registry.activate(Arc::new(ModelEntry {
                 model,
                 source,
                 loaded_at: SystemTime::now(),
-                bulkhead: Bulkhead::new(bulkhead),
+                bulkhead,
             }));
             Ok(name)
         }

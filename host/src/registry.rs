@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::LoadedModel;
+use crate::engine::{LoadedModel, ModelLimits};
 
 /// Per-model concurrency bounds: at most `max_concurrent` calls run and at
 /// most `max_queued` wait; beyond that the caller is told to retry.
@@ -24,6 +24,16 @@ use crate::engine::LoadedModel;
 pub struct BulkheadLimits {
     pub max_concurrent: usize,
     pub max_queued: usize,
+}
+
+impl BulkheadLimits {
+    /// These limits with a model's own `max_concurrent`/`max_queued`, if any.
+    pub fn for_model(self, limits: &ModelLimits) -> BulkheadLimits {
+        BulkheadLimits {
+            max_concurrent: limits.max_concurrent.unwrap_or(self.max_concurrent),
+            max_queued: limits.max_queued.unwrap_or(self.max_queued),
+        }
+    }
 }
 
 /// A bulkhead keeps one slow or hostile model from taking every execution
@@ -48,6 +58,38 @@ impl Bulkhead {
             queued: AtomicUsize::new(0),
             limits,
         }
+    }
+
+    pub fn limits(&self) -> BulkheadLimits {
+        self.limits
+    }
+
+    /// Admits a job into the waiting room of a batcher: only while fewer
+    /// jobs wait than the queue bound plus the slots free right now, so a
+    /// full model refuses at once instead of piling work up. Each admission
+    /// must be paired with one [`Bulkhead::leave_queue`].
+    pub fn try_admit(&self) -> Result<(), Overloaded> {
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        if waiting >= self.limits.max_queued + self.running.available_permits() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Overloaded { queued: waiting });
+        }
+        Ok(())
+    }
+
+    /// Ends an admission made by [`Bulkhead::try_admit`].
+    pub fn leave_queue(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Waits for a slot without queue accounting: for a batcher, whose jobs
+    /// were admitted already.
+    pub async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        self.running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overloaded { queued: 0 })
     }
 
     /// Waits for a slot, or fails at once when too many callers wait

@@ -85,6 +85,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             loader::load_directory(&engine, &registry, &dir, bulkhead).await;
             registry.mark_initial_load_done();
             let active = registry.active();
+            for name in engine.limits().overrides.keys() {
+                if !active.contains_key(name) {
+                    tracing::warn!(model = %name, "--model-limits names a model that is not loaded; the limits apply if it is loaded later");
+                }
+            }
             tracing::info!(
                 models = active.len(),
                 failures = registry.failures().len(),

@@ -48,6 +48,9 @@ const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
 ];
 
+/// Fuel units per call, from trivial calls to the order of a CPU-minute.
+const FUEL_BUCKETS: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
+
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -58,6 +61,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), SIZE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_fuel_consumed".into()), FUEL_BUCKETS)?
         .install_recorder()?;
     describe_metrics();
     Ok(METRICS.get_or_init(|| handle).clone())
@@ -74,6 +78,16 @@ fn describe_metrics() {
         "riskhost_model_batch_size",
         Unit::Count,
         "Jobs per model call"
+    );
+    describe_histogram!(
+        "riskhost_model_cpu_seconds",
+        Unit::Seconds,
+        "CPU time of one batch call into a model (the calling thread's CPU clock)"
+    );
+    describe_histogram!(
+        "riskhost_model_fuel_consumed",
+        Unit::Count,
+        "Fuel units one batch call consumed, when fuel metering is on"
     );
     describe_counter!(
         "riskhost_model_jobs_total",

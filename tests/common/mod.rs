@@ -31,10 +31,43 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
-/// The binary under test: cargo's, or `RISKHOST_BIN` when set (e.g. to test
-/// a copy while other checkouts rebuild a shared target directory).
+/// The test models (hostile, slow, Monte Carlo), built by
+/// `tests/plugins/build.sh` (which `tests/run.sh` runs first).
+pub fn test_plugins_dir() -> PathBuf {
+    let dir = workspace().join("tests/plugins/dist");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run tests/plugins/build.sh (tests/run.sh does) before the tests",
+        dir.display()
+    );
+    dir
+}
+
+/// A fresh plugins directory holding the named example models (from
+/// `plugins/dist`) and test models (from `tests/plugins/dist`).
+pub fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
+    let dir = TempDir::new("plugins");
+    for (source, names) in [(plugins_dir(), examples), (test_plugins_dir(), test_models)] {
+        for name in names {
+            let file = format!("{name}.wasm");
+            assert!(
+                source.join(&file).is_file(),
+                "{}/{file} is missing: run plugins/build.sh and tests/plugins/build.sh",
+                source.display()
+            );
+            std::fs::copy(source.join(&file), dir.path().join(&file)).expect("copy model");
+        }
+    }
+    dir
+}
+
+/// The `riskhost` binary under test: `$RISKHOST_TEST_BINARY` when set, else
+/// the one cargo built for these tests. The override exists because
+/// worktrees sharing one CARGO_TARGET_DIR also share `target/debug/riskhost`,
+/// which another checkout's build can replace while these tests run.
 pub fn binary() -> String {
-    std::env::var("RISKHOST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_riskhost").to_owned())
+    std::env::var("RISKHOST_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_riskhost").to_owned())
 }
 
 /// A riskhost server process, killed when dropped.

@@ -189,7 +189,8 @@ struct Entry {
 /// The in-process tier: moka, bounded by an approximate byte budget, with a
 /// time to live per entry.
 pub struct InProcessCache {
-    entries: moka::sync::Cache<ScoreKey, Entry>,
+    /// `None` when the budget is zero: the in-process memo is off.
+    entries: Option<moka::sync::Cache<ScoreKey, Entry>>,
 }
 
 struct PerEntryTtl;
@@ -217,21 +218,25 @@ impl moka::Expiry<ScoreKey, Entry> for PerEntryTtl {
 
 impl InProcessCache {
     pub fn new(max_bytes: u64) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_k: &ScoreKey, v: &Entry| v.value.weight())
-            .expire_after(PerEntryTtl)
-            .build();
+        let entries = (max_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &ScoreKey, v: &Entry| v.value.weight())
+                .expire_after(PerEntryTtl)
+                .build()
+        });
         InProcessCache { entries }
     }
 
     pub fn get(&self, key: &ScoreKey) -> Option<Arc<CachedScore>> {
-        self.entries.get(key).map(|e| e.value)
+        self.entries.as_ref()?.get(key).map(|e| e.value)
     }
 
     pub fn insert(&self, model: Arc<str>, key: ScoreKey, value: Arc<CachedScore>, ttl: Duration) {
-        if !ttl.is_zero() {
-            self.entries.insert(key, Entry { value, ttl, model });
+        if !ttl.is_zero()
+            && let Some(entries) = &self.entries
+        {
+            entries.insert(key, Entry { value, ttl, model });
         }
     }
 
@@ -246,7 +251,9 @@ impl InProcessCache {
 
     /// Removes one model's entries, or all, returning how many there were.
     async fn purge_entries(&self, model: Option<&str>) -> u64 {
-        let entries = self.entries.clone();
+        let Some(entries) = self.entries.clone() else {
+            return 0;
+        };
         let model: Option<Arc<str>> = model.map(Arc::from);
         // A full scan of a large cache is milliseconds of CPU: keep it off
         // the async workers.

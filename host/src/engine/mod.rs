@@ -5,12 +5,16 @@
 //! epoch ticker thread. Loading a model compiles it, links it against the
 //! sandbox (`InstancePre`), reads and checks `info()` and runs a warm-up call;
 //! only a model that passes all of that is ever served. Each batch call gets a
-//! fresh instance from the pool and is stopped at its deadline.
+//! fresh instance from the pool and runs under its model's limits (deadline,
+//! memory, stack, optional fuel, output budget; see `limits.rs`); whatever
+//! stops it becomes a `CallError` that says why.
 //!
 //! Everything here is blocking and CPU-bound: callers run it on a blocking
 //! thread, never on the async runtime.
 
 pub mod bindings;
+mod cputime;
+mod limits;
 pub mod sandbox;
 mod validate;
 
@@ -23,6 +27,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
+pub use self::limits::{
+    FuelBudget, LIMIT_KEYS, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits,
+    ModelLimitsArg, SandboxLimits,
+};
 pub use self::sandbox::{CapturedOutput, Determinism, SandboxState};
 pub use self::validate::{
     DataDescription, ModelDescription, ParamDescription, ParamError, unit_name,
@@ -31,50 +39,6 @@ use bindings::{Job, MarketData, ModelError, Score};
 
 /// How often the ticker advances the epoch; the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// Limits every model call runs under.
-#[derive(Debug, Clone)]
-pub struct SandboxLimits {
-    /// Linear memory cap per instance.
-    pub memory_bytes: usize,
-    /// Deadline of a batch call: `base + per_job × jobs`, at most `cap`.
-    pub deadline_base: Duration,
-    pub deadline_per_job: Duration,
-    pub deadline_cap: Duration,
-    /// Largest accepted `.wasm` file.
-    pub max_component_bytes: usize,
-    /// Most breakdown entries one score may carry.
-    pub max_breakdown_entries: usize,
-    /// Longest string (contribution name or error message) a model may return.
-    pub max_string_bytes: usize,
-    /// Bytes of stdout and of stderr kept per call for the host's log.
-    pub captured_output_bytes: usize,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits {
-            memory_bytes: 64 << 20,
-            deadline_base: Duration::from_millis(1000),
-            deadline_per_job: Duration::from_millis(2),
-            deadline_cap: Duration::from_secs(30),
-            max_component_bytes: 64 << 20,
-            max_breakdown_entries: 10_000,
-            max_string_bytes: 4096,
-            captured_output_bytes: 8 * 1024,
-        }
-    }
-}
-
-impl SandboxLimits {
-    pub fn deadline_for(&self, jobs: usize) -> Duration {
-        let scaled = self.deadline_base
-            + self
-                .deadline_per_job
-                .saturating_mul(u32::try_from(jobs).unwrap_or(u32::MAX));
-        scaled.min(self.deadline_cap)
-    }
-}
 
 /// Why a component could not be loaded. Messages are for the quant who
 /// shipped it: they say what is wrong and where.
@@ -105,6 +69,8 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the model exceeded its memory limit of {limit_bytes} bytes")]
     MemoryExhausted { limit_bytes: usize },
+    #[error("fuel exhausted: the model used up its budget of {budget} fuel units and was stopped")]
+    FuelExhausted { budget: u64 },
     #[error("the model overflowed its stack (unbounded recursion?)")]
     StackOverflow,
     #[error("the model trapped: {0}")]
@@ -123,6 +89,7 @@ impl CallError {
         match self {
             CallError::Timeout(_) => "model_timeout",
             CallError::MemoryExhausted { .. }
+            | CallError::FuelExhausted { .. }
             | CallError::StackOverflow
             | CallError::OutputTooLarge(_) => "model_resource_exhausted",
             CallError::Trap(_) | CallError::ResultCount { .. } => "model_trap",
@@ -137,6 +104,8 @@ pub struct LoadedModel {
     /// `sha256:<hex>` of the component bytes: the version's identity.
     pub digest: String,
     pub size_bytes: usize,
+    /// The limits its calls run under (defaults plus its override).
+    pub limits: ModelLimits,
     pre: bindings::ModelPre<SandboxState>,
 }
 
@@ -164,6 +133,26 @@ impl LoadedModel {
 pub struct CallOutcome {
     pub results: Vec<Result<Score, ModelError>>,
     pub elapsed: Duration,
+    /// CPU time of the calling thread during the call, where the OS tells.
+    pub cpu_time: Option<Duration>,
+    /// Fuel the call consumed, when the model runs with a fuel budget.
+    pub fuel_consumed: Option<u64>,
+}
+
+/// What one call may spend, fixed when its store is created.
+struct CallBudget {
+    deadline: Duration,
+    fuel: Option<u64>,
+    memory_bytes: usize,
+    output_bytes: usize,
+}
+
+/// Whether a call's cost is recorded in the model's metrics (not for the
+/// warm-up, which is the host's call, not a client's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metering {
+    Record,
+    Skip,
 }
 
 /// Owns the wasmtime engine, the sandbox linker and the epoch ticker.
@@ -186,7 +175,9 @@ impl ModelEngine {
             .max_memories_per_component(16)
             .max_tables_per_component(64)
             .max_core_instances_per_component(64)
-            .max_memory_size(limits.memory_bytes.max(64 << 20))
+            // Every slot must fit the largest per-model cap; the limiter
+            // enforces each model's own cap below that.
+            .max_memory_size(limits.largest_memory_bytes().max(64 << 20))
             .max_component_instance_size(4 << 20)
             .max_core_instance_size(4 << 20)
             // Reusing a slot keeps this much memory mapped instead of
@@ -200,6 +191,9 @@ impl ModelEngine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // Fuel costs every call a few percent, so it is only on when some
+            // model has a budget.
+            .consume_fuel(limits.meters_fuel())
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .max_wasm_stack(512 << 10)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -267,36 +261,80 @@ impl ModelEngine {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+            .map_err(|e| self.unsupported_import(&component, &e))?;
         let pre = bindings::ModelPre::new(instance_pre)
             .map_err(|e| LoadError::Contract(format!("{e:#}")))?;
         let info = self.call_info(&pre).map_err(LoadError::InfoCall)?;
         let description = validate::describe(info).map_err(LoadError::InvalidInfo)?;
+        let limits = self.limits.for_model(&description.name);
         let model = LoadedModel {
             description,
             digest,
             size_bytes,
+            limits,
             pre,
         };
         self.warm_up(&model)?;
         Ok(model)
     }
 
+    /// Names the imports no sandbox provides: anything but WASI 0.2. Falls
+    /// back to wasmtime's message when every import looks like WASI (e.g. a
+    /// WASI version newer than the host's).
+    fn unsupported_import(&self, component: &Component, error: &wasmtime::Error) -> LoadError {
+        let foreign: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name)
+            .filter(|name| !SANDBOX_IMPORTS.iter().any(|p| name.starts_with(p)))
+            .map(|name| format!("`{name}`"))
+            .collect();
+        if foreign.is_empty() {
+            return LoadError::UnsupportedImport(format!("{error:#}"));
+        }
+        LoadError::UnsupportedImport(format!(
+            "{}; a model may import only WASI 0.2 ({})",
+            foreign.join(", "),
+            SANDBOX_IMPORTS
+                .iter()
+                .filter(|p| p.starts_with("wasi:"))
+                .map(|p| p.trim_end_matches('/'))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
     fn new_store(
         &self,
         determinism: Determinism,
         output: &CapturedOutput,
-        deadline: Duration,
-    ) -> Store<SandboxState> {
+        limits: &ModelLimits,
+        jobs: usize,
+    ) -> (Store<SandboxState>, CallBudget) {
+        let budget = CallBudget {
+            deadline: limits.deadline_for(jobs),
+            fuel: limits.fuel_for(jobs),
+            memory_bytes: limits.memory_bytes,
+            output_bytes: limits.output_budget(jobs),
+        };
         let mut store = Store::new(
             &self.engine,
-            SandboxState::new(determinism, self.limits.memory_bytes, output),
+            SandboxState::new(determinism, budget.memory_bytes, output),
         );
         store.limiter(|state| &mut state.limiter);
-        let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
+        let ticks = budget.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
-        store
+        if self.limits.meters_fuel() {
+            // Only fails when fuel is off, which meters_fuel() rules out; a
+            // model without a budget of its own runs unmetered in practice.
+            let _ = store.set_fuel(budget.fuel.unwrap_or(u64::MAX));
+        }
+        // Results are copied out of the instance under this byte budget, so
+        // an oversized answer fails while it is read, not after the host has
+        // allocated a copy of it.
+        store.set_hostcall_fuel(budget.output_bytes);
+        (store, budget)
     }
 
     fn call_info(
@@ -304,26 +342,24 @@ impl ModelEngine {
         pre: &bindings::ModelPre<SandboxState>,
     ) -> Result<bindings::ModelInfo, CallError> {
         let output = CapturedOutput::new(self.limits.captured_output_bytes);
-        let deadline = self.limits.deadline_base;
-        let mut store = self.new_store(
+        let (mut store, budget) = self.new_store(
             Determinism {
                 as_of_unix_seconds: 0,
                 seed: 0,
             },
             &output,
-            deadline,
+            &self.limits.for_loading(),
+            0,
         );
-        let instance = pre
+        let result = pre
             .instantiate(&mut store)
-            .map_err(|e| self.classify(e, &store, deadline, &output))?;
-        let info = instance
-            .call_info(&mut store)
-            .map_err(|e| self.classify(e, &store, deadline, &output))?;
+            .and_then(|instance| instance.call_info(&mut store));
+        let info = result.map_err(|e| self.classify(e, &store, &budget, &output));
         self.log_output("<loading>", &output);
-        Ok(info)
+        info
     }
 
-    /// Scores a batch in a fresh instance under the sandbox limits.
+    /// Scores a batch in a fresh instance under the model's limits.
     pub fn call(
         &self,
         model: &LoadedModel,
@@ -331,16 +367,48 @@ impl ModelEngine {
         jobs: &[Job],
         determinism: Determinism,
     ) -> Result<CallOutcome, CallError> {
+        self.call_metered(model, market, jobs, determinism, Metering::Record)
+    }
+
+    fn call_metered(
+        &self,
+        model: &LoadedModel,
+        market: &MarketData,
+        jobs: &[Job],
+        determinism: Determinism,
+        metering: Metering,
+    ) -> Result<CallOutcome, CallError> {
         let started = Instant::now();
+        let cpu_started = cputime::thread_cpu_time();
         let output = CapturedOutput::new(self.limits.captured_output_bytes);
-        let deadline = self.limits.deadline_for(jobs.len());
-        let mut store = self.new_store(determinism, &output, deadline);
+        let (mut store, budget) = self.new_store(determinism, &output, &model.limits, jobs.len());
         let result = model
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_score_batch(&mut store, market, jobs));
+        let cpu_time = cpu_started
+            .zip(cputime::thread_cpu_time())
+            .map(|(before, after)| after.saturating_sub(before));
+        let fuel_consumed = budget
+            .fuel
+            .zip(store.get_fuel().ok())
+            .map(|(given, left)| given.saturating_sub(left));
+        if metering == Metering::Record {
+            let labels = [
+                ("model", model.name().to_owned()),
+                ("version", model.version().to_owned()),
+            ];
+            if let Some(cpu) = cpu_time {
+                metrics::histogram!("riskhost_model_cpu_seconds", &labels)
+                    .record(cpu.as_secs_f64());
+            }
+            if let Some(fuel) = fuel_consumed {
+                metrics::histogram!("riskhost_model_fuel_consumed", &labels).record(fuel as f64);
+            }
+        }
+        let result = result.map_err(|e| self.classify(e, &store, &budget, &output));
         self.log_output(model.name(), &output);
-        let results = result.map_err(|e| self.classify(e, &store, deadline, &output))?;
+        let results = result?;
         if results.len() != jobs.len() {
             return Err(CallError::ResultCount {
                 expected: jobs.len(),
@@ -351,6 +419,8 @@ impl ModelEngine {
         Ok(CallOutcome {
             results,
             elapsed: started.elapsed(),
+            cpu_time,
+            fuel_consumed,
         })
     }
 
@@ -397,54 +467,46 @@ impl ModelEngine {
         &self,
         error: wasmtime::Error,
         store: &Store<SandboxState>,
-        deadline: Duration,
+        budget: &CallBudget,
         output: &CapturedOutput,
     ) -> CallError {
-        if store.data().limiter.memory_limit_hit {
-            return CallError::MemoryExhausted {
-                limit_bytes: self.limits.memory_bytes,
-            };
-        }
+        let memory_exhausted = CallError::MemoryExhausted {
+            limit_bytes: budget.memory_bytes,
+        };
         match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout(deadline),
-            Some(Trap::StackOverflow) => CallError::StackOverflow,
-            Some(Trap::AllocationTooLarge) => CallError::MemoryExhausted {
-                limit_bytes: self.limits.memory_bytes,
+            Some(Trap::Interrupt) => CallError::Timeout(budget.deadline),
+            Some(Trap::OutOfFuel) => CallError::FuelExhausted {
+                budget: budget.fuel.unwrap_or(u64::MAX),
             },
+            Some(Trap::StackOverflow) => CallError::StackOverflow,
+            Some(Trap::AllocationTooLarge) => memory_exhausted,
+            // A refused memory.grow usually ends in an abort (Rust's
+            // allocation-failure handler), i.e. some other trap.
+            Some(_) if store.data().limiter.memory_limit_hit => memory_exhausted,
             Some(trap) => {
                 let (stderr, _) = output.stderr.take();
-                let last_words = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or_default()
-                    .trim();
-                let frames = error
-                    .downcast_ref::<wasmtime::WasmBacktrace>()
-                    .map(|bt| {
-                        bt.frames()
-                            .iter()
-                            .filter_map(|f| f.func_name())
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .join(" <- ")
-                    })
-                    .unwrap_or_default();
-                let mut message = trap.to_string();
-                if !frames.is_empty() {
-                    message.push_str(&format!(" in {frames}"));
-                }
-                if !last_words.is_empty() {
-                    message.push_str(&format!("; the model said: {}", truncate(last_words, 512)));
-                }
-                CallError::Trap(message)
+                CallError::Trap(trap_message(trap, &error, &stderr))
             }
             None => {
                 let message = format!("{error:#}");
-                if message.contains("pooling") || message.contains("maximum concurrent") {
+                if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    CallError::Trap(format!(
+                        "the model called exit (status {}) instead of returning",
+                        exit.0
+                    ))
+                } else if store.data().limiter.memory_limit_hit {
+                    memory_exhausted
+                } else if message.contains("fuel allocated for hostcalls") {
+                    // wasmtime's hostcall fuel ran out while lifting the results.
+                    CallError::OutputTooLarge(format!(
+                        "the results exceed the call's budget of {} bytes",
+                        budget.output_bytes
+                    ))
+                } else if message.contains("pooling") || message.contains("maximum concurrent") {
                     CallError::Instantiate(message)
                 } else {
-                    CallError::Trap(truncate(&message, 1024).to_owned())
+                    // The root cause without wasmtime's multi-line backtrace.
+                    CallError::Trap(truncate(&error.root_cause().to_string(), 1024).to_owned())
                 }
             }
         }
@@ -462,7 +524,7 @@ impl ModelEngine {
     fn warm_up(&self, model: &LoadedModel) -> Result<(), LoadError> {
         let (market, jobs) = validate::warm_up_batch(&model.description);
         let outcome = self
-            .call(
+            .call_metered(
                 model,
                 &market,
                 &jobs,
@@ -470,6 +532,7 @@ impl ModelEngine {
                     as_of_unix_seconds: 0,
                     seed: 0,
                 },
+                Metering::Skip,
             )
             .map_err(|e| LoadError::WarmUp(e.to_string()))?;
         match outcome.results.into_iter().next() {
@@ -484,6 +547,119 @@ impl ModelEngine {
             None => Err(LoadError::WarmUp("no result".into())),
         }
     }
+}
+
+/// Import name prefixes the sandbox's linker provides: WASI 0.2 and the
+/// contract's own types (an interface of types only, imported by the world).
+const SANDBOX_IMPORTS: &[&str] = &[
+    "riskhost:model/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// The message of a trap: what trapped, where in the model (the innermost
+/// frames that are the model's own code, when the component kept its name
+/// section), and what the model last said on stderr, which for a Rust panic
+/// is the panic message.
+fn trap_message(trap: &Trap, error: &wasmtime::Error, stderr: &str) -> String {
+    let mut message = trap.to_string();
+    if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let frames = model_frames(backtrace);
+        if !frames.is_empty() {
+            message.push_str(&format!(" in {}", frames.join(" <- ")));
+        }
+    }
+    if let Some(words) = last_words(stderr) {
+        message.push_str(&format!("; the model said: {}", truncate(&words, 512)));
+    }
+    message
+}
+
+/// Frames of runtime and allocator code, skipped so a trap names the model's
+/// own function rather than `abort`.
+const RUNTIME_FRAME_PREFIXES: &[&str] = &[
+    "std::",
+    "core::",
+    "alloc::",
+    "__rust",
+    "rust_panic",
+    "rust_begin_unwind",
+    "panic_abort",
+    "abort",
+    "dlmalloc",
+    "wit_bindgen::",
+    "<std::",
+    "<core::",
+    "<alloc::",
+    "<wit_bindgen::",
+];
+
+/// Up to four innermost frames of the model's own code, by name, or by
+/// function index when the component was stripped of names.
+fn model_frames(backtrace: &wasmtime::WasmBacktrace) -> Vec<String> {
+    let named: Vec<String> = backtrace
+        .frames()
+        .iter()
+        .filter_map(|f| f.func_name())
+        .map(demangle)
+        .collect();
+    if named.is_empty() {
+        return backtrace
+            .frames()
+            .iter()
+            .take(3)
+            .map(|f| format!("wasm function {}", f.func_index()))
+            .collect();
+    }
+    let own: Vec<String> = named
+        .iter()
+        .filter(|n| !RUNTIME_FRAME_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .take(4)
+        .cloned()
+        .collect();
+    if own.is_empty() {
+        named.into_iter().take(3).collect()
+    } else {
+        own
+    }
+}
+
+/// A frame's name as a Rust programmer writes it: demangled (legacy or v0
+/// mangling), without hash or crate disambiguators. Other names pass as is.
+fn demangle(name: &str) -> String {
+    format!("{:#}", rustc_demangle::demangle(name))
+}
+
+/// What a dying model said: the panic message of a Rust panic (the line
+/// `panicked at FILE:LINE:COL:` and the message after it), else its last
+/// line on stderr other than the backtrace hint.
+fn last_words(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
+    if let Some(at) = lines.iter().rposition(|l| l.contains(" panicked at ")) {
+        let location = lines[at]
+            .split_once(" panicked at ")
+            .map_or("", |(_, rest)| rest);
+        let body: Vec<&str> = lines[at + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
+            .filter(|l| !l.is_empty())
+            .copied()
+            .collect();
+        return Some(
+            format!("panicked at {location} {}", body.join(" "))
+                .trim()
+                .to_owned(),
+        );
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .map(|l| (*l).to_owned())
 }
 
 impl Drop for ModelEngine {
@@ -511,7 +687,8 @@ fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
-/// One thread advancing the engine's epoch; deadlines are counted in ticks.
+/// One thread advancing the engine's epoch once per elapsed tick of the real
+/// clock; deadlines are counted in ticks.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<()>,
@@ -524,9 +701,18 @@ impl EpochTicker {
         let handle = std::thread::Builder::new()
             .name("riskhost-epoch".into())
             .spawn(move || {
+                // The epoch counts elapsed ticks of the real clock, not loop
+                // iterations: on a loaded host a 1 ms sleep can take several,
+                // and counting iterations would stretch every deadline.
+                let started = Instant::now();
+                let mut epoch: u128 = 0;
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    let due = started.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+                    while epoch < due {
+                        engine.increment_epoch();
+                        epoch += 1;
+                    }
                 }
             })?;
         Ok(EpochTicker { stop, handle })
@@ -535,5 +721,45 @@ impl EpochTicker {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_words_of_a_rust_panic_are_its_location_and_message() {
+        let stderr = "\nthread '<unnamed>' (1) panicked at src/lib.rs:41:5:\n\
+                      the book does not balance\nacross two lines\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            last_words(stderr).as_deref(),
+            Some("panicked at src/lib.rs:41:5: the book does not balance across two lines")
+        );
+    }
+
+    #[test]
+    fn last_words_otherwise_are_the_last_line_but_the_backtrace_hint() {
+        let stderr = "loading\nmemory allocation of 1048576 bytes failed\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            last_words(stderr).as_deref(),
+            Some("memory allocation of 1048576 bytes failed")
+        );
+        assert_eq!(last_words("\n \n"), None);
+    }
+
+    #[test]
+    fn frame_names_are_demangled_without_hashes() {
+        assert_eq!(
+            demangle("_RNvNtCshXfaRvt2tfW_3std7process5abort"),
+            "std::process::abort"
+        );
+        assert_eq!(
+            demangle("_ZN13hostile_panic7explode17h0123456789abcdefE"),
+            "hostile_panic::explode"
+        );
+        assert_eq!(demangle("cabi_realloc"), "cabi_realloc");
     }
 }

@@ -55,6 +55,18 @@ struct Pending {
     job: PreparedJob,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
+    /// Holds the job's place in the model's queue until its call starts.
+    admitted: Option<Admission>,
+}
+
+/// A place in a model's queue (see `Bulkhead::try_admit`), given back when
+/// dropped, whichever way the job leaves.
+struct Admission(Arc<ModelEntry>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.bulkhead.leave_queue();
+    }
 }
 
 /// A collector stops after this long without work; the next request for its
@@ -84,12 +96,17 @@ impl Batchers {
         as_of: NaiveDate,
         job: PreparedJob,
     ) -> JobResult {
+        entry
+            .bulkhead
+            .try_admit()
+            .map_err(|source| super::overloaded(entry, source))?;
         let (reply, answer) = oneshot::channel();
         let mut pending = Pending {
             as_of,
             job,
             enqueued: Instant::now(),
             reply,
+            admitted: Some(Admission(entry.clone())),
         };
         // A collector may have just stopped for idleness: start another once.
         for _ in 0..2 {
@@ -175,7 +192,7 @@ async fn collect(
                     q.remove(&entry.model.digest);
                 }
                 if !late.is_empty() {
-                    if let Ok(slot) = entry.bulkhead.enter_owned().await {
+                    if let Ok(slot) = entry.bulkhead.wait_for_slot().await {
                         run_batch(executor.clone(), entry.clone(), late, slot).await;
                     } else {
                         refuse(&entry, late);
@@ -187,7 +204,7 @@ async fn collect(
         if !settings.max_delay.is_zero() {
             tokio::time::sleep(settings.max_delay).await;
         }
-        let slot = match entry.bulkhead.enter_owned().await {
+        let slot = match entry.bulkhead.wait_for_slot().await {
             Ok(slot) => slot,
             Err(_) => {
                 refuse(&entry, vec![first]);
@@ -221,7 +238,9 @@ async fn run_batch(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let model = entry.model.name().to_owned();
-    for p in &batch {
+    for p in &mut batch {
+        // Running now: no longer waiting in the model's queue.
+        p.admitted = None;
         metrics::histogram!("riskhost_batch_queue_delay_seconds", "model" => model.clone())
             .record(p.enqueued.elapsed().as_secs_f64());
     }
