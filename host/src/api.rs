@@ -31,6 +31,8 @@ pub struct AppState {
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
     pub admin_token: crate::auth::AdminToken,
+    /// Deploys, rolls back and removes model versions (the admin routes).
+    pub models: Arc<crate::deploy::ModelManager>,
 }
 
 /// HTTP settings.
@@ -40,9 +42,11 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
+    let max_component_bytes = state.models.max_component_bytes();
     Router::new()
         .route("/v1/score", post(score))
         .route("/v1/models", get(list_models))
+        .merge(crate::admin::routes(max_component_bytes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

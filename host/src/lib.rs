@@ -2,15 +2,19 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod engine;
 pub mod loader;
 pub mod market;
 pub mod registry;
 pub mod scoring;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod watcher;
