@@ -162,11 +162,12 @@ pub struct HotSwapArgs {
     #[arg(long, env = "RISKHOST_WATCH", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub watch: bool,
-    /// How long a changed file must stay unchanged before it is loaded, in milliseconds.
+    /// How long a file still open for writing must stay unchanged before it
+    /// is loaded, in milliseconds (closed or renamed files load at once).
     #[arg(long, env = "RISKHOST_WATCH_SETTLE_MS", default_value_t = 200)]
     pub watch_settle_ms: u64,
     /// Debounce window of file events, in milliseconds.
-    #[arg(long, env = "RISKHOST_WATCH_DEBOUNCE_MS", default_value_t = 100)]
+    #[arg(long, env = "RISKHOST_WATCH_DEBOUNCE_MS", default_value_t = 50)]
     pub watch_debounce_ms: u64,
     /// Removing a file from the plugins directory unloads the model it provided.
     #[arg(long, env = "RISKHOST_UNLOAD_ON_DELETE", default_value_t = true, action = clap::ArgAction::Set,

@@ -191,7 +191,13 @@ impl ModelManager {
         expected: Option<&str>,
     ) -> Result<Deployed, DeployError> {
         let started = Instant::now();
-        let digest = ModelEngine::digest(&bytes);
+        // Hashing 64 MiB takes a while: not on the async runtime.
+        let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let digest = ModelEngine::digest(&bytes);
+            (bytes, digest)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
         if let Some(record) = self.store.get(&digest) {
             // A stored version: no compilation, just make it active again.
             self.check_name(expected, &record.name, &source)?;

@@ -2,9 +2,11 @@
 //! (notify, debounced) that loads new files, makes a changed file the new
 //! active version of its model and unloads the model of a removed file.
 //!
-//! Half-written files are never served. After an event a file must keep the
-//! same size, modification time and inode for the settle time before it is
-//! read, it must still be unchanged after reading, and then it must pass the
+//! Half-written files are never served. A file whose writer may still be
+//! writing (it was created or modified, but not yet closed or renamed into
+//! place) must keep the same size, modification time and inode for the
+//! settle time before it is read; a closed or renamed file is read at once.
+//! Either way it must be unchanged after reading, and then it must pass the
 //! same validation as any version (compile, link, `info()`, warm-up). A file
 //! caught mid-write fails validation and is reported like any invalid file;
 //! the complete file, once written, loads. The recommended way to publish is
@@ -15,7 +17,7 @@
 //! a touch or an event storm reloads nothing, and a removed file unloads its
 //! model only while that model still serves the removed file's version.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -92,7 +94,9 @@ fn source_of(path: &Path) -> String {
 }
 
 enum Signal {
-    Paths(Vec<PathBuf>),
+    /// Paths that changed, each with whether its writer is done with it
+    /// (closed it after writing, or renamed it into place).
+    Paths(Vec<(PathBuf, bool)>),
     Rescan,
 }
 
@@ -135,10 +139,14 @@ pub async fn run(
     tracing::info!(dir = %watcher.dir.display(), "watching the plugins directory");
     while let Some(signal) = rx.recv().await {
         // Coalesce everything already queued into one pass.
-        let mut paths = BTreeSet::new();
+        let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
         let mut rescan = false;
         let mut take = |signal| match signal {
-            Signal::Paths(p) => paths.extend(p),
+            Signal::Paths(changed) => {
+                for (path, complete) in changed {
+                    *paths.entry(path).or_default() |= complete;
+                }
+            }
             Signal::Rescan => rescan = true,
         };
         take(signal);
@@ -146,11 +154,13 @@ pub async fn run(
             take(signal);
         }
         if rescan {
-            paths.extend(watcher.files.keys().cloned());
-            paths.extend(component_files(&watcher.dir).unwrap_or_default());
+            let known = watcher.files.keys().cloned();
+            for path in known.chain(watcher.component_files().unwrap_or_default()) {
+                paths.entry(path).or_default();
+            }
         }
-        for path in paths {
-            watcher.on_change(&path).await;
+        for (path, complete) in paths {
+            watcher.on_change(&path, complete).await;
         }
     }
 }
@@ -163,6 +173,13 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// The files the directory serves, by name.
+    fn component_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut files = component_files(&self.dir)?;
+        files.retain(|p| is_component_name(p));
+        Ok(files)
+    }
+
     fn watch(
         &self,
         tx: mpsc::UnboundedSender<Signal>,
@@ -183,8 +200,13 @@ impl Watcher {
                             let _ = tx.send(Signal::Rescan);
                         }
                         if is_relevant(&event.kind) {
+                            let complete = is_complete(&event.kind);
                             paths.extend(
-                                event.paths.iter().filter(|p| is_component_name(p)).cloned(),
+                                event
+                                    .paths
+                                    .iter()
+                                    .filter(|p| is_component_name(p))
+                                    .map(|p| (p.clone(), complete)),
                             );
                         }
                     }
@@ -209,7 +231,7 @@ impl Watcher {
     /// rollbacks or deletes) wins. New files are deployed in name order; a
     /// second new file naming the same model is a clash, reported as failed.
     async fn scan(&mut self) {
-        let files = match component_files(&self.dir) {
+        let files = match self.component_files() {
             Ok(files) => files,
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the plugins directory");
@@ -229,7 +251,7 @@ impl Watcher {
         let mut provided: HashMap<String, PathBuf> = HashMap::new();
         for path in files {
             let source = source_of(&path);
-            let Some((bytes, digest)) = self.read(&path).await else {
+            let Some((bytes, digest)) = self.read(&path, false).await else {
                 continue;
             };
             if let Some(record) = self.manager.store().get(&digest) {
@@ -301,18 +323,25 @@ impl Watcher {
         }
     }
 
-    /// Waits for `path` to settle and reads it with its digest; `None` when
-    /// it vanished or cannot be read (recorded as a failure).
-    async fn read(&self, path: &Path) -> Option<(Vec<u8>, String)> {
+    /// Waits for `path` to settle (unless its writer is `complete`) and
+    /// reads it with its digest; `None` when it vanished or cannot be read
+    /// (recorded as a failure).
+    async fn read(&self, path: &Path, complete: bool) -> Option<(Vec<u8>, String)> {
         let source = source_of(path);
         let registry = self.manager.registry();
         let started = Instant::now();
         let mut last = fingerprint(path).await?;
+        let mut settle = if complete {
+            Duration::ZERO
+        } else {
+            self.settings.settle
+        };
         loop {
-            tokio::time::sleep(self.settings.settle).await;
+            tokio::time::sleep(settle).await;
             let now = fingerprint(path).await?;
             if now != last && started.elapsed() < MAX_SETTLE {
                 last = now;
+                settle = self.settings.settle;
                 continue;
             }
             if now.len > self.settings.max_component_bytes as u64 {
@@ -332,9 +361,10 @@ impl Watcher {
                     return None;
                 }
             };
-            // Changed while being read: wait for it to settle again.
+            // Changed while being read: someone is writing; wait for it to settle.
             if fingerprint(path).await.as_ref() != Some(&now) || bytes.len() as u64 != now.len {
                 last = fingerprint(path).await?;
+                settle = self.settings.settle;
                 continue;
             }
             let (bytes, digest) = tokio::task::spawn_blocking(move || {
@@ -348,14 +378,14 @@ impl Watcher {
     }
 
     /// Something happened to `path`: load it, or unload what it provided.
-    async fn on_change(&mut self, path: &Path) {
+    async fn on_change(&mut self, path: &Path, complete: bool) {
         let source = source_of(path);
         let registry = self.manager.registry().clone();
         if fingerprint(path).await.is_none() {
             self.on_removed(path).await;
             return;
         }
-        let Some((bytes, digest)) = self.read(path).await else {
+        let Some((bytes, digest)) = self.read(path, complete).await else {
             if fingerprint(path).await.is_none() {
                 self.on_removed(path).await;
             }
@@ -373,7 +403,12 @@ impl Watcher {
         let previous = self.files.get(path).and_then(|s| s.model.clone());
         let outcome = self.manager.install(bytes, source.clone(), None).await;
         let model = match &outcome {
-            Ok(deployed) => Some(deployed.name.clone()),
+            Ok(deployed) => {
+                // The version may have come from elsewhere first (a rollback
+                // target, another file): this file is fine now either way.
+                registry.clear_failure(&source);
+                Some(deployed.name.clone())
+            }
             Err(DeployError::Invalid(_)) | Err(DeployError::NameMismatch { .. }) => None,
             Err(error) => {
                 tracing::error!(%source, %error, "cannot deploy");
@@ -416,6 +451,16 @@ impl Watcher {
             tracing::warn!(%model, %error, "cannot unload the model of a removed file");
         }
     }
+}
+
+/// Events after which the file is whole as far as its writer is concerned:
+/// closed after writing, or renamed into place.
+fn is_complete(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+    )
 }
 
 /// File events that can change what a file holds. Opens and reads (our own
