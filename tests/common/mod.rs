@@ -60,7 +60,9 @@ impl Server {
         let data_dir =
             (!args.iter().any(|a| a.starts_with("--data-dir"))).then(|| TempDir::new("store"));
         let mut command = Command::new(binary());
-        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());
         }
