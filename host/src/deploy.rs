@@ -309,6 +309,10 @@ impl ModelManager {
             .await
             .map_err(|e| DeployError::Internal(format!("persisting panicked: {e}")))??;
         self.registry.activate(entry.clone());
+        // Whatever failed before at this source, or at start-up for this
+        // model, is superseded by a version that works.
+        self.registry.clear_failure(by);
+        self.registry.clear_failure(&restore_source(&name));
         let elapsed = started.elapsed();
         record_active(&name, current.as_deref(), Some(&entry));
         if let Some(old) = &current {
@@ -388,8 +392,10 @@ impl ModelManager {
                 }
                 Err(error) => {
                     tracing::error!(model = %name, %digest, %error, "cannot restore the active version");
-                    self.registry
-                        .record_failure(&format!("store:{name}@{digest}"), error.to_string());
+                    self.registry.record_failure(
+                        &restore_source(name),
+                        format!("cannot restore the active version {digest}: {error}"),
+                    );
                 }
             }
         }
@@ -496,6 +502,11 @@ impl ModelManager {
             history: self.store.history(name),
         })
     }
+}
+
+/// The source a failed restore of `name` is recorded under.
+fn restore_source(name: &str) -> String {
+    format!("store:{name}")
 }
 
 fn write_artifact(store: &ModelStore, key: &str, model: &LoadedModel) {

@@ -251,7 +251,9 @@ impl Watcher {
         let mut provided: HashMap<String, PathBuf> = HashMap::new();
         for path in files {
             let source = source_of(&path);
-            let Some((bytes, digest)) = self.read(&path, false).await else {
+            // No settling: a file still being written now changes again
+            // later, and the watch (already running) loads it then.
+            let Some((bytes, digest)) = self.read(&path, true).await else {
                 continue;
             };
             if let Some(record) = self.manager.store().get(&digest) {
