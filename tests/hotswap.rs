@@ -407,6 +407,7 @@ fn swaps_under_load_lose_no_request_and_serve_the_new_version_at_once() {
             2 => write_in_two_halves(&file, &bytes, Duration::from_millis(700)),
             _ => {
                 // A corrupt version first: reported, never served.
+                assert_eq!(failure_of(&server, "versioned.wasm"), None);
                 write_file(&file, b"\0asm\x0d\0\x01\0 definitely not a component");
                 wait_until(
                     "the corrupt file to be reported",

@@ -308,11 +308,12 @@ impl ModelManager {
         tokio::task::spawn_blocking(move || store.set_active(&n, Some(&d), &b))
             .await
             .map_err(|e| DeployError::Internal(format!("persisting panicked: {e}")))??;
-        self.registry.activate(entry.clone());
         // Whatever failed before at this source, or at start-up for this
-        // model, is superseded by a version that works.
+        // model, is superseded by a version that works (cleared first, so
+        // nobody sees the new version next to the old failure).
         self.registry.clear_failure(by);
         self.registry.clear_failure(&restore_source(&name));
+        self.registry.activate(entry.clone());
         let elapsed = started.elapsed();
         record_active(&name, current.as_deref(), Some(&entry));
         if let Some(old) = &current {
