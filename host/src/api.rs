@@ -33,6 +33,8 @@ pub struct AppState {
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
     pub admin_token: crate::auth::AdminToken,
+    /// Deploys, rolls back and removes model versions (the admin routes).
+    pub models: Arc<crate::deploy::ModelManager>,
 }
 
 /// HTTP settings.
@@ -44,6 +46,7 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
+    let max_component_bytes = state.models.max_component_bytes();
     Router::new()
         .route("/v1/score", post(score))
         .route(
@@ -53,6 +56,7 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/cache", delete(purge_cache))
         .route("/v1/cache/{model}", delete(purge_model_cache))
+        .merge(crate::admin::routes(max_component_bytes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

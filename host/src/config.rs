@@ -141,6 +141,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub sources: SourceArgs,
+    #[command(flatten)]
+    pub hot_swap: HotSwapArgs,
     /// Byte budget of the in-process score cache, in MiB.
     #[arg(long, env = "RISKHOST_CACHE_MAX_MIB", default_value_t = 256)]
     pub cache_max_mib: u64,
@@ -302,6 +304,37 @@ impl RedisArgs {
             },
         })
     }
+}
+
+/// The model store and the ways new versions arrive (hot swap).
+#[derive(Debug, Clone, Args)]
+pub struct HotSwapArgs {
+    /// Directory of the model store: every version served, its compiled
+    /// code and the active version of each model. One process per directory.
+    #[arg(long, env = "RISKHOST_DATA_DIR", default_value = ".riskhost")]
+    pub data_dir: PathBuf,
+    /// Watch the plugins directory and deploy changed files (`false`: read it at start-up only).
+    #[arg(long, env = "RISKHOST_WATCH", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub watch: bool,
+    /// How long a file still open for writing must stay unchanged before it
+    /// is loaded, in milliseconds (closed or renamed files load at once).
+    #[arg(long, env = "RISKHOST_WATCH_SETTLE_MS", default_value_t = 200)]
+    pub watch_settle_ms: u64,
+    /// Debounce window of file events, in milliseconds.
+    #[arg(long, env = "RISKHOST_WATCH_DEBOUNCE_MS", default_value_t = 50)]
+    pub watch_debounce_ms: u64,
+    /// Removing a file from the plugins directory unloads the model it provided.
+    #[arg(long, env = "RISKHOST_UNLOAD_ON_DELETE", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub unload_on_delete: bool,
+    /// Cache compiled components in the data dir, so restarts and rollbacks skip compilation.
+    #[arg(long, env = "RISKHOST_ARTIFACT_CACHE", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub artifact_cache: bool,
+    /// Non-active versions kept loaded (for pins and rollbacks); others load from the store on use.
+    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = crate::registry::DEFAULT_STANDBY_VERSIONS)]
+    pub standby_versions: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -2,11 +2,13 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod engine;
 pub mod loader;
 pub mod market;
@@ -15,4 +17,6 @@ pub mod score_file;
 pub mod scoring;
 pub mod server;
 pub mod settings_file;
+pub mod store;
 pub mod telemetry;
+pub mod watcher;

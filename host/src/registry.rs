@@ -6,9 +6,16 @@
 //! `Arc<ModelEntry>`, so a call in flight finishes on the version it started
 //! with even if that version is replaced meanwhile. Files that failed to load
 //! are kept with their error so operators can see them.
+//!
+//! Versions other than the active one (a replaced version, or one a client
+//! pins) are kept in a bounded LRU "standby" set; a pinned version that is in
+//! neither is loaded on first use from the model store through a
+//! [`VersionLoader`], so any stored version is servable without keeping every
+//! version's compiled code in memory.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
@@ -180,7 +187,7 @@ pub enum ResolveError {
     #[error("unknown model `{name}`; loaded models: {loaded}")]
     UnknownModel { name: String, loaded: String },
     #[error(
-        "model `{name}` has no loaded version {pin}; the active version is {active_version} ({active_digest})"
+        "model `{name}` has no version {pin}; the active version is {active_version} ({active_digest})"
     )]
     UnknownVersion {
         name: String,
@@ -188,12 +195,37 @@ pub enum ResolveError {
         active_version: String,
         active_digest: String,
     },
+    #[error("model `{name}` version {pin} is stored but could not be loaded: {error}")]
+    VersionUnavailable {
+        name: String,
+        pin: String,
+        error: String,
+    },
 }
+
+/// Loads stored versions that are not in memory, for pinned references.
+#[async_trait::async_trait]
+pub trait VersionLoader: Send + Sync + 'static {
+    /// The digest of the stored version of `name` that `pin` (`1.2.0` or
+    /// `sha256:…`) names, if there is one.
+    fn find(&self, name: &str, pin: &str) -> Option<String>;
+    /// Loads and validates a stored version, off the async runtime.
+    async fn load(&self, digest: &str) -> Result<Arc<ModelEntry>, String>;
+}
+
+/// How many non-active versions stay loaded by default.
+pub const DEFAULT_STANDBY_VERSIONS: u64 = 8;
 
 pub struct ModelRegistry {
     active: ArcSwap<BTreeMap<String, Arc<ModelEntry>>>,
     failures: std::sync::Mutex<BTreeMap<String, LoadFailure>>,
     initial_load_done: AtomicBool,
+    /// Loaded versions that are not active, by digest (bounded, LRU).
+    standby: moka::sync::Cache<String, Arc<ModelEntry>>,
+    loader: OnceLock<Arc<dyn VersionLoader>>,
+    /// One lazy load at a time: concurrent requests for the same pinned
+    /// version wait and then find it in `standby` instead of loading it twice.
+    lazy_loads: tokio::sync::Mutex<()>,
 }
 
 impl Default for ModelRegistry {
@@ -204,14 +236,32 @@ impl Default for ModelRegistry {
 
 impl ModelRegistry {
     pub fn new() -> Self {
+        Self::with_standby_capacity(DEFAULT_STANDBY_VERSIONS)
+    }
+
+    /// A registry keeping up to `standby` non-active versions loaded.
+    pub fn with_standby_capacity(standby: u64) -> Self {
         ModelRegistry {
             active: ArcSwap::from_pointee(BTreeMap::new()),
             failures: std::sync::Mutex::new(BTreeMap::new()),
             initial_load_done: AtomicBool::new(false),
+            standby: moka::sync::Cache::builder()
+                .max_capacity(standby)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+            loader: OnceLock::new(),
+            lazy_loads: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Makes `entry` the active version of its model; returns the one it replaced.
+    /// Lets pinned references reach stored versions that are not loaded.
+    /// Set once, at start-up; later calls are ignored.
+    pub fn set_version_loader(&self, loader: Arc<dyn VersionLoader>) {
+        let _ = self.loader.set(loader);
+    }
+
+    /// Makes `entry` the active version of its model; returns the one it
+    /// replaced, which stays loaded on standby (for pins and rollbacks).
     pub fn activate(&self, entry: Arc<ModelEntry>) -> Option<Arc<ModelEntry>> {
         let name = entry.model.name().to_owned();
         self.clear_failure(&entry.source);
@@ -221,8 +271,51 @@ impl ModelRegistry {
             replaced = next.insert(name.clone(), entry.clone());
             next
         });
+        self.standby.invalidate(&entry.model.digest);
+        if let Some(old) = &replaced
+            && old.model.digest != entry.model.digest
+        {
+            self.standby.insert(old.model.digest.clone(), old.clone());
+        }
         metrics::gauge!("riskhost_models_loaded").set(self.active.load().len() as f64);
         replaced
+    }
+
+    /// Stops serving `name` (neither by name nor pinned); returns the version
+    /// that was active. Calls in flight finish on it.
+    pub fn deactivate(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        let mut removed = None;
+        self.active.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            removed = next.remove(name);
+            next
+        });
+        let versions: Vec<Arc<String>> = self
+            .standby
+            .iter()
+            .filter(|(_, e)| e.model.name() == name)
+            .map(|(digest, _)| digest)
+            .collect();
+        for digest in versions {
+            self.standby.invalidate(digest.as_str());
+        }
+        metrics::gauge!("riskhost_models_loaded").set(self.active.load().len() as f64);
+        removed
+    }
+
+    /// A loaded version (active or on standby) by digest.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<ModelEntry>> {
+        self.active
+            .load()
+            .values()
+            .find(|e| e.model.digest == digest)
+            .cloned()
+            .or_else(|| self.standby.get(digest))
+    }
+
+    /// Keeps a loaded, non-active version on standby.
+    pub fn keep_on_standby(&self, entry: Arc<ModelEntry>) {
+        self.standby.insert(entry.model.digest.clone(), entry);
     }
 
     pub fn record_failure(&self, source: &str, error: String) {
@@ -237,7 +330,8 @@ impl ModelRegistry {
         }
     }
 
-    fn clear_failure(&self, source: &str) {
+    /// Forgets the failure recorded for `source` (e.g. its file was removed).
+    pub fn clear_failure(&self, source: &str) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(source);
         }
@@ -250,12 +344,16 @@ impl ModelRegistry {
             .unwrap_or_default()
     }
 
-    pub fn resolve(&self, reference: &str) -> Result<Arc<ModelEntry>, ResolveError> {
+    /// The version a reference names. The active version resolves without
+    /// waiting; a pinned version that is not loaded is loaded from the store
+    /// on first use (once, even under concurrent requests).
+    pub async fn resolve(&self, reference: &str) -> Result<Arc<ModelEntry>, ResolveError> {
         let parsed = ModelRef::parse(reference);
+        let name = parsed.name();
         let models = self.active.load();
-        let Some(entry) = models.get(parsed.name()) else {
+        let Some(active) = models.get(name) else {
             return Err(ResolveError::UnknownModel {
-                name: parsed.name().to_owned(),
+                name: name.to_owned(),
                 loaded: if models.is_empty() {
                     "none".to_owned()
                 } else {
@@ -263,20 +361,47 @@ impl ModelRegistry {
                 },
             });
         };
-        let matches = match parsed {
-            ModelRef::Active(_) => true,
-            ModelRef::Version(_, v) => entry.model.version() == v,
-            ModelRef::Digest(_, d) => entry.model.digest == d,
+        let pin = match parsed {
+            ModelRef::Active(_) => return Ok(active.clone()),
+            ModelRef::Version(_, v) if active.model.version() == v => return Ok(active.clone()),
+            ModelRef::Digest(_, d) if active.model.digest == d => return Ok(active.clone()),
+            ModelRef::Version(_, pin) | ModelRef::Digest(_, pin) => pin,
         };
-        if !matches {
-            return Err(ResolveError::UnknownVersion {
-                name: parsed.name().to_owned(),
-                pin: reference[parsed.name().len() + 1..].to_owned(),
-                active_version: entry.model.version().to_owned(),
-                active_digest: entry.model.digest.clone(),
-            });
+        let unknown = || ResolveError::UnknownVersion {
+            name: name.to_owned(),
+            pin: pin.to_owned(),
+            active_version: active.model.version().to_owned(),
+            active_digest: active.model.digest.clone(),
+        };
+        let on_standby = |digest: &str| self.standby.get(digest).filter(|e| e.model.name() == name);
+        if let Some(entry) = on_standby(pin) {
+            return Ok(entry);
         }
-        Ok(entry.clone())
+        let Some(loader) = self.loader.get() else {
+            return Err(unknown());
+        };
+        let Some(digest) = loader.find(name, pin) else {
+            return Err(unknown());
+        };
+        if let Some(entry) = on_standby(&digest) {
+            return Ok(entry);
+        }
+        let _one_at_a_time = self.lazy_loads.lock().await;
+        if let Some(entry) = on_standby(&digest) {
+            return Ok(entry);
+        }
+        let entry =
+            loader
+                .load(&digest)
+                .await
+                .map_err(|error| ResolveError::VersionUnavailable {
+                    name: name.to_owned(),
+                    pin: pin.to_owned(),
+                    error,
+                })?;
+        tracing::info!(model = %name, digest = %digest, "loaded a pinned version from the store");
+        self.standby.insert(digest, entry.clone());
+        Ok(entry)
     }
 
     /// Every active model, by name.

@@ -50,7 +50,7 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
         settings,
     );
     for model in &args.models {
-        if let Err(e) = registry.resolve(model) {
+        if let Err(e) = registry.resolve(model).await {
             bail!("{e}");
         }
     }

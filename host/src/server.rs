@@ -14,11 +14,13 @@ use crate::api::{self, AppState, HttpLimits};
 use crate::cache::redis::RedisCache;
 use crate::cache::{InProcessCache, ScoreCache, TieredCache};
 use crate::config::{ServeArgs, SourceArgs};
+use crate::deploy::{DeploySettings, ModelManager};
 use crate::engine::ModelEngine;
-use crate::loader;
 use crate::market::{EmbeddedSource, MarketDataSource};
 use crate::registry::ModelRegistry;
 use crate::scoring::ScoringService;
+use crate::store::ModelStore;
+use crate::watcher::{self, WatchSettings};
 
 /// The market data source the configuration asks for.
 pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
@@ -35,7 +37,24 @@ pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataS
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
-    let registry = Arc::new(ModelRegistry::new());
+    let registry = Arc::new(ModelRegistry::with_standby_capacity(
+        args.hot_swap.standby_versions,
+    ));
+    let store = ModelStore::open(&args.hot_swap.data_dir).with_context(|| {
+        format!(
+            "cannot open the model store in {}",
+            args.hot_swap.data_dir.display()
+        )
+    })?;
+    let models = ModelManager::new(
+        engine.clone(),
+        registry.clone(),
+        Arc::new(store),
+        DeploySettings {
+            bulkhead: args.bulkhead(),
+            artifact_cache: args.hot_swap.artifact_cache,
+        },
+    );
     let market = market_source(&args.sources)?;
     let snapshot = market.snapshot();
     tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
@@ -60,6 +79,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
         admin_token: crate::auth::AdminToken::new(args.admin_token.as_deref()),
+        models: models.clone(),
     });
     let app = api::router(
         state.clone(),
@@ -77,24 +97,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("riskhost listening on http://{address}");
     tracing::info!(%address, "listening");
 
-    // Serve while models load: /healthz answers at once, /readyz when loaded.
+    // Serve while models load: /healthz answers at once, /readyz once the
+    // store's active versions are restored and the plugins directory is
+    // scanned; then the directory is watched for the life of the process.
     let loading = {
-        let (engine, registry) = (engine.clone(), registry.clone());
-        let (dir, bulkhead) = (args.sources.plugins.clone(), args.bulkhead());
+        let started = std::time::Instant::now();
+        let overrides: Vec<String> = engine.limits().overrides.keys().cloned().collect();
+        let dir = args.sources.plugins.clone();
+        let settings = WatchSettings {
+            enabled: args.hot_swap.watch,
+            debounce: Duration::from_millis(args.hot_swap.watch_debounce_ms),
+            settle: Duration::from_millis(args.hot_swap.watch_settle_ms),
+            unload_on_delete: args.hot_swap.unload_on_delete,
+            max_component_bytes: engine.limits().max_component_bytes,
+        };
         tokio::spawn(async move {
-            loader::load_directory(&engine, &registry, &dir, bulkhead).await;
-            registry.mark_initial_load_done();
-            let active = registry.active();
-            for name in engine.limits().overrides.keys() {
-                if !active.contains_key(name) {
-                    tracing::warn!(model = %name, "--model-limits names a model that is not loaded; the limits apply if it is loaded later");
+            models.restore().await;
+            let registry = models.registry().clone();
+            watcher::run(models, dir, settings, move || {
+                registry.mark_initial_load_done();
+                for name in &overrides {
+                    if !registry.active().contains_key(name) {
+                        tracing::warn!(model = %name, "--model-limits names a model that is not loaded; the limits apply if it is loaded later");
+                    }
                 }
-            }
-            tracing::info!(
-                models = active.len(),
-                failures = registry.failures().len(),
-                "ready"
-            );
+                tracing::info!(
+                    models = registry.active().len(),
+                    failures = registry.failures().len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "ready"
+                );
+            })
+            .await;
         })
     };
 

@@ -75,6 +75,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub client: reqwest::blocking::Client,
+    /// The model store of this server, unless the test gave `--data-dir`.
+    _data_dir: Option<TempDir>,
 }
 
 impl Server {
@@ -87,11 +89,19 @@ impl Server {
         Self::start_with(&args)
     }
 
-    /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`.
+    /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`, plus
+    /// a fresh `--data-dir` of its own unless `args` give one.
     pub fn start_with(args: &[&str]) -> Server {
-        let mut child = Command::new(binary())
+        let data_dir =
+            (!args.iter().any(|a| a.starts_with("--data-dir"))).then(|| TempDir::new("store"));
+        let mut command = Command::new(binary());
+        command
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir.path());
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -117,6 +127,7 @@ impl Server {
             child,
             base,
             client,
+            _data_dir: data_dir,
         };
         server.wait_ready(Duration::from_secs(120));
         server

@@ -60,6 +60,8 @@ pub enum LoadError {
     InfoCall(CallError),
     #[error("the warm-up call failed: {0}")]
     WarmUp(String),
+    #[error("the precompiled artifact is unusable: {0}")]
+    Precompiled(String),
 }
 
 /// Why a batch call failed as a whole. The instance is discarded in every case.
@@ -126,6 +128,17 @@ impl LoadedModel {
 
     pub fn version(&self) -> &str {
         &self.description.version
+    }
+
+    /// The compiled machine code, for the artifact cache; loads back with
+    /// [`ModelEngine::load_precompiled`] on an engine of the same
+    /// [`ModelEngine::compatibility_key`].
+    pub fn serialize_compiled(&self) -> Result<Vec<u8>, String> {
+        self.pre
+            .instance_pre()
+            .component()
+            .serialize()
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -225,6 +238,42 @@ impl ModelEngine {
     /// The sha256 digest of component bytes, as `sha256:<hex>`.
     pub fn digest(bytes: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Names the compiled-code format of this engine: the wasmtime version,
+    /// target and every setting that shapes compiled code. Artifacts compiled
+    /// under one key only ever load under the same key.
+    pub fn compatibility_key(&self) -> String {
+        use std::hash::Hash as _;
+        let mut hasher = Sha256Hasher(Sha256::new());
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hex::encode(&hasher.0.finalize()[..12])
+    }
+
+    /// Loads a component compiled earlier by [`LoadedModel::serialize_compiled`],
+    /// skipping compilation but not validation: it is linked, its `info()`
+    /// checked and warmed up like a fresh one. `digest` and `size_bytes`
+    /// describe the component it was compiled from.
+    ///
+    /// # Safety
+    ///
+    /// wasmtime maps the file and runs its machine code without checking
+    /// it, so `path` must be a file this riskhost build wrote itself from a
+    /// component that passed validation, in a directory nobody else can
+    /// write (see `store.rs`). A file from anywhere else is arbitrary code
+    /// running outside the sandbox.
+    pub unsafe fn load_precompiled(
+        &self,
+        path: &std::path::Path,
+        digest: String,
+        size_bytes: usize,
+    ) -> Result<LoadedModel, LoadError> {
+        // SAFETY: the caller guarantees the file is one of our own artifacts.
+        let component = unsafe { Component::deserialize_file(&self.engine, path) }
+            .map_err(|e| LoadError::Precompiled(format!("{e:#}")))?;
+        self.load_compiled(component, digest, size_bytes)
     }
 
     /// Compiles, links, checks `info()` and warms a component up.
@@ -685,6 +734,23 @@ fn truncate(s: &str, max: usize) -> &str {
 /// version/layer field (1 vs 0x0d).
 fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// Feeds `Hash` input into SHA-256, which, unlike `DefaultHasher`, gives the
+/// same key in every build, so artifact directories survive a rebuild.
+struct Sha256Hasher(Sha256);
+
+impl std::hash::Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        // Only `write` is used (the key comes from `finalize`); this keeps
+        // the trait whole.
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+    }
 }
 
 /// One thread advancing the engine's epoch once per elapsed tick of the real

@@ -198,7 +198,11 @@ impl ScoringService {
         let mut models: Vec<(Arc<ModelEntry>, Vec<f64>, usize)> =
             Vec::with_capacity(request.models.len());
         for reference in &request.models {
-            let entry = self.registry.resolve(reference).map_err(ScoreError::from)?;
+            let entry = self
+                .registry
+                .resolve(reference)
+                .await
+                .map_err(ScoreError::from)?;
             if models
                 .iter()
                 .any(|(m, _, _)| m.model.digest == entry.model.digest)

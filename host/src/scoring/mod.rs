@@ -95,6 +95,7 @@ impl ScoreError {
         match self {
             ScoreError::Resolve(ResolveError::UnknownModel { .. }) => "unknown_model",
             ScoreError::Resolve(ResolveError::UnknownVersion { .. }) => "unknown_model_version",
+            ScoreError::Resolve(ResolveError::VersionUnavailable { .. }) => "model_unavailable",
             ScoreError::Params(_) => "invalid_params",
             ScoreError::Portfolio(_) => "invalid_portfolio",
             ScoreError::UnknownPortfolio(_) => "unknown_portfolio",
@@ -115,6 +116,7 @@ impl ScoreError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
+            ScoreError::Resolve(ResolveError::VersionUnavailable { .. }) => ErrorClass::Unavailable,
             ScoreError::Resolve(_) | ScoreError::UnknownPortfolio(_) => ErrorClass::NotFound,
             ScoreError::Params(_)
             | ScoreError::Portfolio(_)
@@ -228,7 +230,7 @@ impl ScoringService {
 
     /// Scores one portfolio with one model.
     pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
-        let entry = self.registry.resolve(&request.model)?;
+        let entry = self.registry.resolve(&request.model).await?;
         let description = &entry.model.description;
         let params = description.resolve_params(&request.params)?;
         let portfolio = self.prepare_portfolio(request.portfolio).await?;

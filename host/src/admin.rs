@@ -1,0 +1,216 @@
+//! The model-management routes: upload, list versions, roll back, delete.
+//!
+//! Changes need the admin token ([`Admin`]); listing the versions of a model
+//! does not, because it shows no more than `GET /v1/models` already does
+//! (names, semvers, digests, sources). When scoped keys arrive, both listings
+//! move under the `score` scope.
+//!
+//! Handlers only translate: every decision is in [`crate::deploy`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, AppState};
+use crate::auth::Admin;
+use crate::deploy::{DeployError, Deployed, VersionId, VersionsView};
+
+/// The admin routes; uploads accept bodies up to the largest component
+/// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
+pub fn routes(max_component_bytes: usize) -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/models/{name}",
+            put(upload)
+                // Room for a maximal component; the engine enforces the limit itself.
+                .layer(DefaultBodyLimit::max(max_component_bytes.saturating_add(1)))
+                .delete(remove),
+        )
+        .route("/v1/models/{name}/versions", get(versions))
+        .route("/v1/models/{name}/rollback", post(rollback))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(error: DeployError) -> Self {
+        let (status, code) = match &error {
+            DeployError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
+            DeployError::NameMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "model_name_mismatch")
+            }
+            DeployError::UnknownModel(_) | DeployError::NotLoaded(_) => {
+                (StatusCode::NOT_FOUND, "unknown_model")
+            }
+            DeployError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_model_version"),
+            DeployError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous_version"),
+            DeployError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        rejection.body_text(),
+    )
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "{}; components are limited by --max-component-mib",
+                rejection.body_text()
+            ),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// `PUT /v1/models/{name}` with the component bytes: 201 once the version
+/// is validated, stored and live; 200 if it already was the active version.
+async fn upload(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if let Some(ct) = content_type
+        && ct != "application/wasm"
+        && ct != "application/octet-stream"
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the component as `application/wasm` (or `application/octet-stream`), not `{ct}`"
+            ),
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    let deployed = state
+        .models
+        .install(Vec::from(body), format!("api:{name}"), Some(&name))
+        .await?;
+    let status = if deployed.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(deployed)))
+}
+
+/// `GET /v1/models/{name}/versions`.
+async fn versions(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<VersionsView>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    Ok(Json(state.models.versions(&name)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// `sha256:…` or a semver; absent: the previously active version.
+    to: Option<String>,
+}
+
+/// `POST /v1/models/{name}/rollback`, body empty or `{"to": "…"}`.
+async fn rollback(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Deployed>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let body = body.map_err(body_error)?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest { to: None }
+    } else {
+        serde_json::from_slice::<RollbackRequest>(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+            } else {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    e.to_string(),
+                )
+            }
+        })?
+    };
+    Ok(Json(
+        state.models.rollback(&name, request.to.as_deref()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// Also delete every stored version and compiled artifact.
+    #[serde(default)]
+    purge: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Removed {
+    name: String,
+    /// The version that was active, if one was.
+    unloaded: Option<VersionId>,
+    purged: bool,
+}
+
+/// `DELETE /v1/models/{name}[?purge=true]`.
+async fn remove(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Result<Json<Removed>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            e.body_text(),
+        )
+    })?;
+    let unloaded = state
+        .models
+        .remove(&name, query.purge, "api:delete")
+        .await?;
+    Ok(Json(Removed {
+        name,
+        unloaded,
+        purged: query.purge,
+    }))
+}
