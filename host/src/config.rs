@@ -36,6 +36,11 @@ pub enum Command {
     Score(ScoreArgs),
     /// Score a file of portfolios (one JSON portfolio per line) with the batch engine.
     ScoreFile(ScoreFileArgs),
+    /// Scaffold a model project (Rust or Python) that builds to a component.
+    New(crate::tooling::NewArgs),
+    /// Inspect or test a model component before shipping it.
+    #[command(subcommand)]
+    Model(crate::tooling::ModelCommand),
     /// Write the bundled sample prices as CSV (`date,instrument,close`).
     ExportSampleData {
         /// Output file; standard output when absent.
@@ -245,7 +250,7 @@ pub struct ScoreFileArgs {
     pub sources: SourceArgs,
 }
 
-fn parse_param(s: &str) -> Result<(String, f64), String> {
+pub(crate) fn parse_param(s: &str) -> Result<(String, f64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;

@@ -15,3 +15,4 @@ pub mod score_file;
 pub mod scoring;
 pub mod server;
 pub mod telemetry;
+pub mod tooling;

@@ -158,12 +158,19 @@ impl LoadedModel {
     pub fn version(&self) -> &str {
         &self.description.version
     }
+
+    /// The compiled component, e.g. to list its imports and exports.
+    pub fn component(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
 }
 
 /// The result of one batch call plus what it cost.
 pub struct CallOutcome {
     pub results: Vec<Result<Score, ModelError>>,
     pub elapsed: Duration,
+    /// Peak linear memory of the instance (all its memories together).
+    pub peak_memory_bytes: usize,
 }
 
 /// Owns the wasmtime engine, the sandbox linker and the epoch ticker.
@@ -351,6 +358,7 @@ impl ModelEngine {
         Ok(CallOutcome {
             results,
             elapsed: started.elapsed(),
+            peak_memory_bytes: store.data().limiter.peak_bytes,
         })
     }
 

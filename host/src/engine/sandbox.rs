@@ -80,6 +80,10 @@ impl SandboxState {
 pub struct MemoryLimiter {
     memory_limit_bytes: usize,
     pub(crate) memory_limit_hit: bool,
+    /// Linear memory of all the instance's memories now, and at most so far:
+    /// what `riskhost model test` reports as the model's footprint.
+    total_bytes: usize,
+    pub(crate) peak_bytes: usize,
 }
 
 /// Tables are small in the models we know; this bounds hostile ones.
@@ -90,6 +94,8 @@ impl MemoryLimiter {
         MemoryLimiter {
             memory_limit_bytes,
             memory_limit_hit: false,
+            total_bytes: 0,
+            peak_bytes: 0,
         }
     }
 }
@@ -97,7 +103,7 @@ impl MemoryLimiter {
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -105,6 +111,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.memory_limit_hit = true;
             return Ok(false);
         }
+        self.total_bytes = self
+            .total_bytes
+            .saturating_add(desired.saturating_sub(current));
+        self.peak_bytes = self.peak_bytes.max(self.total_bytes);
         Ok(true)
     }
 
