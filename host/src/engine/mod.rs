@@ -11,6 +11,7 @@
 //! thread, never on the async runtime.
 
 pub mod bindings;
+mod diagnostics;
 pub mod sandbox;
 mod validate;
 
@@ -88,7 +89,9 @@ pub enum LoadError {
     NotAComponent(String),
     #[error("the component imports something the sandbox does not provide: {0}")]
     UnsupportedImport(String),
-    #[error("the component does not implement the riskhost:model@1.0.0 world: {0}")]
+    #[error(
+        "the component does not implement world `model` of riskhost:model@1.0.0 (it must export `info` and `score-batch` with the contract's types): {0}"
+    )]
     Contract(String),
     #[error("info() is invalid: {0}")]
     InvalidInfo(String),
@@ -251,6 +254,13 @@ impl ModelEngine {
                 limit: self.limits.max_component_bytes,
             });
         }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent(
+                "the file does not start with the WebAssembly magic bytes `\\0asm`; \
+                 is it the .wasm a model build produced?"
+                    .into(),
+            ));
+        }
         let digest = Self::digest(bytes);
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             let message = format!("{e:#}");
@@ -346,8 +356,11 @@ impl ModelEngine {
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_score_batch(&mut store, market, jobs));
+        // Classify before logging: logging drains the output, and a trap's
+        // message quotes what the model printed last.
+        let result = result.map_err(|e| self.classify(e, &store, deadline, &output));
         self.log_output(model.name(), &output);
-        let results = result.map_err(|e| self.classify(e, &store, deadline, &output))?;
+        let results = result?;
         if results.len() != jobs.len() {
             return Err(CallError::ResultCount {
                 expected: jobs.len(),
@@ -420,13 +433,9 @@ impl ModelEngine {
                 limit_bytes: self.limits.memory_bytes,
             },
             Some(trap) => {
-                let (stderr, _) = output.stderr.take();
-                let last_words = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or_default()
-                    .trim();
+                // Read without draining: the host's log gets the output too.
+                let last_words =
+                    diagnostics::last_words(&output.stderr.contents()).unwrap_or_default();
                 let frames = error
                     .downcast_ref::<wasmtime::WasmBacktrace>()
                     .map(|bt| {
@@ -443,7 +452,7 @@ impl ModelEngine {
                     message.push_str(&format!(" in {frames}"));
                 }
                 if !last_words.is_empty() {
-                    message.push_str(&format!("; the model said: {}", truncate(last_words, 512)));
+                    message.push_str(&format!("; the model said: {}", truncate(&last_words, 512)));
                 }
                 CallError::Trap(message)
             }
@@ -486,9 +495,19 @@ impl ModelEngine {
                 "the score is {} (not finite)",
                 score.value
             ))),
-            Some(Err(e)) => Err(LoadError::WarmUp(format!(
-                "the model returned an error: {e:?}"
-            ))),
+            Some(Err(e)) => {
+                let (kind, message) = match &e {
+                    ModelError::InvalidInput(m) => ("invalid-input", m),
+                    ModelError::InsufficientData(m) => ("insufficient-data", m),
+                    ModelError::Internal(m) => ("internal", m),
+                };
+                Err(LoadError::WarmUp(format!(
+                    "the model answered {kind} ({message}) to the warm-up job: two synthetic \
+                     instruments WARMUP-A (100 units) and WARMUP-B (-50), the lookback its \
+                     info() asks for at default parameters, every parameter at its default; \
+                     a model must score that"
+                )))
+            }
             None => Err(LoadError::WarmUp("no result".into())),
         }
     }

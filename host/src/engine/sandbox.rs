@@ -246,6 +246,14 @@ impl TruncatingPipe {
         buf.dropped += (bytes.len() - take) as u64;
     }
 
+    /// What was kept so far (lossy UTF-8), leaving it in place.
+    pub fn contents(&self) -> String {
+        match self.inner.lock() {
+            Ok(b) => String::from_utf8_lossy(&b.kept).into_owned(),
+            Err(poisoned) => String::from_utf8_lossy(&poisoned.into_inner().kept).into_owned(),
+        }
+    }
+
     /// What was kept (lossy UTF-8) and how many bytes were dropped.
     pub fn take(&self) -> (String, u64) {
         let mut buf = match self.inner.lock() {
@@ -325,6 +333,7 @@ mod tests {
         let pipe = TruncatingPipe::new(4);
         pipe.append(b"abc");
         pipe.append(b"defg");
+        assert_eq!(pipe.contents(), "abcd");
         assert_eq!(pipe.take(), ("abcd".to_owned(), 3));
         assert_eq!(pipe.take(), (String::new(), 0));
     }

@@ -56,6 +56,9 @@ pub struct TestReport {
 pub struct PortfolioReport {
     /// The portfolio's id, or its file name when it has none.
     pub portfolio: String,
+    /// Distinct instruments held, once the portfolio was resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub positions: Option<usize>,
     pub ok: bool,
     /// The score as the server would serve it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,9 +133,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
             print!("{}", inspect::render(&inspection, engine.limits()));
         }
         bail!(
-            "{} does not load, so the server would not serve it: {}",
-            args.file.display(),
-            error
+            "{} does not load, so the server would not serve it: {error}",
+            args.file.display()
         );
     };
 
@@ -188,6 +190,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
         };
         let mut report = PortfolioReport {
             portfolio: case.label.clone(),
+            positions: None,
             ok: false,
             score: None,
             error: None,
@@ -211,6 +214,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
                     ));
                 }
                 let job = prepare(&*market, &entry, &case.input, &params, response.as_of).await?;
+                report.positions = Some(job.positions.len());
                 let timing =
                     time_job(&executor, &entry, &job, &response, &args, &mut report).await?;
                 report.timing = Some(timing);
@@ -244,13 +248,18 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Model output (print debugging) goes to stderr; other logs only on request.
+/// What the model prints (print debugging) goes to stderr, once per
+/// portfolio (the timed calls are silenced); host logs only with RUST_LOG.
+/// Failures are in the report, so the host's warnings about them are not.
 fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,riskhost::model_output=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off,riskhost::model_output=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
         .with_target(false)
         .try_init();
 }
@@ -385,6 +394,9 @@ async fn time_job(
     let (engine, entry, repeat) = (executor.engine.clone(), entry.clone(), args.repeat);
     let served = served.clone();
     let (timing, problems) = tokio::task::spawn_blocking(move || {
+        // The served call already showed what the model prints.
+        let _silence =
+            tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         let mut problems = Vec::new();
         let single = timed_calls(
             &engine,
@@ -548,6 +560,8 @@ async fn check_batch_independence(
         let (market, call_jobs, determinism) = call_inputs(executor, &jobs, as_of).await?;
         let (engine, entry_) = (executor.engine.clone(), entry.clone());
         let outcome = tokio::task::spawn_blocking(move || {
+            let _silence =
+                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
             engine.call(&entry_.model, &market, &call_jobs, determinism)
         })
         .await
@@ -626,12 +640,12 @@ fn render(report: &TestReport, args: &TestArgs, memory_limit: usize) -> String {
         match (&r.score, &r.error) {
             (Some(score), _) => {
                 line(format!(
-                    "{status} {:<16} {} {} at {} ({} positions)",
+                    "{status} {:<16} {} {} at {} ({})",
                     r.portfolio,
                     score.value,
                     score.unit,
                     score.as_of,
-                    score.breakdown.len()
+                    plural(r.positions.unwrap_or_default(), "position")
                 ));
                 if let Some(t) = &r.timing {
                     let mut timing = format!(
@@ -665,8 +679,18 @@ fn render(report: &TestReport, args: &TestArgs, memory_limit: usize) -> String {
     }
     line(String::new());
     line(format!(
-        "{} portfolios passed, {} failed",
-        report.passed, report.failed
+        "{} passed, {} failed",
+        plural(report.passed, "portfolio"),
+        report.failed
     ));
     out
+}
+
+/// `1 position`, `2 positions`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
