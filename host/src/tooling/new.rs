@@ -103,6 +103,18 @@ pub fn scaffold(args: &NewArgs, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Lang::Python => PYTHON_FILES,
     };
     let mut written = Vec::new();
+    if args.lang == Lang::Rust
+        && let Some(lock) = sdk_lockfile(args.sdk_path.as_deref())
+    {
+        // Start from the SDK checkout's resolution: the same wit-bindgen the
+        // SDK is tested with, and builds that can share its compiled crates.
+        // Cargo drops the entries the project does not use.
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("Cargo.lock");
+        std::fs::copy(&lock, &path)
+            .with_context(|| format!("cannot copy {} to {}", lock.display(), path.display()))?;
+        written.push(path);
+    }
     for (relative, template) in files {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
@@ -160,6 +172,13 @@ fn sdk_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot resolve {}", path.display()))
 }
 
+/// The lockfile of the workspace holding the SDK, if there is one.
+fn sdk_lockfile(given: Option<&Path>) -> Option<PathBuf> {
+    let sdk = given.map_or_else(default_sdk_path, Path::to_path_buf);
+    let lock = sdk.parent()?.join("Cargo.lock");
+    lock.is_file().then_some(lock)
+}
+
 /// A path as a TOML basic-string body.
 fn toml_path(path: &Path) -> anyhow::Result<String> {
     let text = path
@@ -214,14 +233,16 @@ mod tests {
     fn rust_project_points_at_the_sdk_and_has_no_placeholders_left() {
         let dir = temp("rust");
         let files = scaffold(&args("demo-var", Lang::Rust), &dir).expect("scaffold");
-        assert_eq!(files.len(), RUST_FILES.len());
+        // The templates, plus the SDK workspace's lockfile.
+        assert_eq!(files.len(), RUST_FILES.len() + 1);
+        assert!(dir.join("Cargo.lock").is_file());
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
         let sdk = default_sdk_path().canonicalize().expect("sdk");
         assert!(
             manifest.contains(&format!("path = \"{}\"", sdk.display())),
             "{manifest}"
         );
-        for file in &files {
+        for file in files.iter().filter(|f| !f.ends_with("Cargo.lock")) {
             let text = std::fs::read_to_string(file).expect("read");
             assert!(
                 !text.contains("{{"),
