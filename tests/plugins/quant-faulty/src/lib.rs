@@ -13,7 +13,7 @@ use riskhost_sdk::{
     BatchContext, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score, Unit,
 };
 
-struct Faulty;
+pub struct Faulty;
 
 /// Survives across jobs of one call only: every call gets a fresh instance,
 /// so fault 3 differs between jobs of one call, not between calls.
