@@ -270,10 +270,28 @@ fn model_test_tells_a_quant_what_is_wrong() {
     let out = riskhost_fails(&here, &["model", "test", &faulty, "--param", "fault=3"]);
     assert!(out.contains("depends on its company"), "{out}");
 
-    // A missing export: which one.
-    let out = riskhost_fails(&here, &["model", "test", &test_model("quant-info-only")]);
+    // A missing export: which one; inspect fails too, and says it in JSON.
+    let info_only = test_model("quant-info-only");
+    let out = riskhost_fails(&here, &["model", "test", &info_only]);
     assert!(out.contains("no export `score-batch`"), "{out}");
     assert!(out.contains("does not load"), "{out}");
+    let out = riskhost_fails(&here, &["model", "inspect", &info_only]);
+    assert!(out.contains("valid      NO:"), "{out}");
+    assert!(out.contains("exports    info\n"), "{out}");
+    let output = run(
+        &here,
+        binary(),
+        &["model", "inspect", &info_only, "--json"],
+        false,
+    );
+    let json: Value = serde_json::from_slice(&output.stdout).expect("inspect --json is JSON");
+    assert_eq!(json["valid"], false);
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("must export `info` and `score-batch`")),
+        "{json}"
+    );
 
     // Not WebAssembly at all.
     let junk = work.path().join("junk.wasm");

@@ -99,9 +99,15 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&inspection, engine.limits()));
     }
-    // Inspecting an invalid model is not an error of the command; `test` is
-    // the one that fails. Scripts read `valid` from --json.
-    Ok(())
+    // A component the server would refuse fails the command too, so
+    // `riskhost model inspect m.wasm && deploy` cannot ship it.
+    match inspection.error {
+        None => Ok(()),
+        Some(error) => anyhow::bail!(
+            "{} does not load, so the server would not serve it: {error}",
+            args.file.display()
+        ),
+    }
 }
 
 /// The human-readable report.
