@@ -350,3 +350,52 @@ fn inspect_flags_the_imports_the_sandbox_denies_or_virtualises() {
         "{json}"
     );
 }
+
+/// The guide's measurement command (on the Rust model: the Python one only
+/// takes longer) reports the cost of single and batched calls.
+#[test]
+fn model_test_measures_single_and_batched_calls() {
+    let here = workspace();
+    let model = common::plugins_dir().join("var-parametric.wasm");
+    let model = model.to_str().expect("utf-8 path");
+    let args = [
+        "model",
+        "test",
+        model,
+        "--portfolio",
+        "examples/python/twenty.json",
+        "--batch",
+        "100",
+        "--repeat",
+        "40",
+    ];
+    let text = riskhost(&here, &args);
+    assert!(text.contains("ok   twenty"), "{text}");
+    assert!(text.contains("(20 positions)"), "{text}");
+    assert!(text.contains("batch of 100:"), "{text}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let report: Value = serde_json::from_str(&riskhost(&here, &json_args)).expect("JSON");
+    assert_eq!(
+        (report["passed"].as_u64(), report["failed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let timing = &report["portfolios"][0]["timing"];
+    assert_eq!(timing["calls"], 40);
+    assert_eq!(timing["batch"]["jobs"], 100);
+    let (single, batch) = (
+        timing["median_us"].as_f64().expect("median"),
+        timing["batch"]["median_us"].as_f64().expect("batch median"),
+    );
+    assert!(single > 0.0 && batch > 0.0, "{timing}");
+    let per_job = timing["batch"]["per_job_us"].as_f64().expect("per job");
+    assert!((per_job * 100.0 - batch).abs() <= 1e-6 * batch, "{timing}");
+    // An instance's linear memory is at least one 64 KiB page.
+    assert!(
+        timing["peak_memory_bytes"]
+            .as_u64()
+            .is_some_and(|b| b >= 65536),
+        "{timing}"
+    );
+}
