@@ -11,6 +11,7 @@ fi
 
 tests/services.sh
 plugins/build.sh
+examples/python/build.sh
 tests/plugins/build.sh
 
 cargo fmt --all --check

@@ -33,6 +33,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(args.sources.log_format);
             runtime.block_on(crate::score_file::run(args))
         }
+        Command::New(args) => crate::tooling::new::run(&args),
+        Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
         Command::ExportSampleData { out } => {
             let table = crate::market::sample::sample_table();
             match out {

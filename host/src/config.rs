@@ -44,6 +44,11 @@ pub enum Command {
     Score(ScoreArgs),
     /// Score a file of portfolios (one JSON portfolio per line) with the batch engine.
     ScoreFile(ScoreFileArgs),
+    /// Scaffold a model project (Rust or Python) that builds to a component.
+    New(crate::tooling::NewArgs),
+    /// Inspect or test a model component before shipping it.
+    #[command(subcommand)]
+    Model(crate::tooling::ModelCommand),
     /// Write the bundled sample prices as CSV (`date,instrument,close`).
     ExportSampleData {
         /// Output file; standard output when absent.
@@ -396,7 +401,7 @@ fn parse_model_ttl(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_owned(), secs))
 }
 
-fn parse_param(s: &str) -> Result<(String, f64), String> {
+pub(crate) fn parse_param(s: &str) -> Result<(String, f64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;

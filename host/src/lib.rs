@@ -19,4 +19,5 @@ pub mod server;
 pub mod settings_file;
 pub mod store;
 pub mod telemetry;
+pub mod tooling;
 pub mod watcher;

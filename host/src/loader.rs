@@ -90,19 +90,29 @@ pub async fn load_directory(
     if files.is_empty() {
         tracing::warn!(dir = %dir.display(), "the plugins directory holds no .wasm files");
     }
+    // Smallest files first: a Rust model compiles in milliseconds, a Python
+    // one (~18 MB, CPython inside) in seconds, so in size order the small
+    // ones are served while a large one still compiles. Which of two files
+    // naming the same model wins still goes by file name (below).
+    let mut files = files;
+    files.sort_by_key(|p| std::fs::metadata(p).map_or(u64::MAX, |m| m.len()));
     for path in files {
         let before = registry.active();
+        let source = format!("file:{}", path.display());
         match load_file(engine, registry, &path, bulkhead).await {
             Ok(name) => {
-                if let Some(first) = before.get(&name) {
-                    let source = format!("file:{}", path.display());
-                    // Put the first file's version back and report the clash.
-                    registry.activate(first.clone());
+                if let Some(earlier) = before.get(&name) {
+                    // Sources share the directory, so this compares file names.
+                    let (winner, loser) = if earlier.source < source {
+                        registry.activate(earlier.clone());
+                        (earlier.source.clone(), source)
+                    } else {
+                        (source, earlier.source.clone())
+                    };
                     registry.record_failure(
-                        &source,
+                        &loser,
                         format!(
-                            "model `{name}` is already provided by {}; rename one of them",
-                            first.source
+                            "model `{name}` is already provided by {winner}; rename one of them"
                         ),
                     );
                 }

@@ -14,6 +14,7 @@
 
 pub mod bindings;
 mod cputime;
+mod diagnostics;
 mod limits;
 pub mod sandbox;
 mod validate;
@@ -52,7 +53,9 @@ pub enum LoadError {
     NotAComponent(String),
     #[error("the component imports something the sandbox does not provide: {0}")]
     UnsupportedImport(String),
-    #[error("the component does not implement the riskhost:model@1.0.0 world: {0}")]
+    #[error(
+        "the component does not implement world `model` of riskhost:model@1.0.0 (it must export `info` and `score-batch` with the contract's types): {0}"
+    )]
     Contract(String),
     #[error("info() is invalid: {0}")]
     InvalidInfo(String),
@@ -140,6 +143,11 @@ impl LoadedModel {
             .serialize()
             .map_err(|e| format!("{e:#}"))
     }
+
+    /// The compiled component, e.g. to list its imports and exports.
+    pub fn component(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
 }
 
 /// The result of one batch call plus what it cost.
@@ -150,6 +158,8 @@ pub struct CallOutcome {
     pub cpu_time: Option<Duration>,
     /// Fuel the call consumed, when the model runs with a fuel budget.
     pub fuel_consumed: Option<u64>,
+    /// Peak linear memory of the instance (all its memories together).
+    pub peak_memory_bytes: usize,
 }
 
 /// What one call may spend, fixed when its store is created.
@@ -286,6 +296,13 @@ impl ModelEngine {
                 size: bytes.len(),
                 limit: self.limits.max_component_bytes,
             });
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent(
+                "the file does not start with the WebAssembly magic bytes `\\0asm`; \
+                 is it the .wasm a model build produced?"
+                    .into(),
+            ));
         }
         let digest = Self::digest(bytes);
         let component = Component::new(&self.engine, bytes).map_err(|e| {
@@ -435,6 +452,8 @@ impl ModelEngine {
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_score_batch(&mut store, market, jobs));
+        // Classify before logging: logging drains the output, and a trap's
+        // message quotes what the model printed last.
         let cpu_time = cpu_started
             .zip(cputime::thread_cpu_time())
             .map(|(before, after)| after.saturating_sub(before));
@@ -470,6 +489,7 @@ impl ModelEngine {
             elapsed: started.elapsed(),
             cpu_time,
             fuel_consumed,
+            peak_memory_bytes: store.data().limiter.peak_bytes,
         })
     }
 
@@ -533,7 +553,8 @@ impl ModelEngine {
             // allocation-failure handler), i.e. some other trap.
             Some(_) if store.data().limiter.memory_limit_hit => memory_exhausted,
             Some(trap) => {
-                let (stderr, _) = output.stderr.take();
+                // Read without draining: the host's log gets the output too.
+                let stderr = output.stderr.contents();
                 CallError::Trap(trap_message(trap, &error, &stderr))
             }
             None => {
@@ -590,9 +611,19 @@ impl ModelEngine {
                 "the score is {} (not finite)",
                 score.value
             ))),
-            Some(Err(e)) => Err(LoadError::WarmUp(format!(
-                "the model returned an error: {e:?}"
-            ))),
+            Some(Err(e)) => {
+                let (kind, message) = match &e {
+                    ModelError::InvalidInput(m) => ("invalid-input", m),
+                    ModelError::InsufficientData(m) => ("insufficient-data", m),
+                    ModelError::Internal(m) => ("internal", m),
+                };
+                Err(LoadError::WarmUp(format!(
+                    "the model answered {kind} ({message}) to the warm-up job: two synthetic \
+                     instruments WARMUP-A (100 units) and WARMUP-B (-50), the lookback its \
+                     info() asks for at default parameters, every parameter at its default; \
+                     a model must score that"
+                )))
+            }
             None => Err(LoadError::WarmUp("no result".into())),
         }
     }
@@ -622,7 +653,7 @@ fn trap_message(trap: &Trap, error: &wasmtime::Error, stderr: &str) -> String {
             message.push_str(&format!(" in {}", frames.join(" <- ")));
         }
     }
-    if let Some(words) = last_words(stderr) {
+    if let Some(words) = diagnostics::last_words(stderr) {
         message.push_str(&format!("; the model said: {}", truncate(&words, 512)));
     }
     message
@@ -681,34 +712,6 @@ fn model_frames(backtrace: &wasmtime::WasmBacktrace) -> Vec<String> {
 /// mangling), without hash or crate disambiguators. Other names pass as is.
 fn demangle(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(name))
-}
-
-/// What a dying model said: the panic message of a Rust panic (the line
-/// `panicked at FILE:LINE:COL:` and the message after it), else its last
-/// line on stderr other than the backtrace hint.
-fn last_words(stderr: &str) -> Option<String> {
-    let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
-    if let Some(at) = lines.iter().rposition(|l| l.contains(" panicked at ")) {
-        let location = lines[at]
-            .split_once(" panicked at ")
-            .map_or("", |(_, rest)| rest);
-        let body: Vec<&str> = lines[at + 1..]
-            .iter()
-            .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
-            .filter(|l| !l.is_empty())
-            .copied()
-            .collect();
-        return Some(
-            format!("panicked at {location} {}", body.join(" "))
-                .trim()
-                .to_owned(),
-        );
-    }
-    lines
-        .iter()
-        .rev()
-        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-        .map(|l| (*l).to_owned())
 }
 
 impl Drop for ModelEngine {
@@ -800,7 +803,7 @@ mod tests {
                       the book does not balance\nacross two lines\n\
                       note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
         assert_eq!(
-            last_words(stderr).as_deref(),
+            diagnostics::last_words(stderr).as_deref(),
             Some("panicked at src/lib.rs:41:5: the book does not balance across two lines")
         );
     }
@@ -810,10 +813,10 @@ mod tests {
         let stderr = "loading\nmemory allocation of 1048576 bytes failed\n\
                       note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
         assert_eq!(
-            last_words(stderr).as_deref(),
+            diagnostics::last_words(stderr).as_deref(),
             Some("memory allocation of 1048576 bytes failed")
         );
-        assert_eq!(last_words("\n \n"), None);
+        assert_eq!(diagnostics::last_words("\n \n"), None);
     }
 
     #[test]

@@ -80,6 +80,10 @@ impl SandboxState {
 pub struct MemoryLimiter {
     memory_limit_bytes: usize,
     pub(crate) memory_limit_hit: bool,
+    /// Linear memory of all the instance's memories now, and at most so far:
+    /// what `riskhost model test` reports as the model's footprint.
+    total_bytes: usize,
+    pub(crate) peak_bytes: usize,
 }
 
 /// Tables are small in the models we know; this bounds hostile ones.
@@ -90,6 +94,8 @@ impl MemoryLimiter {
         MemoryLimiter {
             memory_limit_bytes,
             memory_limit_hit: false,
+            total_bytes: 0,
+            peak_bytes: 0,
         }
     }
 }
@@ -97,7 +103,7 @@ impl MemoryLimiter {
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -105,6 +111,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.memory_limit_hit = true;
             return Ok(false);
         }
+        self.total_bytes = self
+            .total_bytes
+            .saturating_add(desired.saturating_sub(current));
+        self.peak_bytes = self.peak_bytes.max(self.total_bytes);
         Ok(true)
     }
 
@@ -236,6 +246,14 @@ impl TruncatingPipe {
         buf.dropped += (bytes.len() - take) as u64;
     }
 
+    /// What was kept so far (lossy UTF-8), leaving it in place.
+    pub fn contents(&self) -> String {
+        match self.inner.lock() {
+            Ok(b) => String::from_utf8_lossy(&b.kept).into_owned(),
+            Err(poisoned) => String::from_utf8_lossy(&poisoned.into_inner().kept).into_owned(),
+        }
+    }
+
     /// What was kept (lossy UTF-8) and how many bytes were dropped.
     pub fn take(&self) -> (String, u64) {
         let mut buf = match self.inner.lock() {
@@ -315,6 +333,7 @@ mod tests {
         let pipe = TruncatingPipe::new(4);
         pipe.append(b"abc");
         pipe.append(b"defg");
+        assert_eq!(pipe.contents(), "abcd");
         assert_eq!(pipe.take(), ("abcd".to_owned(), 3));
         assert_eq!(pipe.take(), (String::new(), 0));
     }

@@ -63,7 +63,7 @@ impl IndexedWindow {
 
     /// The contract's market data and jobs for one call: the union of the
     /// jobs' instruments, in first-seen order, over the whole window.
-    fn call_inputs(&self, jobs: &[&PreparedJob]) -> Result<(MarketData, Vec<Job>), ScoreError> {
+    pub fn call_inputs(&self, jobs: &[&PreparedJob]) -> Result<(MarketData, Vec<Job>), ScoreError> {
         let mut series_of_call: HashMap<&str, u32> = HashMap::new();
         let mut series = Vec::new();
         let mut call_jobs = Vec::with_capacity(jobs.len());
