@@ -43,13 +43,13 @@ fn target_dir() -> PathBuf {
 /// `riskhost ARGS` in `dir`.
 #[track_caller]
 fn riskhost(dir: &Path, args: &[&str]) -> String {
-    String::from_utf8_lossy(&run(dir, binary(), args, true).stdout).into_owned()
+    String::from_utf8_lossy(&run(dir, &binary(), args, true).stdout).into_owned()
 }
 
 /// `riskhost ARGS` in `dir`, expected to fail; returns stdout and stderr.
 #[track_caller]
 fn riskhost_fails(dir: &Path, args: &[&str]) -> String {
-    let output = run(dir, binary(), args, false);
+    let output = run(dir, &binary(), args, false);
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
