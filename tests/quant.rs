@@ -280,7 +280,7 @@ fn model_test_tells_a_quant_what_is_wrong() {
     assert!(out.contains("exports    info\n"), "{out}");
     let output = run(
         &here,
-        binary(),
+        &binary(),
         &["model", "inspect", &info_only, "--json"],
         false,
     );
