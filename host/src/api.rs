@@ -51,6 +51,10 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
             post(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)),
         )
         .route("/v1/models", get(list_models))
+        .route(
+            "/v1/portfolios/{id}/scores",
+            get(crate::events::http::score_history),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -58,6 +62,7 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn(crate::events::http::request_id))
         .with_state(state)
 }
 
@@ -80,6 +85,12 @@ impl ApiError {
             retry_after_secs: None,
             extra_header: None,
         }
+    }
+
+    /// Asks the client to retry after `secs` (503s).
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// Adds a header to the answer (e.g. `WWW-Authenticate`).

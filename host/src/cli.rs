@@ -32,6 +32,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(args.sources.log_format);
             runtime.block_on(crate::score_file::run(args))
         }
+        Command::Db(command) => {
+            crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
+            runtime.block_on(crate::db::run(command))
+        }
         Command::ExportSampleData { out } => {
             let table = crate::market::sample::sample_table();
             match out {
@@ -88,7 +92,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
         }
         args.model.clone()
     };
-    let market = crate::server::market_source(&args.sources)?;
+    let market = crate::server::open_market(&args.sources).await?;
     let portfolio_text = std::fs::read_to_string(&args.portfolio)
         .with_context(|| format!("cannot read {}", args.portfolio.display()))?;
     let portfolio: PortfolioInput = serde_json::from_str(&portfolio_text)

@@ -31,11 +31,18 @@ pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataS
     })
 }
 
+/// The market data source `--data-source` selects (`embedded`: `--prices` or
+/// the bundled data).
+pub async fn open_market(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
+    crate::market::connect::open_source(&sources.data, || market_source(sources)).await
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
     let registry = Arc::new(ModelRegistry::new());
-    let market = market_source(&args.sources)?;
+    let market = open_market(&args.sources).await?;
+    let events = crate::db::event_sink(&args.sources.data, &args.events).await?;
     let snapshot = market.snapshot();
     tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
     let cache = Arc::new(InProcessCache::new(args.cache_max_mib << 20));
@@ -45,7 +52,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         market,
         cache,
         args.scoring(),
-    );
+    )
+    .with_events(events.clone());
     if args.admin_token.is_none() {
         tracing::info!("no admin token configured: the admin API is disabled");
     }
@@ -113,6 +121,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     loading.abort();
+    // Score events still in memory go to ClickHouse, or to the spool.
+    events.flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
 }
