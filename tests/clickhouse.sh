@@ -37,11 +37,16 @@ sed -e "s#@DIR@#$CH_DIR#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" -e "s#@TCP_PORT@#$
 cp deploy/clickhouse/users.xml "$CH_DIR/etc/users.xml"
 
 echo "starting clickhouse-server on 127.0.0.1:$CH_HTTP_PORT (data in $CH_DIR)"
-# setsid + nohup: the server outlives this script and the shell that ran it.
+# Detached (setsid, nohup) with every stream redirected, so it outlives this
+# script and holds no pipe of whoever ran it; its pid goes to $CH_DIR/clickhouse.pid.
 # ClickHouse refuses to run as root only when the data folder belongs to
 # another user; here root owns it, so it runs as is.
-(cd "$CH_DIR" && setsid nohup clickhouse-server --config-file="$CH_DIR/etc/config.xml" \
-    >"$CH_DIR/log/stdout.log" 2>&1 </dev/null & echo $! >"$CH_DIR/clickhouse.pid")
+rm -f "$CH_DIR/clickhouse.pid"
+cd "$CH_DIR"
+setsid nohup clickhouse-server --config-file="$CH_DIR/etc/config.xml" \
+    >"$CH_DIR/log/stdout.log" 2>&1 </dev/null &
+# A simple command run in the background execs, so $! is the server itself.
+echo $! >"$CH_DIR/clickhouse.pid"
 
 for _ in $(seq 1 300); do
     if ping; then

@@ -92,7 +92,7 @@ fn every_score_is_recorded_across_a_clickhouse_outage() {
     // The request path does not notice: every score is served.
     served += traffic(&server, "during", 30);
     wait_until("events are spooled", Duration::from_secs(60), || {
-        metric(&server, "riskhost_events_spooled_total") >= 45.0
+        metric(&server, "riskhost_events_spooled_total") >= 40.0
     });
     // History needs ClickHouse: a clear 503 while it is down.
     assert_error(
