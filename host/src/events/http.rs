@@ -60,7 +60,7 @@ pub struct HistoryResponse {
 
 const MAX_LIMIT: u32 = 10_000;
 
-fn parse_bound(name: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {
+fn parse_bound(name: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let day = if end_of_day {
             date.succ_opt().unwrap_or(date)
@@ -72,12 +72,12 @@ fn parse_bound(name: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_query",
-                format!("`{name}` must be YYYY-MM-DD or an RFC 3339 timestamp, got {text:?}: {e}"),
-            )
+            format!("`{name}` must be YYYY-MM-DD or an RFC 3339 timestamp, got {text:?}: {e}")
         })
+}
+
+fn invalid_query(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
 }
 
 /// `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`.
@@ -97,12 +97,14 @@ pub async fn score_history(
         .from
         .as_deref()
         .map(|t| parse_bound("from", t, false))
-        .transpose()?;
+        .transpose()
+        .map_err(invalid_query)?;
     let to = params
         .to
         .as_deref()
         .map(|t| parse_bound("to", t, true))
-        .transpose()?;
+        .transpose()
+        .map_err(invalid_query)?;
     if let (Some(f), Some(t)) = (from, to)
         && f >= t
     {

@@ -503,6 +503,9 @@ impl Queries {
     }
 }
 
+/// A position as read with a LEFT JOIN: NULLs for a portfolio without any.
+type PositionCells = (Option<String>, Option<f64>);
+
 fn version_string(epoch: &str, version: i64) -> String {
     format!("{epoch}.{version}")
 }
@@ -611,7 +614,7 @@ impl PostgresSource {
                 })
             })
             .await?;
-        let mut by_id: HashMap<String, Vec<(Option<String>, Option<f64>)>> = HashMap::new();
+        let mut by_id: HashMap<String, Vec<PositionCells>> = HashMap::new();
         for row in rows {
             let id: String = row.try_get(0).map_err(|e| self.row_error(&e))?;
             let position = (

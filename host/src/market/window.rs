@@ -111,6 +111,9 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalendarMismatch(pub NaiveDate);
 
+/// Per instrument: the last close before the window, and the closes inside it.
+type Collected = (Option<(NaiveDate, f64)>, Vec<Option<f64>>);
+
 /// Builds the window of `instruments` (request order, repeats allowed) over
 /// `dates` from the observations inside it and, per instrument, the last one
 /// before it (rows dated before `dates[0]`; the latest per instrument wins).
@@ -128,7 +131,7 @@ pub fn assemble_window(
     };
     // Per instrument: the close carried into the window, then one optional
     // close per window date.
-    let mut by_id: HashMap<String, (Option<(NaiveDate, f64)>, Vec<Option<f64>>)> = HashMap::new();
+    let mut by_id: HashMap<String, Collected> = HashMap::new();
     for row in rows {
         let entry = by_id
             .entry(row.instrument)
