@@ -85,8 +85,9 @@ impl Spool {
         self.segments.is_empty()
     }
 
-    /// Appends `events`; Err when the disk refuses or the spool is full
-    /// (then nothing of `events` was written... except lines before the error).
+    /// Appends `events`. Err when the spool is full (nothing written) or
+    /// the disk refuses (lines before the failure may be on disk; replay
+    /// skips a torn one).
     pub fn append(&mut self, events: &[ScoreEvent]) -> std::io::Result<()> {
         let mut lines = Vec::with_capacity(events.len() * 320);
         for e in events {
