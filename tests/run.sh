@@ -10,6 +10,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 tests/services.sh
+tests/clickhouse.sh
 plugins/build.sh
 examples/python/build.sh
 tests/plugins/build.sh

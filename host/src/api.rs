@@ -57,6 +57,10 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .route("/v1/cache", delete(purge_cache))
         .route("/v1/cache/{model}", delete(purge_model_cache))
         .merge(crate::admin::routes(max_component_bytes))
+        .route(
+            "/v1/portfolios/{id}/scores",
+            get(crate::events::http::score_history),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -64,6 +68,7 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn(crate::events::http::request_id))
         .with_state(state)
 }
 
@@ -86,6 +91,12 @@ impl ApiError {
             retry_after_secs: None,
             extra_header: None,
         }
+    }
+
+    /// Asks the client to retry after `secs` (503s).
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// Adds a header to the answer (e.g. `WWW-Authenticate`).

@@ -35,6 +35,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::New(args) => crate::tooling::new::run(&args),
         Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
+        Command::Db(command) => {
+            crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
+            runtime.block_on(crate::db::run(command))
+        }
         Command::ExportSampleData { out } => {
             let table = crate::market::sample::sample_table();
             match out {
@@ -91,7 +95,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
         }
         args.model.clone()
     };
-    let market = crate::server::market_source(&args.sources)?;
+    let market = crate::server::open_market(&args.sources).await?;
     let portfolio_text = std::fs::read_to_string(&args.portfolio)
         .with_context(|| format!("cannot read {}", args.portfolio.display()))?;
     let portfolio: PortfolioInput = serde_json::from_str(&portfolio_text)

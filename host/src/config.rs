@@ -49,6 +49,9 @@ pub enum Command {
     /// Inspect or test a model component before shipping it.
     #[command(subcommand)]
     Model(crate::tooling::ModelCommand),
+    /// Manage the databases: apply migrations, load the sample data.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Write the bundled sample prices as CSV (`date,instrument,close`).
     ExportSampleData {
         /// Output file; standard output when absent.
@@ -76,6 +79,31 @@ pub struct SourceArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub data: crate::market::connect::DataArgs,
+}
+
+/// `riskhost db …`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the PostgreSQL migrations (the server also does at start) and
+    /// create the ClickHouse tables, for whichever database is configured.
+    Migrate(DbArgs),
+    /// Load the bundled sample instruments, prices and portfolios into
+    /// PostgreSQL and/or ClickHouse (each one configured). Idempotent.
+    Seed(DbArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub data: crate::market::connect::DataArgs,
+    /// Events table to create in ClickHouse (`migrate`).
+    #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
+    pub events_table: String,
+    /// Prices to load instead of the bundled sample (`seed`), CSV `date,instrument,close`.
+    #[arg(long, env = "RISKHOST_PRICES")]
+    pub prices: Option<PathBuf>,
 }
 
 /// Limits of the model sandbox.
@@ -187,6 +215,8 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub events: crate::events::EventArgs,
 }
 
 impl ServeArgs {

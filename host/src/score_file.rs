@@ -34,7 +34,7 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
         max_queued: usize::MAX,
     };
     loader::load_directory(&engine, &registry, &args.sources.plugins, bulkhead).await;
-    let market = crate::server::market_source(&args.sources)?;
+    let market = crate::server::open_market(&args.sources).await?;
     let settings = ScoringSettings {
         batch: crate::scoring::batch::BatchLimits {
             max_portfolios: args.batch.max(1),

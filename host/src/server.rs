@@ -23,8 +23,11 @@ use crate::store::ModelStore;
 use crate::watcher::{self, WatchSettings};
 
 /// The market data source the configuration asks for.
-pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
-    Ok(match &sources.prices {
+/// The embedded source: `--prices FILE.csv`, or the bundled sample data.
+pub fn market_source(
+    prices: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<dyn MarketDataSource>> {
+    Ok(match prices {
         Some(path) => {
             let table = crate::market::csv::load_prices_csv_file(path)
                 .with_context(|| format!("cannot load prices from {}", path.display()))?;
@@ -32,6 +35,13 @@ pub fn market_source(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataS
         }
         None => Arc::new(EmbeddedSource::bundled()),
     })
+}
+
+/// The market data source `--data-source` selects (`embedded`: `--prices` or
+/// the bundled data).
+pub async fn open_market(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
+    crate::market::connect::open_source(&sources.data, || market_source(sources.prices.as_deref()))
+        .await
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -55,7 +65,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             artifact_cache: args.hot_swap.artifact_cache,
         },
     );
-    let market = market_source(&args.sources)?;
+    let market = open_market(&args.sources).await?;
+    let events = crate::db::event_sink(&args.sources.data, &args.events).await?;
     let snapshot = market.snapshot();
     tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
     let l1 = InProcessCache::new(args.cache_max_mib << 20);
@@ -70,7 +81,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         market,
         cache,
         args.scoring(),
-    );
+    )
+    .with_events(events.clone());
     if args.admin_token.is_none() {
         tracing::info!("no admin token configured: the admin API is disabled");
     }
@@ -158,6 +170,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     loading.abort();
+    // Score events still in memory go to ClickHouse, or to the spool.
+    events.flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
 }

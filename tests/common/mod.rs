@@ -2,6 +2,8 @@
 //! binary on an ephemeral port and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

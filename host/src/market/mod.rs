@@ -10,16 +10,27 @@
 //! - [`csv`]: the loader for `--prices FILE.csv`.
 //! - [`sample`]: the deterministic generator of the bundled sample data.
 //! - [`embedded`]: [`EmbeddedSource`], a source over an in-memory table.
+//! - [`postgres`]: [`PostgresSource`], pooled PostgreSQL with migrations.
+//! - [`clickhouse`]: [`ClickHouseSource`], ClickHouse over HTTP.
+//! - [`window`]: what the database sources share (cached calendar and
+//!   version, window assembly with the table's fill rules).
+//! - [`connect`]: the `--data-source` settings and the choice of source.
 
+pub mod clickhouse;
+pub mod connect;
 pub mod csv;
 pub mod embedded;
+pub mod postgres;
 pub mod sample;
 pub mod table;
+pub mod window;
 
 use chrono::NaiveDate;
 
+pub use self::clickhouse::ClickHouseSource;
 pub use self::csv::{load_prices_csv, load_prices_csv_file};
 pub use self::embedded::{EmbeddedSource, sample_portfolios};
+pub use self::postgres::PostgresSource;
 pub use self::sample::sample_table;
 pub use self::table::{PriceTable, PriceWindow, WindowSeries};
 
@@ -49,6 +60,21 @@ pub trait MarketDataSource: Send + Sync + 'static {
 
     /// A stored portfolio's positions by id (None if unknown).
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError>;
+
+    /// Many stored portfolios by id, the unknown ones left out. Database
+    /// sources answer in one query; the default asks one by one.
+    async fn portfolios(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, StoredPortfolio>, DataError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = self.portfolio(id).await? {
+                found.insert((*id).to_owned(), p);
+            }
+        }
+        Ok(found)
+    }
 
     /// Ids of the stored portfolios (for listing / seeding).
     async fn portfolio_ids(&self) -> Result<Vec<String>, DataError>;

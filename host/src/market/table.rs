@@ -365,6 +365,20 @@ impl PriceTable {
         })
     }
 
+    /// The observations (not the filled cells), by date then instrument id:
+    /// what a database seeded from this table must hold to serve the same
+    /// windows.
+    pub fn observations(&self) -> impl Iterator<Item = (NaiveDate, &str, f64)> + '_ {
+        self.calendar.iter().enumerate().flat_map(move |(d, date)| {
+            let (word, bit) = (d / 64, 1u64 << (d % 64));
+            self.instruments
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| self.observed[*i][word] & bit != 0)
+                .map(move |(i, id)| (*date, id.as_str(), self.closes[i][d]))
+        })
+    }
+
     /// Writes the observations (not the filled cells) as the long CSV format
     /// `date,instrument,close` that `load_prices_csv` reads, by date then id.
     ///

@@ -172,6 +172,7 @@ pub enum BatchError {
 impl ScoringService {
     /// Scores every portfolio of the request with every model.
     pub async fn score_batch(&self, request: BatchRequest) -> Result<BatchResponse, BatchError> {
+        let started = std::time::Instant::now();
         let limits = self.settings.batch;
         if request.models.is_empty() {
             return Err(BatchError::Empty("model"));
@@ -240,9 +241,14 @@ impl ScoringService {
         let snapshot = self.market.snapshot();
 
         // Portfolios: errors are per portfolio, reported in each of its cells.
+        // Stored ones (given by id alone) are fetched in one round trip.
+        let stored = self.stored_portfolios(&request.portfolios).await;
         let mut portfolios = Vec::with_capacity(request.portfolios.len());
-        for (index, input) in request.portfolios.into_iter().enumerate() {
+        for (index, mut input) in request.portfolios.into_iter().enumerate() {
             let id = input.id.clone();
+            if let Some(found) = input.id.as_ref().and_then(|id| stored.get(id).cloned()) {
+                input.positions = Some(found);
+            }
             let prepared = self.prepare_portfolio(input).await.map_err(|e| match e {
                 ScoreError::Portfolio(message) => {
                     ScoreError::Portfolio(format!("portfolio {index}: {message}"))
@@ -404,7 +410,44 @@ impl ScoringService {
                     }),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let events =
+            crate::events::build::batch(&results, &models, as_of, started.elapsed(), &snapshot);
+        self.events.record(events);
         Ok(BatchResponse { as_of, results })
+    }
+
+    /// Positions of the portfolios given by id alone, in one data-source
+    /// call; empty on any error (each portfolio then asks alone and reports
+    /// its own error).
+    async fn stored_portfolios(
+        &self,
+        inputs: &[PortfolioInput],
+    ) -> std::collections::HashMap<String, Vec<super::PositionInput>> {
+        let ids: Vec<&str> = inputs
+            .iter()
+            .filter(|p| p.positions.is_none())
+            .filter_map(|p| p.id.as_deref())
+            .collect();
+        if ids.len() < 2 {
+            return Default::default();
+        }
+        match self.market.portfolios(&ids).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|(id, p)| {
+                    let positions = p
+                        .positions
+                        .into_iter()
+                        .map(|x| super::PositionInput {
+                            instrument: x.instrument,
+                            quantity: x.quantity,
+                        })
+                        .collect();
+                    (id, positions)
+                })
+                .collect(),
+            Err(_) => Default::default(),
+        }
     }
 }

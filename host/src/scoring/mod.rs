@@ -29,6 +29,7 @@ use crate::cache::{
 };
 use crate::engine::bindings::{self, ModelError};
 use crate::engine::{CallError, ModelEngine, ParamError, unit_name};
+use crate::events::{self, EventSink, NoSink};
 use crate::market::{DataError, MarketDataSource};
 use crate::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
 use batcher::Batchers;
@@ -184,6 +185,8 @@ pub struct ScoringService {
     batchers: Batchers,
     /// Concurrent identical misses run the model once (`single_flight.rs`).
     flights: single_flight::SingleFlight<ScoreKey, Computed>,
+    /// Where a record of every score served goes (`crate::events`).
+    events: Arc<dyn EventSink>,
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
@@ -213,7 +216,18 @@ impl ScoringService {
             executor,
             batchers,
             flights: single_flight::SingleFlight::new(),
+            events: Arc::new(NoSink),
         }
+    }
+
+    /// Records every score served into `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    pub fn events(&self) -> &Arc<dyn EventSink> {
+        &self.events
     }
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
@@ -228,8 +242,29 @@ impl ScoringService {
         &self.market
     }
 
-    /// Scores one portfolio with one model.
+    /// Scores one portfolio with one model, and records the score event.
     pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
+        let started = std::time::Instant::now();
+        let (model, id, params, as_of) = (
+            request.model.clone(),
+            request.portfolio.id.clone(),
+            request.params.clone(),
+            request.as_of,
+        );
+        let result = self.score_unrecorded(request).await;
+        let asked = events::build::Asked {
+            model: &model,
+            portfolio_id: id.as_deref(),
+            params: &params,
+            as_of,
+        };
+        let snapshot = self.market.snapshot();
+        let event = events::build::single(asked, &result, started.elapsed(), &snapshot);
+        self.events.record(vec![event]);
+        result
+    }
+
+    async fn score_unrecorded(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
         let entry = self.registry.resolve(&request.model).await?;
         let description = &entry.model.description;
         let params = description.resolve_params(&request.params)?;

@@ -29,7 +29,6 @@ use serde::Serialize;
 use super::inspect::{self, Inspection};
 use super::{TestArgs, human_bytes, human_duration};
 use crate::cache::{InProcessCache, key::days_since_epoch, score_key};
-use crate::config::SourceArgs;
 use crate::engine::bindings::{Job, MarketData, ModelError, Score};
 use crate::engine::{Determinism, ModelEngine, unit_name};
 use crate::market::MarketDataSource;
@@ -153,12 +152,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
         .resolve(&name)
         .await
         .map_err(|e| anyhow::anyhow!("the loaded model vanished: {e}"))?;
-    let market = crate::server::market_source(&SourceArgs {
-        plugins: Default::default(),
-        prices: args.prices.clone(),
-        log_format: crate::telemetry::LogFormat::Pretty,
-        sandbox: args.sandbox.clone(),
-    })?;
+    let market = crate::server::market_source(args.prices.as_deref())?;
     let scoring = ScoringService::new(
         engine.clone(),
         registry,

@@ -1,0 +1,118 @@
+//! `riskhost db migrate|seed`, and the choice of score-event sink for
+//! `serve`: the set-up edges of the database code (anyhow lives here, the
+//! library modules return typed errors).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{DbArgs, DbCommand};
+use crate::events::clickhouse::{ClickHouseSink, create_table_sql};
+use crate::events::{EventArgs, EventSink, EventsKind, LogSink, NoSink};
+use crate::market::connect::{DataArgs, open_postgres, sample_instrument_info};
+use crate::market::{PriceTable, StoredPortfolio, sample_portfolios};
+use crate::warehouse::Warehouse;
+
+pub async fn run(command: DbCommand) -> anyhow::Result<()> {
+    match command {
+        DbCommand::Migrate(args) => migrate(&args).await,
+        DbCommand::Seed(args) => seed(&args).await,
+    }
+}
+
+fn nothing_configured() -> anyhow::Error {
+    anyhow::anyhow!(
+        "no database configured: give --postgres-url (RISKHOST_POSTGRES_URL) and/or --clickhouse-url (RISKHOST_CLICKHOUSE_URL)"
+    )
+}
+
+async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
+    let (pg, ch) = (args.data.postgres(), args.data.clickhouse());
+    if pg.is_none() && ch.is_none() {
+        return Err(nothing_configured());
+    }
+    if let Some(settings) = pg {
+        let schema = settings.schema.clone();
+        open_postgres(settings, Duration::ZERO).await?;
+        println!("PostgreSQL schema {schema}: migrated");
+    }
+    if let Some(settings) = ch {
+        let wh = Warehouse::new(settings)?;
+        crate::market::clickhouse::create_tables(&wh).await?;
+        let version = wh.server_version().await?;
+        crate::warehouse::validate_name("table", &args.events_table)?;
+        let ddl = create_table_sql(wh.database(), &args.events_table, version);
+        let client = if version.low_cardinality_is_experimental() {
+            wh.bare_client()
+                .clone()
+                .with_setting("allow_experimental_low_cardinality_type", "1")
+        } else {
+            wh.bare_client().clone()
+        };
+        wh.timed("create_events_table", client.query(&ddl).execute())
+            .await?;
+        println!(
+            "ClickHouse {version} database {}: market and {} tables ready",
+            wh.database(),
+            args.events_table
+        );
+    }
+    Ok(())
+}
+
+async fn seed(args: &DbArgs) -> anyhow::Result<()> {
+    let (pg, ch) = (args.data.postgres(), args.data.clickhouse());
+    if pg.is_none() && ch.is_none() {
+        return Err(nothing_configured());
+    }
+    let table: PriceTable = match &args.prices {
+        Some(path) => crate::market::load_prices_csv_file(path)
+            .with_context(|| format!("cannot load prices from {}", path.display()))?,
+        None => crate::market::sample_table(),
+    };
+    let portfolios: Vec<StoredPortfolio> = sample_portfolios()?
+        .into_iter()
+        .filter(|p| p.positions.iter().all(|x| table.contains(&x.instrument)))
+        .collect();
+    let info = sample_instrument_info();
+    if let Some(settings) = pg {
+        let schema = settings.schema.clone();
+        let pool = open_postgres(settings, Duration::ZERO).await?;
+        let report = crate::market::postgres::seed(&pool, &table, &info, &portfolios).await?;
+        println!(
+            "PostgreSQL schema {schema}: {} instruments, {} prices, {} portfolios ({} positions) written or changed",
+            report.instruments, report.prices, report.portfolios, report.positions
+        );
+    }
+    if let Some(settings) = ch {
+        let wh = Warehouse::new(settings)?;
+        let prices = crate::market::clickhouse::seed(&wh, &table, &info, &portfolios).await?;
+        println!(
+            "ClickHouse database {}: {} instruments, {prices} prices, {} portfolios written",
+            wh.database(),
+            table.instruments().len(),
+            portfolios.len()
+        );
+    }
+    Ok(())
+}
+
+/// The score-event sink `--events` selects.
+pub async fn event_sink(data: &DataArgs, args: &EventArgs) -> anyhow::Result<Arc<dyn EventSink>> {
+    let kind = match (args.events, data.clickhouse()) {
+        (EventsKind::Auto, Some(_)) => EventsKind::Clickhouse,
+        (EventsKind::Auto, None) => EventsKind::None,
+        (kind, _) => kind,
+    };
+    Ok(match kind {
+        EventsKind::None | EventsKind::Auto => Arc::new(NoSink),
+        EventsKind::Log => Arc::new(LogSink),
+        EventsKind::Clickhouse => {
+            let wh = Warehouse::new(data.require_clickhouse()?)?;
+            let sink = ClickHouseSink::start(wh, args).await?;
+            tracing::info!(table = %sink.table(), "score events go to ClickHouse");
+            sink
+        }
+    })
+}

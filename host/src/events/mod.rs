@@ -1,0 +1,253 @@
+//! Score events: one record per score served (single, dynamically batched
+//! or batch API; cached or not; failed ones with their error code), handed
+//! to an [`EventSink`] off the request path.
+//!
+//! - [`EventSink`]: `record` never blocks or fails; `flush` runs at shutdown;
+//!   `history` answers `GET /v1/portfolios/{id}/scores`.
+//! - [`NoSink`] (default) and [`LogSink`] (`--events log`): nothing stored.
+//! - [`clickhouse::ClickHouseSink`]: batched inserts into a MergeTree table,
+//!   with a local append-only [`spool`] while ClickHouse is down or slow.
+//! - [`http`]: the history route and the request-id middleware.
+//!
+//! The request id comes from the `x-request-id` header when the client sent
+//! a sane one, else a fresh UUID; the middleware keeps it in a task-local
+//! for the scoring layer and echoes it in the response.
+
+pub mod build;
+pub mod clickhouse;
+pub mod http;
+pub mod spool;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+tokio::task_local! {
+    static REQUEST_ID: Arc<str>;
+}
+
+/// The id of the HTTP request being served, or empty outside one (CLI).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(|id| id.to_string()).unwrap_or_default()
+}
+
+/// Runs `f` with `id` as the current request id.
+pub async fn with_request_id<F: Future>(id: Arc<str>, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
+/// One served (or failed) score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreEvent {
+    /// When the score was served, microseconds since the Unix epoch.
+    pub ts_us: i64,
+    pub request_id: String,
+    /// Empty when the request gave positions without an id.
+    pub portfolio_id: String,
+    /// The model's name (or the requested reference if it did not resolve).
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    /// [`params_hash`] of the resolved parameters.
+    pub params_hash: String,
+    pub as_of: Option<NaiveDate>,
+    /// None when the score failed.
+    pub value: Option<f64>,
+    pub unit: String,
+    pub cached: bool,
+    /// Wall time of the request (single) or of the whole batch (batch cells).
+    pub latency_us: u64,
+    /// Empty on success.
+    pub error_code: String,
+    /// `single` or `batch`.
+    pub path: String,
+    /// The market data snapshot the score was computed on.
+    pub snapshot: String,
+}
+
+impl ScoreEvent {
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.ts_us).unwrap_or_default()
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// A short, stable hash of named parameter values: 16 hex digits of blake3
+/// over the names (sorted) and the values' bit patterns.
+pub fn params_hash<'a>(params: impl IntoIterator<Item = (&'a str, f64)>) -> String {
+    let sorted: BTreeMap<&str, u64> = params
+        .into_iter()
+        .map(|(name, value)| (name, value.to_bits()))
+        .collect();
+    let mut h = blake3::Hasher::new();
+    h.update(b"riskhost/params/v1\0");
+    for (name, bits) in sorted {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&bits.to_le_bytes());
+    }
+    h.finalize().to_hex()[..16].to_owned()
+}
+
+/// A history request: `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    pub portfolio_id: String,
+    pub model: Option<String>,
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+    pub limit: u32,
+}
+
+/// One row of a portfolio's score history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub ts: DateTime<Utc>,
+    pub request_id: String,
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    pub params_hash: String,
+    pub as_of: Option<NaiveDate>,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub cached: bool,
+    pub latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub path: String,
+}
+
+/// Why there is no history to give.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(
+        "score history is not recorded: start riskhost with --clickhouse-url (or RISKHOST_CLICKHOUSE_URL) to store score events"
+    )]
+    NotConfigured,
+    #[error("score history unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where score events go.
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes events without blocking; never fails the request.
+    fn record(&self, events: Vec<ScoreEvent>);
+    /// Writes or spools everything recorded so far, waiting at most `timeout`.
+    async fn flush(&self, timeout: Duration);
+    /// A portfolio's recorded scores, oldest first.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError>;
+}
+
+/// Drops events (the default).
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+#[async_trait::async_trait]
+impl EventSink for NoSink {
+    fn record(&self, _events: Vec<ScoreEvent>) {}
+    async fn flush(&self, _timeout: Duration) {}
+    async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
+}
+
+/// Logs each event at debug level on target `riskhost::events`.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+#[async_trait::async_trait]
+impl EventSink for LogSink {
+    fn record(&self, events: Vec<ScoreEvent>) {
+        for e in events {
+            tracing::debug!(
+                target: "riskhost::events",
+                request_id = %e.request_id,
+                portfolio_id = %e.portfolio_id,
+                model = %e.model,
+                version = %e.version,
+                value = ?e.value,
+                cached = e.cached,
+                latency_us = e.latency_us,
+                error_code = %e.error_code,
+                "score"
+            );
+        }
+    }
+    async fn flush(&self, _timeout: Duration) {}
+    async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
+}
+
+/// Which sink `serve` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsKind {
+    /// ClickHouse when `--clickhouse-url` is set, else none.
+    Auto,
+    None,
+    Log,
+    Clickhouse,
+}
+
+/// Settings of the score-event sink.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventArgs {
+    /// Where score events go.
+    #[arg(long, env = "RISKHOST_EVENTS", value_enum, default_value = "auto")]
+    pub events: EventsKind,
+    /// ClickHouse table of score events (in --clickhouse-database).
+    #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
+    pub events_table: String,
+    /// Events per insert.
+    #[arg(long, env = "RISKHOST_EVENTS_BATCH", default_value_t = 10_000)]
+    pub events_batch: usize,
+    /// Longest wait before buffered events are inserted, in ms.
+    #[arg(long, env = "RISKHOST_EVENTS_FLUSH_MS", default_value_t = 1000)]
+    pub events_flush_ms: u64,
+    /// Events held in memory; beyond it they go straight to the spool file.
+    #[arg(long, env = "RISKHOST_EVENTS_QUEUE", default_value_t = 100_000)]
+    pub events_queue: usize,
+    /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
+    #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
+    pub events_spool_max_mib: u64,
+    /// Folder of local state (the event spool lives in `spool/` under it).
+    #[arg(long, env = "RISKHOST_DATA_DIR", default_value = ".riskhost")]
+    pub data_dir: std::path::PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_hash_ignores_order_and_sees_values() {
+        let a = params_hash([("confidence", 0.99), ("horizon_days", 10.0)]);
+        let b = params_hash([("horizon_days", 10.0), ("confidence", 0.99)]);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_ne!(
+            a,
+            params_hash([("confidence", 0.975), ("horizon_days", 10.0)])
+        );
+        assert_ne!(a, params_hash([("confidence", 0.99)]));
+    }
+
+    #[tokio::test]
+    async fn the_request_id_is_scoped() {
+        assert_eq!(current_request_id(), "");
+        let inside = with_request_id(Arc::from("abc"), async { current_request_id() }).await;
+        assert_eq!(inside, "abc");
+        assert_eq!(current_request_id(), "");
+    }
+}

@@ -1,0 +1,214 @@
+//! End-to-end tests of score events in a real ClickHouse: every score
+//! served (single, batch, cached or not) is one row, across a ClickHouse
+//! outage (spooled, then replayed) and a graceful shutdown, and the history
+//! route reads them back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::db::{ChDatabase, DedicatedClickHouse, ch_query, ch_url, wait_until};
+use common::{Server, TempDir, assert_error};
+use serde_json::json;
+
+fn events_server(ch: &ChDatabase, data_dir: &TempDir, extra: &[&str]) -> Server {
+    let data_dir = data_dir.path().to_string_lossy().into_owned();
+    let mut args = vec![
+        "--clickhouse-url",
+        &ch.url,
+        "--clickhouse-database",
+        &ch.name,
+        "--clickhouse-timeout-ms",
+        "2000",
+        "--data-dir",
+        &data_dir,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn count(ch: &ChDatabase, filter: &str) -> Option<u64> {
+    ch_query(
+        &ch.url,
+        &format!("SELECT count() FROM {}.score_events {filter}", ch.name),
+    )
+    .ok()
+    .and_then(|t| t.parse().ok())
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    server
+        .get_text("/metrics")
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sends `n` single requests (a third of them repeats, so cached) and one
+/// batch of 5 portfolios × 2 models; returns how many scores were served.
+fn traffic(server: &Server, tag: &str, n: usize) -> u64 {
+    let mut served = 0;
+    for i in 0..n {
+        let quantity = (i % (2 * n / 3).max(1)) + 1;
+        let r = server
+            .client
+            .post(server.url("/v1/score"))
+            .header("x-request-id", format!("{tag}-{i}"))
+            .json(
+                &json!({"model": "var-historical", "portfolio": {"id": "p-events", "positions": [
+                {"instrument": "SPX", "quantity": quantity}]}}),
+            )
+            .send()
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 200);
+        served += 1;
+    }
+    let (status, body) = server.post(
+        "/v1/score/batch",
+        &json!({"models": ["var-historical", "es-historical"],
+                "portfolios": [{"id": "balanced"}, {"id": "tech"}, {"id": "macro"}, {"id": "single-spx"}, {"id": "fifty"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    served + body["results"].as_array().map_or(0, |r| r.len() as u64)
+}
+
+#[test]
+fn every_score_is_recorded_across_a_clickhouse_outage() {
+    let clickhouse = DedicatedClickHouse::start();
+    let ch = ChDatabase::new(&clickhouse.url(), "outage");
+    let data_dir = TempDir::new("events-outage");
+    let server = events_server(&ch, &data_dir, &["--events-flush-ms", "100"]);
+
+    let mut served = traffic(&server, "before", 30);
+    wait_until(
+        "the first events are written",
+        Duration::from_secs(60),
+        || count(&ch, "") == Some(served),
+    );
+
+    clickhouse.stop();
+    // The request path does not notice: every score is served.
+    served += traffic(&server, "during", 30);
+    wait_until("events are spooled", Duration::from_secs(60), || {
+        metric(&server, "riskhost_events_spooled_total") >= 40.0
+    });
+    // History needs ClickHouse: a clear 503 while it is down.
+    assert_error(
+        &server.get("/v1/portfolios/p-events/scores"),
+        503,
+        "data_unavailable",
+        "ClickHouse",
+    );
+
+    clickhouse.start_again();
+    served += traffic(&server, "after", 15);
+    wait_until(
+        "the spool is replayed and every score is in ClickHouse",
+        Duration::from_secs(120),
+        || count(&ch, "") == Some(served),
+    );
+    assert_eq!(metric(&server, "riskhost_events_spool_pending"), 0.0);
+    assert_eq!(metric(&server, "riskhost_events_failed_total"), 0.0);
+    assert_eq!(
+        metric(&server, "riskhost_events_written_total") as u64,
+        served
+    );
+    // Exactly once: each request id of the outage appears once.
+    assert_eq!(
+        count(&ch, "WHERE request_id LIKE 'during-%'"),
+        Some(30),
+        "duplicates or losses among the spooled events"
+    );
+    assert_eq!(
+        count(&ch, "WHERE path = 'batch' AND error_code = ''"),
+        Some(30)
+    );
+    assert!(count(&ch, "WHERE cached = 1").unwrap_or(0) > 0);
+
+    // The history route reads them back, oldest first.
+    let (status, body) =
+        server.get("/v1/portfolios/p-events/scores?model=var-historical&limit=10000");
+    assert_eq!(status, 200, "{body}");
+    let scores = body["scores"].as_array().expect("scores");
+    assert_eq!(scores.len(), 75);
+    let ids: Vec<&str> = scores
+        .iter()
+        .filter_map(|s| s["request_id"].as_str())
+        .collect();
+    assert_eq!(ids.first(), Some(&"before-0"));
+    assert!(ids.contains(&"during-29") && ids.contains(&"after-14"));
+    let first = &scores[0];
+    assert_eq!(first["version"], "1.0.0");
+    assert_eq!(first["unit"], "currency_amount");
+    assert!(first["value"].as_f64().is_some_and(|v| v > 0.0), "{first}");
+    assert_eq!(first["params_hash"].as_str().map(str::len), Some(16));
+    let (status, none) = server.get("/v1/portfolios/p-events/scores?from=2001-01-01&to=2001-01-02");
+    assert_eq!(status, 200);
+    assert_eq!(none["scores"], json!([]));
+    assert_error(
+        &server.get("/v1/portfolios/p-events/scores?from=yesterday"),
+        422,
+        "invalid_query",
+        "from",
+    );
+}
+
+#[test]
+fn buffered_events_are_flushed_on_graceful_shutdown() {
+    let ch = ChDatabase::new(&ch_url(), "shutdown");
+    let data_dir = TempDir::new("events-shutdown");
+    // A flush interval far longer than the test: only shutdown writes them.
+    let server = events_server(&ch, &data_dir, &["--events-flush-ms", "600000"]);
+    let r = server
+        .client
+        .post(server.url("/v1/score"))
+        .header("x-request-id", "mine-1")
+        .json(&json!({"model": "es-historical", "portfolio": {"id": "tech"}}))
+        .send()
+        .expect("POST");
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("mine-1")
+    );
+    let (status, failed) = server.post(
+        "/v1/score",
+        &json!({"model": "nope", "portfolio": {"id": "tech"}}),
+    );
+    assert_eq!(status, 404, "{failed}");
+    assert_eq!(count(&ch, ""), Some(0));
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_until("both events are written", Duration::from_secs(60), || {
+        count(&ch, "") == Some(2)
+    });
+    let rows = ch_query(
+        &ch.url,
+        &format!(
+            "SELECT request_id, portfolio_id, model, error_code, toString(as_of) FROM {}.score_events ORDER BY request_id FORMAT TSV",
+            ch.name
+        ),
+    )
+    .expect("select");
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.len(), 2, "{rows}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("mine-1\ttech\tes-historical\t\t2018-12-31")),
+        "{rows}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\ttech\tnope\tunknown_model\t")),
+        "{rows}"
+    );
+}
