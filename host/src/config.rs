@@ -441,3 +441,15 @@ pub(crate) fn parse_param(s: &str) -> Result<(String, f64), String> {
         .map_err(|e| format!("`{value}` is not a number: {e}"))?;
     Ok((name.trim().to_owned(), value))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flags come from several modules (`#[command(flatten)]`); clap checks
+    /// them for clashes only in debug builds at run time, so check here.
+    #[test]
+    fn the_command_line_has_no_clashing_flags() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -66,7 +66,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     let market = open_market(&args.sources).await?;
-    let events = crate::db::event_sink(&args.sources.data, &args.events).await?;
+    let event_args = crate::events::EventArgs {
+        data_dir: args.hot_swap.data_dir.clone(),
+        ..args.events.clone()
+    };
+    let events = crate::db::event_sink(&args.sources.data, &event_args).await?;
     let snapshot = market.snapshot();
     tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
     let l1 = InProcessCache::new(args.cache_max_mib << 20);

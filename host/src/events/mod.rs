@@ -221,8 +221,9 @@ pub struct EventArgs {
     /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
     #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
     pub events_spool_max_mib: u64,
-    /// Folder of local state (the event spool lives in `spool/` under it).
-    #[arg(long, env = "RISKHOST_DATA_DIR", default_value = ".riskhost")]
+    /// Folder of local state (the event spool lives in `spool/` under it):
+    /// the server's `--data-dir`, filled in by the server, not a flag of its own.
+    #[arg(skip)]
     pub data_dir: std::path::PathBuf,
 }
 
