@@ -54,7 +54,9 @@ redis="redis://127.0.0.1:$redis_port/"
 start() {
     local name=$1
     shift
-    RUST_LOG=warn "$RISKHOST_BIN" serve --listen 127.0.0.1:0 --plugins plugins/dist "$@" \
+    # Each replica has its own model store (one process per data dir).
+    RUST_LOG=warn "$RISKHOST_BIN" serve --listen 127.0.0.1:0 --plugins plugins/dist \
+        --data-dir "$work/data-$name" --watch false "$@" \
         >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
     local url=""

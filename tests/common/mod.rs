@@ -69,7 +69,9 @@ pub fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
 /// which another checkout's build can replace while these tests run.
 pub fn binary() -> String {
     std::env::var("RISKHOST_TEST_BINARY")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_riskhost").to_owned())
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_riskhost").to_owned())
 }
 
 /// A riskhost server process, killed when dropped.
