@@ -27,7 +27,7 @@ echo "== GET /v1/models"
 curl -fsS "http://$LISTEN/v1/models" | python3 -c '
 import json, sys
 for m in json.load(sys.stdin)["models"]:
-    print(f"  {m[\"name\"]:16} {m[\"version\"]:8} {m[\"digest\"][:23]}…")'
+    print("  %-16s %-8s %s..." % (m["name"], m["version"], m["digest"][:23]))'
 echo
 echo "== POST /v1/score (99% 1-day historical VaR of examples/portfolios/balanced.json)"
 curl -fsS "http://$LISTEN/v1/score" -H 'content-type: application/json' \
