@@ -17,6 +17,8 @@
 //! ranks k..=5; each contribution is the mean of that position's column over
 //! the same scenarios.
 
+// One fixture file serves the three example models.
+#[path = "../../var-historical/tests/common/mod.rs"]
 mod common;
 
 use common::*;

@@ -20,6 +20,8 @@
 //! VaR = z σ_p √h with σ_p = √61671.875 ≈ 248.338; contributions
 //! z √h × (54625, 7046.875) / σ_p.
 
+// One fixture file serves the three example models.
+#[path = "../../var-historical/tests/common/mod.rs"]
 mod common;
 
 use common::*;

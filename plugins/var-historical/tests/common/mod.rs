@@ -1,5 +1,5 @@
-//! Fixtures shared by this crate's integration tests (the same file is in
-//! every example model's `tests/common/`).
+//! Fixtures shared by the integration tests of the three example models
+//! (`es-historical` and `var-parametric` include this file by path).
 #![allow(dead_code)]
 
 use std::path::Path;
