@@ -17,6 +17,7 @@
 //! ```
 
 pub mod math;
+pub mod risk;
 pub mod rng;
 
 mod context;

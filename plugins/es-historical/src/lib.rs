@@ -8,9 +8,9 @@
 //! those tail scenarios. See `README.md` for the exact definitions and a
 //! worked example.
 
+use riskhost_sdk::risk::{self, RiskParams};
 use riskhost_sdk::{
-    BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score,
-    Unit, math,
+    BatchContext, Contribution, Job, Model, ModelError, ModelInfo, Score, Unit, math,
 };
 
 /// What this model computes, for `info().description`.
@@ -31,36 +31,7 @@ scenarios T (ranks k to N) are unique.
 - Breakdown: position i contributes the mean over the tail scenarios t in T \
 of `−v[i] × r[i,t]`, times `√horizon_days`.";
 
-/// The conventions shared by var-historical, var-parametric and es-historical,
-/// word for word; also the `Conventions` section of each model's README.
-pub const CONVENTIONS: &str = "\
-Conventions shared by var-historical, var-parametric and es-historical:
-- Parameters, in this order: `confidence` (real, default 0.99, from 0.5 to \
-0.9999), `horizon_days` (integer, default 1, from 1 to 250), `lookback_days` \
-(integer, default 250, from 2 to 5000). The model itself rejects, as \
-invalid-input, a confidence outside (0, 1), a fractional or non-finite \
-horizon_days or lookback_days, a horizon_days below 1 and a lookback_days \
-below 2.
-- Position value: `v[i] = quantity[i] × close[i]` on the as-of date (the last \
-close), in the prices' currency.
-- Scenarios: the last N = lookback_days simple daily returns \
-`r[i,t] = c[i,t] / c[i,t−1] − 1` of every instrument, aligned by date. An \
-instrument with fewer than N returns is insufficient-data, naming the \
-instrument.
-- Scenario P&L: `PnL[t] = Σ_i v[i] × r[i,t]`; scenario loss `L[t] = −PnL[t]`.
-- Horizon: the 1-day figure is multiplied by `√horizon_days` \
-(square-root-of-time rule).
-- Result: a loss amount in the prices' currency (unit currency-amount), \
-positive for a loss. It is reported as computed, never clamped at 0: a \
-historical VaR or ES is negative when the scenarios at and beyond its \
-quantile are all gains.
-- Breakdown: one contribution per position, named by its instrument, in the \
-order of the portfolio's positions, summing to the value up to \
-floating-point rounding.";
-
-const PARAM_CONFIDENCE: &str = "confidence";
-const PARAM_HORIZON: &str = "horizon_days";
-const PARAM_LOOKBACK: &str = "lookback_days";
+pub use riskhost_sdk::risk::CONVENTIONS;
 
 /// Historical-simulation expected shortfall. See the crate documentation.
 pub struct EsHistorical;
@@ -71,38 +42,13 @@ impl Model for EsHistorical {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             description: format!("{ABOUT}\n\n{CONVENTIONS}"),
-            params: vec![
-                ParamSpec::real(
-                    PARAM_CONFIDENCE,
-                    "Confidence level of the loss quantile, e.g. 0.99 for 99%.",
-                    0.99,
-                    0.5,
-                    0.9999,
-                ),
-                ParamSpec::integer(
-                    PARAM_HORIZON,
-                    "Holding period in trading days; the 1-day figure is scaled by its square root.",
-                    1,
-                    1,
-                    250,
-                ),
-                ParamSpec::integer(
-                    PARAM_LOOKBACK,
-                    "Number of most recent daily returns used as scenarios.",
-                    250,
-                    2,
-                    5000,
-                ),
-            ],
-            data: DataNeeds {
-                lookback_days: 250,
-                lookback_param: Some(PARAM_LOOKBACK.to_owned()),
-            },
+            params: risk::params(),
+            data: risk::data_needs(),
         }
     }
 
     fn score(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
-        let params = Params::parse(&job.params)?;
+        let params = RiskParams::parse(&job.params)?;
         let positions = &job.portfolio.positions;
         let values = ctx.position_values(&job.portfolio)?;
         let returns = positions
@@ -110,10 +56,10 @@ impl Model for EsHistorical {
             .map(|p| ctx.returns(p.series, params.lookback_days))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut scenarios = scenario_losses(&values, &returns, params.lookback_days)?;
+        let mut scenarios = risk::scenario_losses(&values, &returns, params.lookback_days)?;
         let n = scenarios.len();
         let k = math::quantile_rank(n, params.confidence);
-        scenarios.select_nth_unstable_by(k - 1, by_loss_then_date);
+        scenarios.select_nth_unstable_by(k - 1, risk::by_loss_then_date);
         // After the selection, ranks k..=N sit at k-1.. in some order; put
         // them in date order so every sum below has a fixed order.
         let tail = &mut scenarios[k - 1..];
@@ -141,85 +87,6 @@ impl Model for EsHistorical {
             breakdown,
         })
     }
-}
-
-/// The validated parameters of one job.
-struct Params {
-    confidence: f64,
-    horizon_days: f64,
-    lookback_days: usize,
-}
-
-impl Params {
-    /// Reads `job.params` (in the order of `info().params`) and re-checks what
-    /// the model relies on, although the host has checked bounds already.
-    fn parse(values: &[f64]) -> Result<Params, ModelError> {
-        let &[confidence, horizon_days, lookback_days] = values else {
-            return Err(ModelError::InvalidInput(format!(
-                "expected 3 parameter values ({PARAM_CONFIDENCE}, {PARAM_HORIZON}, \
-                 {PARAM_LOOKBACK}), got {}",
-                values.len()
-            )));
-        };
-        if !(confidence > 0.0 && confidence < 1.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_CONFIDENCE} must be strictly between 0 and 1 (e.g. 0.99), \
-                 got {confidence}"
-            )));
-        }
-        if !(is_whole(horizon_days) && horizon_days >= 1.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_HORIZON} must be a whole number of days, at least 1, got {horizon_days}"
-            )));
-        }
-        if !(is_whole(lookback_days) && lookback_days >= 2.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_LOOKBACK} must be a whole number of days, at least 2, got {lookback_days}"
-            )));
-        }
-        Ok(Params {
-            confidence,
-            horizon_days,
-            // Saturates for absurd values, which then fail as insufficient data.
-            lookback_days: lookback_days as usize,
-        })
-    }
-}
-
-fn is_whole(x: f64) -> bool {
-    x.is_finite() && x.fract() == 0.0
-}
-
-/// The loss of every scenario, `L[t] = −Σ_i v[i] r[i,t]`, paired with `t`.
-///
-/// Losses are accumulated position by position over contiguous slices, and
-/// start from +0.0 so that a zero loss is never −0.0 (which `total_cmp` would
-/// order below +0.0). Fails with `internal` when a loss overflows.
-fn scenario_losses(
-    values: &[f64],
-    returns: &[&[f64]],
-    n: usize,
-) -> Result<Vec<(f64, u32)>, ModelError> {
-    let mut losses = vec![0.0_f64; n];
-    for (&v, r) in values.iter().zip(returns) {
-        for (loss, &x) in losses.iter_mut().zip(r.iter()) {
-            *loss -= v * x;
-        }
-    }
-    if let Some((t, loss)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-        return Err(ModelError::Internal(format!(
-            "the loss of scenario {} of {n} is {loss}: positions or price moves are too \
-             large to value in f64",
-            t + 1
-        )));
-    }
-    Ok(losses.into_iter().zip(0u32..).collect())
-}
-
-/// Orders scenarios by loss, then by date (oldest first). Losses are finite
-/// and never −0.0, so `total_cmp` is the numeric order.
-fn by_loss_then_date(a: &(f64, u32), b: &(f64, u32)) -> std::cmp::Ordering {
-    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
 }
 
 riskhost_sdk::export_model!(EsHistorical);

@@ -6,9 +6,9 @@
 //! `horizon_days` by the square-root-of-time rule. The breakdown is the Euler
 //! allocation. See `README.md` for the exact definitions and a worked example.
 
+use riskhost_sdk::risk::{self, RiskParams};
 use riskhost_sdk::{
-    BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score,
-    Unit, math,
+    BatchContext, Contribution, Job, Model, ModelError, ModelInfo, Score, Unit, math,
 };
 
 /// What this model computes, for `info().description`.
@@ -29,36 +29,7 @@ term).
 return is zero, or the positions hedge each other exactly) the VaR and every \
 contribution are 0.";
 
-/// The conventions shared by var-historical, var-parametric and es-historical,
-/// word for word; also the `Conventions` section of each model's README.
-pub const CONVENTIONS: &str = "\
-Conventions shared by var-historical, var-parametric and es-historical:
-- Parameters, in this order: `confidence` (real, default 0.99, from 0.5 to \
-0.9999), `horizon_days` (integer, default 1, from 1 to 250), `lookback_days` \
-(integer, default 250, from 2 to 5000). The model itself rejects, as \
-invalid-input, a confidence outside (0, 1), a fractional or non-finite \
-horizon_days or lookback_days, a horizon_days below 1 and a lookback_days \
-below 2.
-- Position value: `v[i] = quantity[i] × close[i]` on the as-of date (the last \
-close), in the prices' currency.
-- Scenarios: the last N = lookback_days simple daily returns \
-`r[i,t] = c[i,t] / c[i,t−1] − 1` of every instrument, aligned by date. An \
-instrument with fewer than N returns is insufficient-data, naming the \
-instrument.
-- Scenario P&L: `PnL[t] = Σ_i v[i] × r[i,t]`; scenario loss `L[t] = −PnL[t]`.
-- Horizon: the 1-day figure is multiplied by `√horizon_days` \
-(square-root-of-time rule).
-- Result: a loss amount in the prices' currency (unit currency-amount), \
-positive for a loss. It is reported as computed, never clamped at 0: a \
-historical VaR or ES is negative when the scenarios at and beyond its \
-quantile are all gains.
-- Breakdown: one contribution per position, named by its instrument, in the \
-order of the portfolio's positions, summing to the value up to \
-floating-point rounding.";
-
-const PARAM_CONFIDENCE: &str = "confidence";
-const PARAM_HORIZON: &str = "horizon_days";
-const PARAM_LOOKBACK: &str = "lookback_days";
+pub use riskhost_sdk::risk::CONVENTIONS;
 
 /// Delta-normal VaR. See the crate documentation.
 pub struct VarParametric;
@@ -69,38 +40,13 @@ impl Model for VarParametric {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             description: format!("{ABOUT}\n\n{CONVENTIONS}"),
-            params: vec![
-                ParamSpec::real(
-                    PARAM_CONFIDENCE,
-                    "Confidence level of the loss quantile, e.g. 0.99 for 99%.",
-                    0.99,
-                    0.5,
-                    0.9999,
-                ),
-                ParamSpec::integer(
-                    PARAM_HORIZON,
-                    "Holding period in trading days; the 1-day figure is scaled by its square root.",
-                    1,
-                    1,
-                    250,
-                ),
-                ParamSpec::integer(
-                    PARAM_LOOKBACK,
-                    "Number of most recent daily returns used as scenarios.",
-                    250,
-                    2,
-                    5000,
-                ),
-            ],
-            data: DataNeeds {
-                lookback_days: 250,
-                lookback_param: Some(PARAM_LOOKBACK.to_owned()),
-            },
+            params: risk::params(),
+            data: risk::data_needs(),
         }
     }
 
     fn score(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
-        let params = Params::parse(&job.params)?;
+        let params = RiskParams::parse(&job.params)?;
         let positions = &job.portfolio.positions;
         let values = ctx.position_values(&job.portfolio)?;
         let returns = positions
@@ -164,53 +110,6 @@ impl Model for VarParametric {
             breakdown,
         })
     }
-}
-
-/// The validated parameters of one job.
-struct Params {
-    confidence: f64,
-    horizon_days: f64,
-    lookback_days: usize,
-}
-
-impl Params {
-    /// Reads `job.params` (in the order of `info().params`) and re-checks what
-    /// the model relies on, although the host has checked bounds already.
-    fn parse(values: &[f64]) -> Result<Params, ModelError> {
-        let &[confidence, horizon_days, lookback_days] = values else {
-            return Err(ModelError::InvalidInput(format!(
-                "expected 3 parameter values ({PARAM_CONFIDENCE}, {PARAM_HORIZON}, \
-                 {PARAM_LOOKBACK}), got {}",
-                values.len()
-            )));
-        };
-        if !(confidence > 0.0 && confidence < 1.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_CONFIDENCE} must be strictly between 0 and 1 (e.g. 0.99), \
-                 got {confidence}"
-            )));
-        }
-        if !(is_whole(horizon_days) && horizon_days >= 1.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_HORIZON} must be a whole number of days, at least 1, got {horizon_days}"
-            )));
-        }
-        if !(is_whole(lookback_days) && lookback_days >= 2.0) {
-            return Err(ModelError::InvalidInput(format!(
-                "{PARAM_LOOKBACK} must be a whole number of days, at least 2, got {lookback_days}"
-            )));
-        }
-        Ok(Params {
-            confidence,
-            horizon_days,
-            // Saturates for absurd values, which then fail as insufficient data.
-            lookback_days: lookback_days as usize,
-        })
-    }
-}
-
-fn is_whole(x: f64) -> bool {
-    x.is_finite() && x.fract() == 0.0
 }
 
 /// The P&L of every scenario, `PnL[t] = Σ_i v[i] r[i,t]`, accumulated
