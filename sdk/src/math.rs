@@ -21,7 +21,52 @@
 /// host's marker for a date before an instrument's first close) gives NaN
 /// returns on both sides of it, and a zero close an infinite or NaN return.
 pub fn simple_returns(closes: &[f64]) -> Vec<f64> {
-    closes.windows(2).map(|w| w[1] / w[0] - 1.0).collect()
+    let n = closes.len().saturating_sub(1);
+    let mut returns = vec![0.0_f64; n];
+    if n > 0 {
+        for_each_lane(&mut returns, &closes[1..], &closes[..n], |_, next, prev| {
+            next / prev - 1.0
+        });
+    }
+    returns
+}
+
+/// `acc[t] += scale * x[t]` over the common length of `acc` and `x`.
+///
+/// Bit for bit the plain loop (no fused multiply-add, same order per
+/// element), but eight elements per loop trip: see [`for_each_lane`].
+pub fn add_scaled(acc: &mut [f64], scale: f64, x: &[f64]) {
+    for_each_lane(acc, x, x, |a, y, _| a + scale * y);
+}
+
+/// `acc[t] -= scale * x[t]` over the common length of `acc` and `x`; bit for
+/// bit the plain loop, eight elements per loop trip.
+pub fn sub_scaled(acc: &mut [f64], scale: f64, x: &[f64]) {
+    for_each_lane(acc, x, x, |a, y, _| a - scale * y);
+}
+
+/// `out[t] = f(out[t], a[t], b[t])` over the common length, eight elements
+/// per loop trip.
+///
+/// Why eight: wasmtime enforces call deadlines with a check on every loop
+/// back-edge, and Cranelift spills the loop's state around that check. Eight
+/// elements per trip pay that once per eight instead of once per element,
+/// and give the `simd128` build whole vectors to work on (BENCHMARKS.md,
+/// "Analysis"). Natively it costs nothing: LLVM unrolls such loops anyway.
+#[inline(always)]
+fn for_each_lane(out: &mut [f64], a: &[f64], b: &[f64], f: impl Fn(f64, f64, f64) -> f64) {
+    let n = out.len().min(a.len()).min(b.len());
+    let (out8, out_rest) = out[..n].as_chunks_mut::<8>();
+    let (a8, a_rest) = a[..n].as_chunks::<8>();
+    let (b8, b_rest) = b[..n].as_chunks::<8>();
+    for ((o, x), y) in out8.iter_mut().zip(a8).zip(b8) {
+        for k in 0..8 {
+            o[k] = f(o[k], x[k], y[k]);
+        }
+    }
+    for ((o, x), y) in out_rest.iter_mut().zip(a_rest).zip(b_rest) {
+        *o = f(*o, *x, *y);
+    }
 }
 
 /// Arithmetic mean `Σ xs / n`.
@@ -301,6 +346,35 @@ mod tests {
         assert_eq!(r[2], 0.0);
         // Dyadic ratios are exact: 125 / 100 = 1.25, 50 / 100 = 0.5.
         assert_eq!(simple_returns(&[100.0, 125.0, 62.5]), vec![0.25, -0.5]);
+    }
+
+    #[test]
+    fn chunked_kernels_equal_the_plain_loops_bit_for_bit() {
+        // Lengths around the chunk size, and values whose products round.
+        for n in [0, 1, 7, 8, 9, 16, 23, 500] {
+            let closes: Vec<f64> = (0..=n)
+                .map(|t| 100.0 + (t as f64 * 0.37).sin() * 3.1)
+                .collect();
+            let plain: Vec<f64> = closes.windows(2).map(|w| w[1] / w[0] - 1.0).collect();
+            assert_eq!(simple_returns(&closes), plain, "n = {n}");
+
+            let x: Vec<f64> = (0..n).map(|t| (t as f64 * 1.3).cos() / 7.0).collect();
+            let start: Vec<f64> = (0..n).map(|t| t as f64 / 3.0).collect();
+            let (mut added, mut subtracted) = (start.clone(), start.clone());
+            add_scaled(&mut added, 1234.567, &x);
+            sub_scaled(&mut subtracted, 1234.567, &x);
+            for t in 0..n {
+                assert_eq!(added[t].to_bits(), (start[t] + 1234.567 * x[t]).to_bits());
+                assert_eq!(
+                    subtracted[t].to_bits(),
+                    (start[t] - 1234.567 * x[t]).to_bits()
+                );
+            }
+        }
+        // Only the common length is touched.
+        let mut acc = vec![1.0; 10];
+        add_scaled(&mut acc, 2.0, &[1.0; 9]);
+        assert_eq!(acc[8..], [3.0, 1.0]);
     }
 
     #[test]

@@ -134,9 +134,7 @@ pub fn scenario_losses(
 ) -> Result<Vec<(f64, u32)>, ModelError> {
     let mut losses = vec![0.0_f64; n];
     for (&v, r) in values.iter().zip(returns) {
-        for (loss, &x) in losses.iter_mut().zip(r.iter()) {
-            *loss -= v * x;
-        }
+        crate::math::sub_scaled(&mut losses, v, r);
     }
     if let Some((t, loss)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
         return Err(ModelError::Internal(format!(

@@ -118,9 +118,7 @@ impl Model for VarParametric {
 fn scenario_pnl(values: &[f64], returns: &[&[f64]], n: usize) -> Result<Vec<f64>, ModelError> {
     let mut pnl = vec![0.0_f64; n];
     for (&v, r) in values.iter().zip(returns) {
-        for (p, &x) in pnl.iter_mut().zip(r.iter()) {
-            *p += v * x;
-        }
+        math::add_scaled(&mut pnl, v, r);
     }
     if let Some((t, p)) = pnl.iter().enumerate().find(|(_, p)| !p.is_finite()) {
         return Err(ModelError::Internal(format!(
