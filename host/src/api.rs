@@ -49,10 +49,11 @@ pub struct HttpLimits {
     pub max_batch_body_bytes: usize,
 }
 
+/// The command line's defaults (`--max-body-bytes`, `--max-batch-body-bytes`).
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_body_bytes: 1 << 20,
+            max_body_bytes: 8 << 20,
             max_batch_body_bytes: 64 << 20,
         }
     }
