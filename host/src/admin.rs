@@ -10,31 +10,31 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post, put};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use crate::api::{ApiError, AppState};
+use crate::api::{ApiError, AppState, ErrorBody};
 use crate::auth::Admin;
 use crate::deploy::{DeployError, Deployed, VersionId, VersionsView};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
-pub fn routes(max_component_bytes: usize) -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/v1/models/{name}",
-            put(upload)
-                // Room for a maximal component; the engine enforces the limit itself.
-                .layer(DefaultBodyLimit::max(max_component_bytes.saturating_add(1)))
-                .delete(remove),
+pub fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(
+            // Room for a maximal component; the engine enforces the limit
+            // itself. (DELETE reads no body, so the limit is moot there.)
+            routes!(upload, remove)
+                .layer(DefaultBodyLimit::max(max_component_bytes.saturating_add(1))),
         )
-        .route("/v1/models/{name}/versions", get(versions))
-        .route("/v1/models/{name}/rollback", post(rollback))
+        .routes(routes!(versions))
+        .routes(routes!(rollback))
 }
 
 impl From<DeployError> for ApiError {
@@ -85,6 +85,30 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 /// `PUT /v1/models/{name}` with the component bytes: 201 once the version
 /// is validated, stored and live; 200 if it already was the active version.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{name}",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name; must equal the name its `info()` gives")),
+    request_body(
+        description = "The component's bytes",
+        content(
+            (crate::openapi::ComponentBytes = "application/wasm"),
+            (crate::openapi::ComponentBytes = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Validated, stored and now active", body = Deployed),
+        (status = 200, description = "Already the active version", body = Deployed),
+        (status = 400, description = "Unreadable body or path (`unreadable_body`, `invalid_path`)", body = ErrorBody),
+        (status = 413, description = "Larger than `--max-component-mib` (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
+        (status = 422, description = "Not a valid model, or its name differs (`invalid_model`, `model_name_mismatch`)", body = ErrorBody),
+        (status = 500, description = "The store failed (`store_error`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn upload(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -128,7 +152,20 @@ async fn upload(
     Ok((status, Json(deployed)))
 }
 
-/// `GET /v1/models/{name}/versions`.
+/// `GET /v1/models/{name}/versions`: every stored version, which is active,
+/// and the history of activations.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions",
+    tag = "models",
+    security(("bearer" = ["score"])),
+    params(("name" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model's versions", body = VersionsView),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn versions(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
@@ -137,14 +174,33 @@ async fn versions(
     Ok(Json(state.models.versions(&name)?))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of a rollback; empty means `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
     /// `sha256:…` or a semver; absent: the previously active version.
     to: Option<String>,
 }
 
-/// `POST /v1/models/{name}/rollback`, body empty or `{"to": "…"}`.
+/// `POST /v1/models/{name}/rollback`, body empty or `{"to": "…"}`: makes a
+/// stored version active again (by default the previous one).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/rollback",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name")),
+    request_body(content = Option<RollbackRequest>, content_type = "application/json",
+        description = "Optional; empty means the previously active version"),
+    responses(
+        (status = 200, description = "Rolled back", body = Deployed),
+        (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
+        (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
+        (status = 409, description = "No previous version (`no_previous_version`)", body = ErrorBody),
+        (status = 422, description = "Invalid body (`invalid_body`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn rollback(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -173,7 +229,8 @@ async fn rollback(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RemoveQuery {
     /// Also delete every stored version and compiled artifact.
@@ -181,7 +238,8 @@ struct RemoveQuery {
     purge: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// What `DELETE /v1/models/{name}` did.
+#[derive(Debug, Serialize, ToSchema)]
 struct Removed {
     name: String,
     /// The version that was active, if one was.
@@ -189,7 +247,20 @@ struct Removed {
     purged: bool,
 }
 
-/// `DELETE /v1/models/{name}[?purge=true]`.
+/// `DELETE /v1/models/{name}[?purge=true]`: stops serving the model.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{name}",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name"), RemoveQuery),
+    responses(
+        (status = 200, description = "Unloaded (and purged if asked)", body = Removed),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 422, description = "Invalid query (`invalid_query`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,

@@ -15,12 +15,16 @@ use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, S
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::registry::{LoadFailure, rfc3339};
 use crate::scoring::batch::{BatchError, BatchRequest};
@@ -45,31 +49,92 @@ pub struct HttpLimits {
     pub max_batch_body_bytes: usize,
 }
 
+/// The command line's defaults (`--max-body-bytes`, `--max-batch-body-bytes`).
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 8 << 20,
+            max_batch_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Every route with its OpenAPI operation. Routes are added only through
+/// `routes!`, which registers the handler and its `#[utoipa::path]`
+/// together: a route cannot be served undocumented (`tests/openapi.rs`
+/// checks the document against what the server answers).
+pub fn documented_routes(
+    limits: HttpLimits,
+    max_component_bytes: usize,
+) -> OpenApiRouter<Arc<AppState>> {
+    use utoipa::OpenApi as _;
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(score))
+        .routes(routes!(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)))
+        .routes(routes!(list_models))
+        .routes(routes!(purge_cache))
+        .routes(routes!(purge_model_cache))
+        .merge(crate::admin::routes(max_component_bytes))
+        .routes(routes!(crate::events::http::score_history))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+}
+
+/// The server's router. Layers, innermost first: the default body limit,
+/// panic → JSON 500, HTTP metrics, the request span and completion log
+/// line, and outermost the request id, so every answer (fallbacks, 405,
+/// 413, extractor rejections, panics) carries `x-request-id` and every log
+/// line of the request is inside a span naming it.
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
-    Router::new()
-        .route("/v1/score", post(score))
-        .route(
-            "/v1/score/batch",
-            post(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)),
-        )
-        .route("/v1/models", get(list_models))
-        .route("/v1/cache", delete(purge_cache))
-        .route("/v1/cache/{model}", delete(purge_model_cache))
-        .merge(crate::admin::routes(max_component_bytes))
-        .route(
-            "/v1/portfolios/{id}/scores",
-            get(crate::events::http::score_history),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+    let (routes, _document) = documented_routes(limits, max_component_bytes).split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(track_http))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::events::http::request_span)
+                .on_response(crate::events::http::log_response)
+                .on_failure(()),
+        )
         .layer(middleware::from_fn(crate::events::http::request_id))
         .with_state(state)
+}
+
+/// The answer to a handler that panicked (a bug): a JSON 500, logged.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    tracing::error!(panic = message, "handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the server failed while answering; the request id is in the logs",
+    )
+    .into_response()
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable, stable: e.g. `unknown_model`, `invalid_params`.
+    #[schema(example = "unknown_model")]
+    pub code: String,
+    /// For humans; may change between releases.
+    pub message: String,
 }
 
 /// An error answer.
@@ -112,7 +177,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
@@ -227,6 +297,27 @@ where
     }
 }
 
+/// Scores one portfolio with one model.
+#[utoipa::path(
+    post,
+    path = "/v1/score",
+    tag = "scoring",
+    request_body = ScoreRequest,
+    security(("bearer" = ["score"])),
+    responses(
+        (status = 200, description = "The score", body = ScoreResponse),
+        (status = 400, description = "Malformed JSON or unreadable body (`malformed_json`, `unreadable_body`)", body = ErrorBody),
+        (status = 404, description = "Unknown model, version or stored portfolio (`unknown_model`, `unknown_model_version`, `unknown_portfolio`)", body = ErrorBody),
+        (status = 413, description = "Body over `--max-body-bytes` (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "Invalid request, parameters, portfolio or as-of date, or the model rejected the input (`invalid_body`, `invalid_params`, `invalid_portfolio`, `unknown_instrument`, `as_of_out_of_range`, `model_invalid_input`, `insufficient_data`)", body = ErrorBody),
+        (status = 500, description = "The model failed (trap, internal error) or the host did", body = ErrorBody),
+        (status = 503, description = "The model is overloaded or its version or the data source is unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "The model call hit its deadline (`timeout`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn score(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ScoreRequest>,
@@ -252,8 +343,36 @@ impl From<BatchError> for ApiError {
     }
 }
 
-/// `POST /v1/score/batch`: JSON `{"as_of", "results": [...]}`, or with
-/// `Accept: application/x-ndjson` one cell per line, streamed.
+/// Scores many portfolios with many models: JSON `{"as_of", "results": [...]}`,
+/// or with `Accept: application/x-ndjson` one cell per line, streamed.
+///
+/// A failing cell carries its own `error`; the request fails as a whole only
+/// when it is invalid as a whole.
+#[utoipa::path(
+    post,
+    path = "/v1/score/batch",
+    tag = "scoring",
+    request_body = BatchRequest,
+    security(("bearer" = ["score"])),
+    params(
+        ("accept" = Option<String>, Header, description = "`application/x-ndjson` streams one `BatchCell` per line instead of one JSON document"),
+    ),
+    responses(
+        (status = 200, description = "One cell per (portfolio, model), portfolio-major. With `Accept: application/x-ndjson`, each line is one `BatchCell`.",
+            content(
+                (crate::scoring::batch::BatchResponse = "application/json"),
+                (crate::scoring::batch::BatchCell = "application/x-ndjson"),
+            )),
+        (status = 400, description = "Malformed JSON or unreadable body", body = ErrorBody),
+        (status = 404, description = "Unknown model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
+        (status = 413, description = "Body over `--max-batch-body-bytes`, or too many portfolios or models (`body_too_large`, `batch_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid batch or parameters (`invalid_body`, `invalid_batch`, `invalid_params`)", body = ErrorBody),
+        (status = 503, description = "Overloaded or unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn score_batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -287,7 +406,8 @@ async fn score_batch(
         .into_response())
 }
 
-#[derive(Serialize)]
+/// A served model.
+#[derive(Serialize, ToSchema)]
 struct ModelView {
     name: String,
     version: String,
@@ -295,14 +415,17 @@ struct ModelView {
     size_bytes: usize,
     source: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     loaded_at: std::time::SystemTime,
+    /// Always `active`.
+    #[schema(value_type = String)]
     status: &'static str,
     info: crate::engine::ModelDescription,
     limits: LimitsView,
 }
 
 /// The limits a model's calls run under, defaults and overrides resolved.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LimitsView {
     memory_bytes: usize,
     deadline_ms: u128,
@@ -333,13 +456,25 @@ impl LimitsView {
     }
 }
 
-#[derive(Serialize)]
+/// `GET /v1/models`.
+#[derive(Serialize, ToSchema)]
 struct ModelsView {
     models: Vec<ModelView>,
     /// Components that failed to load, with the reason.
     failures: Vec<LoadFailure>,
 }
 
+/// The active version of every served model, and components that failed to load.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    security(("bearer" = ["score"])),
+    responses(
+        (status = 200, description = "Served models", body = ModelsView),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize> {
     let registry = state.scoring.registry();
     let models = registry
@@ -363,21 +498,64 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize>
     })
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
 }
 
+/// `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    ready: bool,
+    models_loaded: usize,
+    load_failures: usize,
+    /// Why not ready: `loading models`, `shutting down`; empty when ready.
+    #[schema(value_type = String)]
+    reason: &'static str,
+}
+
+/// Liveness: answers as soon as the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: models restored and the plugins directory scanned, and not
+/// shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Loading models or shutting down", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let registry = state.scoring.registry();
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
     let loaded = registry.initial_load_done();
     let ready = loaded && !shutting_down;
-    let body = Json(json!({
-        "ready": ready,
-        "models_loaded": registry.active().len(),
-        "load_failures": registry.failures().len(),
-        "reason": if shutting_down { "shutting down" } else if !loaded { "loading models" } else { "" },
-    }));
+    let body = Json(Readiness {
+        ready,
+        models_loaded: registry.active().len(),
+        load_failures: registry.failures().len(),
+        reason: if shutting_down {
+            "shutting down"
+        } else if !loaded {
+            "loading models"
+        } else {
+            ""
+        },
+    });
     let status = if ready {
         StatusCode::OK
     } else {
@@ -386,6 +564,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, body).into_response()
 }
 
+/// Prometheus metrics (`riskhost_*`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics in the text exposition format",
+        content((crate::openapi::MetricsText = "text/plain; version=0.0.4; charset=utf-8"))))
+)]
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
@@ -393,6 +579,29 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document",
+        content((crate::openapi::DocumentSchema = "application/json"))))
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default())
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document.clone(),
     )
         .into_response()
 }
@@ -417,7 +626,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     )
 }
 
-/// Counts requests by route, method and status, and times them by route.
+/// Counts and times requests by route, method and status.
 async fn track_http(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -431,29 +640,66 @@ async fn track_http(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     in_flight.decrement(1.0);
     let status = response.status().as_u16().to_string();
-    metrics::counter!("riskhost_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("riskhost_http_request_duration_seconds", "route" => route)
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("riskhost_http_requests_total", &labels).increment(1);
+    metrics::histogram!("riskhost_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
 }
 
+/// What a purge dropped.
+#[derive(Serialize, ToSchema)]
+struct Purged {
+    /// The model purged; null for the whole memo.
+    model: Option<String>,
+    /// In-process entries dropped.
+    purged_l1: u64,
+    /// Redis keys dropped; null without a Redis tier.
+    purged_l2: Option<u64>,
+}
+
 /// `DELETE /v1/cache`: drops every memoized outcome (admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/cache",
+    tag = "cache",
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Purged", body = Purged),
+        (status = 503, description = "The shared tier could not be purged (`cache_unavailable`)", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn purge_cache(
     _admin: crate::auth::Admin,
     State(state): State<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     purge(&state, None).await
 }
 
 /// `DELETE /v1/cache/{model}`: drops one model's memoized outcomes, every
 /// version of it (admin). A model that is not loaded may still have entries
 /// in the shared tier, so any well-formed name is accepted.
+#[utoipa::path(
+    delete,
+    path = "/v1/cache/{model}",
+    tag = "cache",
+    security(("bearer" = ["admin"])),
+    params(("model" = String, Path, description = "A model name (lower-kebab-case)")),
+    responses(
+        (status = 200, description = "Purged", body = Purged),
+        (status = 422, description = "Not a model name (`invalid_model_name`)", body = ErrorBody),
+        (status = 503, description = "The shared tier could not be purged (`cache_unavailable`)", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn purge_model_cache(
     _admin: crate::auth::Admin,
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     if !crate::cache::is_model_name(&model) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -467,7 +713,7 @@ async fn purge_model_cache(
     purge(&state, Some(&model)).await
 }
 
-async fn purge(state: &AppState, model: Option<&str>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn purge(state: &AppState, model: Option<&str>) -> Result<Json<Purged>, ApiError> {
     match state.scoring.cache().purge(model).await {
         Ok(report) => {
             tracing::info!(
@@ -476,11 +722,11 @@ async fn purge(state: &AppState, model: Option<&str>) -> Result<Json<serde_json:
                 purged_l2 = ?report.purged_l2,
                 "memo purged"
             );
-            Ok(Json(json!({
-                "model": model,
-                "purged_l1": report.purged_l1,
-                "purged_l2": report.purged_l2,
-            })))
+            Ok(Json(Purged {
+                model: model.map(str::to_owned),
+                purged_l1: report.purged_l1,
+                purged_l2: report.purged_l2,
+            }))
         }
         Err(error) => {
             tracing::warn!(model = model.unwrap_or("*"), %error, "memo purge incomplete");

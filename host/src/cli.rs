@@ -51,6 +51,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Openapi => {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &crate::openapi::document())?;
+            writeln!(out)?;
+            Ok(())
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the OpenAPI document of the HTTP API (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 /// Where models and data come from; shared by `serve` and `score`.
@@ -215,6 +217,11 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// After SIGTERM, how long to keep accepting requests with `/readyz`
+    /// answering 503 before draining, in seconds: time for load balancers
+    /// (Kubernetes endpoints) to stop sending traffic.
+    #[arg(long, env = "RISKHOST_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
     #[command(flatten)]
     pub events: crate::events::EventArgs,
 }

@@ -57,14 +57,14 @@ pub enum DeployError {
 }
 
 /// A version, as answers name it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VersionId {
     pub version: String,
     pub digest: String,
 }
 
 /// The outcome of a deployment or rollback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Deployed {
     pub name: String,
     pub version: String,
@@ -90,7 +90,7 @@ impl Prepared {
 }
 
 /// Every stored version of a model and which is active.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionsView {
     pub name: String,
     pub active: Option<String>,
@@ -99,7 +99,8 @@ pub struct VersionsView {
     pub history: Vec<Activation>,
 }
 
-#[derive(Debug, Serialize)]
+/// A stored version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub digest: String,
     pub version: String,

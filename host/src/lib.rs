@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod loader;
 pub mod market;
+pub mod openapi;
 pub mod registry;
 pub mod score_file;
 pub mod scoring;

@@ -143,11 +143,12 @@ pub struct ModelEntry {
 }
 
 /// A file or upload that did not become a served model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoadFailure {
     pub source: String,
     pub error: String,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: SystemTime,
 }
 

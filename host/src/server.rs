@@ -1,8 +1,10 @@
 //! Assembles the server from configuration and runs it until shutdown.
 //!
 //! Shutdown lives here and only here: on SIGTERM or Ctrl-C, `/readyz` turns
-//! unready, the listener stops accepting, in-flight requests get the grace
-//! period to finish, and the process exits.
+//! unready; after `--shutdown-delay-secs` (still serving, so load balancers
+//! can notice) the listener stops accepting, in-flight requests get the
+//! grace period to finish, buffered score events are flushed, and the
+//! process exits with status 0.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +107,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
 
+    // Handle SIGTERM from before the port opens: a signal during start-up
+    // must shut down cleanly, not take the default (fatal) action.
+    let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -156,12 +161,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let shutdown_started = Arc::new(tokio::sync::Notify::new());
+    let delay = Duration::from_secs(args.shutdown_delay_secs);
     let server = {
         let (state, shutdown_started) = (state.clone(), shutdown_started.clone());
         axum::serve(listener, app).with_graceful_shutdown(async move {
-            wait_for_signal().await;
+            signal.await;
             state.shutting_down.store(true, Ordering::Release);
-            tracing::info!("shutdown requested: not ready, draining in-flight requests");
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs(),
+                    "shutdown requested: not ready, still serving until load balancers notice"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutdown: listener closed, draining in-flight requests");
             shutdown_started.notify_one();
         })
     };
@@ -180,25 +193,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed now,
+/// not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let terminate = async move {
+            terminate.recv().await;
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = terminate => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    })
 }

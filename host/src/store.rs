@@ -87,7 +87,7 @@ pub struct VersionRecord {
 }
 
 /// One change of a model's active version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Activation {
     /// The version made active; `None` when the model was unloaded.
     pub digest: Option<String>,

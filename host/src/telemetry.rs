@@ -117,7 +117,7 @@ fn describe_metrics() {
     describe_histogram!(
         "riskhost_http_request_duration_seconds",
         Unit::Seconds,
-        "HTTP request latency by route"
+        "HTTP request latency by route, method and status"
     );
     describe_gauge!(
         "riskhost_http_requests_in_flight",

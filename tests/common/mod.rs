@@ -6,8 +6,8 @@ pub mod db;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -81,6 +81,8 @@ pub struct Server {
     pub client: reqwest::blocking::Client,
     /// The model store of this server, unless the test gave `--data-dir`.
     _data_dir: Option<TempDir>,
+    /// What the server logged to stderr, when started by [`Server::start_logging`].
+    logs: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Server {
@@ -96,6 +98,16 @@ impl Server {
     /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`, plus
     /// a fresh `--data-dir` of its own unless `args` give one.
     pub fn start_with(args: &[&str]) -> Server {
+        Self::launch(args, None)
+    }
+
+    /// Like [`Server::start_with`], logging JSON lines at `filter`
+    /// (`RUST_LOG` syntax) into a buffer that [`Server::logs`] returns.
+    pub fn start_logging(args: &[&str], filter: &str) -> Server {
+        Self::launch(args, Some(filter))
+    }
+
+    fn launch(args: &[&str], log_filter: Option<&str>) -> Server {
         let data_dir =
             (!args.iter().any(|a| a.starts_with("--data-dir"))).then(|| TempDir::new("store"));
         let mut command = Command::new(binary());
@@ -105,12 +117,31 @@ impl Server {
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());
         }
+        if log_filter.is_some() {
+            command.args(["--log-format", "json"]);
+        }
         let mut child = command
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter.unwrap_or("warn"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if log_filter.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("cannot start riskhost");
+        let logs = child.stderr.take().map(|stderr| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+            lines
+        });
         let stdout = child.stdout.take().expect("no stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -132,6 +163,7 @@ impl Server {
             base,
             client,
             _data_dir: data_dir,
+            logs,
         };
         server.wait_ready(Duration::from_secs(120));
         server
@@ -205,6 +237,40 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The JSON log lines so far (servers started by [`Server::start_logging`]).
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.clone()))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -25,12 +25,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument as _;
+
 pub use key::{CanonicalPosition, ScoreKey, score_key};
 
 use crate::engine::bindings::{ModelError, Score};
 
 /// Which tier answered a lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheTier {
     /// This process's memory.
@@ -242,8 +244,18 @@ impl InProcessCache {
 
     /// Looks keys up and counts hits and misses under `tier="l1"`.
     fn lookup(&self, model: &str, keys: &[ScoreKey]) -> Vec<Option<Arc<CachedScore>>> {
+        let span = tracing::debug_span!(
+            "cache_lookup",
+            tier = "l1",
+            model,
+            keys = keys.len(),
+            hits = tracing::field::Empty
+        )
+        .entered();
         let found: Vec<_> = keys.iter().map(|k| self.get(k)).collect();
         let hits = found.iter().filter(|f| f.is_some()).count();
+        span.record("hits", hits);
+        tracing::debug!("memo looked up");
         count_lookups(model, CacheTier::L1, "hit", hits);
         count_lookups(model, CacheTier::L1, "miss", keys.len() - hits);
         found
@@ -339,7 +351,20 @@ impl ScoreCache for TieredCache {
             return found;
         }
         let missing_keys: Vec<ScoreKey> = missing.iter().map(|&i| keys[i]).collect();
-        let from_l2 = self.l2.get_many(model, &missing_keys).await;
+        let span = tracing::debug_span!(
+            "cache_lookup",
+            tier = "l2",
+            model,
+            keys = missing_keys.len(),
+            hits = tracing::field::Empty
+        );
+        let from_l2 = self
+            .l2
+            .get_many(model, &missing_keys)
+            .instrument(span.clone())
+            .await;
+        span.record("hits", from_l2.iter().filter(|h| h.is_some()).count());
+        span.in_scope(|| tracing::debug!("memo looked up"));
         let model: Arc<str> = Arc::from(model);
         for (i, hit) in missing.into_iter().zip(from_l2) {
             if let Some((value, remaining)) = hit {

@@ -15,7 +15,7 @@ use super::bindings::{Job, MarketData, ModelInfo, Portfolio, Position, PriceSeri
 pub const MAX_LOOKBACK_DAYS: u32 = 5040;
 
 /// What the host knows about a loaded model, as served by `GET /v1/models`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelDescription {
     pub name: String,
     pub version: String,
@@ -24,7 +24,8 @@ pub struct ModelDescription {
     pub data: DataDescription,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A parameter a model declares.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ParamDescription {
     pub name: String,
     pub description: String,
@@ -34,9 +35,11 @@ pub struct ParamDescription {
     pub integer: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The market data a model needs.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DataDescription {
     /// Always `daily_closes` in contract 1.0.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     pub lookback_days: u32,
     #[serde(skip_serializing_if = "Option::is_none")]

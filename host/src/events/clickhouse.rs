@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::spool::Spool;
 use super::{EventArgs, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
@@ -381,6 +382,7 @@ impl Writer {
         self.ensure_table().await?;
         let client = self.wh.client();
         let table = self.table.clone();
+        let span = tracing::info_span!("events_write", table = %table, events = events.len());
         self.wh
             .timed("insert_events", async move {
                 let mut insert = client.insert::<EventRow<'_>>(&table).await?;
@@ -389,6 +391,7 @@ impl Writer {
                 }
                 insert.end().await
             })
+            .instrument(span)
             .await
     }
 

@@ -1,15 +1,17 @@
-//! HTTP pieces of score events: the request-id middleware and
-//! `GET /v1/portfolios/{id}/scores`.
+//! HTTP pieces of score events: the request-id middleware, the request
+//! span and its completion log line, and `GET /v1/portfolios/{id}/scores`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{HistoryEntry, HistoryError, HistoryQuery, with_request_id};
 use crate::api::{ApiError, AppState};
@@ -19,9 +21,14 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest accepted client request id; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
+/// The request's id, in the request's extensions (for the request span).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
 /// Uses the client's `x-request-id` when it is 1–128 visible ASCII
 /// characters, else a fresh UUID; scopes it for the handlers and echoes it.
-pub async fn request_id(request: Request, next: Next) -> Response {
+/// It is the outermost layer of the router, so every answer carries it.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id: Arc<str> = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -32,6 +39,7 @@ pub async fn request_id(request: Request, next: Next) -> Response {
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
     let header = HeaderValue::from_str(&id).ok();
+    request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = with_request_id(id, next.run(request)).await;
     if let Some(header) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
@@ -39,20 +47,56 @@ pub async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
+/// The span of one HTTP request: every log line of the request is inside
+/// it. `key_id` is recorded by authentication once the key is known.
+pub fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", |id| &*id.0);
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        route,
+        key_id = tracing::field::Empty,
+    )
+}
+
+/// The completion line of a request (the access log), inside its span.
+/// Its own target, so `RUST_LOG=info,riskhost::access=warn` turns it off
+/// where a line per request costs too much.
+pub fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(
+        target: "riskhost::access",
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        "request finished"
+    );
+}
+
 /// Query string of the history route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
+    /// Only this model's scores.
     pub model: Option<String>,
     /// `YYYY-MM-DD` (start of that day, UTC) or RFC 3339; inclusive.
     pub from: Option<String>,
     /// `YYYY-MM-DD` (the whole day is included) or RFC 3339 (exclusive).
     pub to: Option<String>,
     /// At most 10,000; 1,000 by default.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+/// A portfolio's recorded scores, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryResponse {
     pub portfolio_id: String,
     pub scores: Vec<HistoryEntry>,
@@ -80,7 +124,23 @@ fn invalid_query(message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
 }
 
-/// `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`.
+/// `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`: the scores
+/// recorded for a portfolio, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/portfolios/{id}/scores",
+    tag = "events",
+    security(("bearer" = ["score"])),
+    params(("id" = String, Path, description = "The portfolio id the scores were recorded under"), HistoryParams),
+    responses(
+        (status = 200, description = "The recorded scores", body = HistoryResponse),
+        (status = 404, description = "Score events are not recorded (`history_not_configured`)", body = crate::api::ErrorBody),
+        (status = 422, description = "Invalid query (`invalid_query`)", body = crate::api::ErrorBody),
+        (status = 503, description = "ClickHouse is unavailable (`data_unavailable`)", body = crate::api::ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub async fn score_history(
     State(state): State<Arc<AppState>>,
     Path(portfolio_id): Path<String>,

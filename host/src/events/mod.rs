@@ -109,7 +109,7 @@ pub struct HistoryQuery {
 }
 
 /// One row of a portfolio's score history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub ts: DateTime<Utc>,
     pub request_id: String,

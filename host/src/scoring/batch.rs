@@ -44,7 +44,7 @@ impl Default for BatchLimits {
 }
 
 /// `POST /v1/score/batch`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Model references (`name`, `name@1.2.0`, `name@sha256:…`), each at most once.
@@ -59,13 +59,14 @@ pub struct BatchRequest {
 }
 
 /// The answer: one cell per (portfolio, model), portfolio-major.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     pub as_of: NaiveDate,
     pub results: Vec<BatchCell>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One (portfolio, model) cell: a score, or its own error.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BatchCell {
     /// Position of the portfolio in the request.
     pub portfolio_index: usize,
@@ -78,18 +79,20 @@ pub struct BatchCell {
 }
 
 /// A cell's score, or why there is none.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CellOutcome {
     Score(CellScore),
     Error { error: CellError },
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A cell's score.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CellScore {
     pub version: String,
     pub digest: String,
     pub value: f64,
+    #[schema(value_type = String, example = "currency_amount")]
     pub unit: &'static str,
     pub breakdown: Vec<BreakdownEntry>,
     pub cached: bool,
@@ -97,8 +100,10 @@ pub struct CellScore {
     pub cache_tier: Option<CacheTier>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Why a cell has no score (the same codes as the single route's errors).
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CellError {
+    #[schema(value_type = String)]
     pub code: &'static str,
     pub message: String,
 }

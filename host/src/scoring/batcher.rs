@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::ScoreError;
 use super::jobs::{Executor, JobResult, PreparedJob};
@@ -57,6 +58,8 @@ struct Pending {
     reply: oneshot::Sender<JobResult>,
     /// Holds the job's place in the model's queue until its call starts.
     admitted: Option<Admission>,
+    /// The submitting request's span, so the call's spans nest under it.
+    span: tracing::Span,
 }
 
 /// A place in a model's queue (see `Bulkhead::try_admit`), given back when
@@ -107,6 +110,7 @@ impl Batchers {
             enqueued: Instant::now(),
             reply,
             admitted: Some(Admission(entry.clone())),
+            span: tracing::Span::current(),
         };
         // A collector may have just stopped for idleness: start another once.
         for _ in 0..2 {
@@ -231,7 +235,32 @@ fn refuse(entry: &ModelEntry, batch: Vec<Pending>) {
     }
 }
 
+/// Runs a coalesced batch. A batch of one runs inside its request's span;
+/// a larger one in a span of its own that follows from each request's.
 async fn run_batch(
+    executor: Arc<Executor>,
+    entry: Arc<ModelEntry>,
+    batch: Vec<Pending>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let span = match batch.as_slice() {
+        [only] => {
+            tracing::debug_span!(parent: &only.span, "dynamic_batch", model = entry.model.name(), requests = 1)
+        }
+        many => {
+            let span = tracing::debug_span!(parent: None, "dynamic_batch", model = entry.model.name(), requests = many.len());
+            for p in many {
+                span.follows_from(&p.span);
+            }
+            span
+        }
+    };
+    run_groups(executor, entry, batch, slot)
+        .instrument(span)
+        .await
+}
+
+async fn run_groups(
     executor: Arc<Executor>,
     entry: Arc<ModelEntry>,
     mut batch: Vec<Pending>,

@@ -18,6 +18,7 @@ use crate::engine::{Determinism, ModelEngine};
 use crate::market::{DataError, MarketDataSource, PriceWindow};
 use crate::registry::ModelEntry;
 use chrono::NaiveDate;
+use tracing::Instrument as _;
 
 /// One (portfolio, model) computation with everything resolved.
 #[derive(Debug, Clone)]
@@ -145,10 +146,19 @@ impl Executor {
             instruments.dedup();
             let lookback = jobs.iter().map(|j| j.lookback).max().unwrap_or(0);
             let started = Instant::now();
+            let span = tracing::info_span!(
+                "market_fetch",
+                source = %self.market.snapshot().source,
+                instruments = instruments.len(),
+                lookback,
+                %as_of,
+            );
             let fetched = self
                 .market
                 .price_window(&instruments, as_of, lookback)
+                .instrument(span.clone())
                 .await;
+            span.in_scope(|| tracing::debug!(ok = fetched.is_ok(), "market data fetched"));
             metrics::histogram!("riskhost_data_fetch_duration_seconds", "what" => "price_window")
                 .record(started.elapsed().as_secs_f64());
             match fetched {
@@ -200,7 +210,10 @@ impl Executor {
     ) -> Vec<JobResult> {
         let engine = self.engine.clone();
         let count = jobs.len();
+        // The blocking thread does not inherit the caller's span: carry it.
+        let span = tracing::Span::current();
         let outcome = tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
             let _slot = slot;
             let refs: Vec<&PreparedJob> = jobs.iter().collect();
             match call_once(&engine, &entry, &window, &refs) {
@@ -235,6 +248,14 @@ fn call_once(
     jobs: &[&PreparedJob],
 ) -> Result<Vec<JobResult>, ScoreError> {
     let name = entry.model.name();
+    let _span = tracing::info_span!(
+        "model_call",
+        model = name,
+        version = entry.model.version(),
+        digest = %entry.model.digest,
+        jobs = jobs.len(),
+    )
+    .entered();
     let (market, call_jobs) = window.call_inputs(jobs)?;
     // WASI randomness for the call is seeded from its jobs; models should use
     // each job's own seed, which does not depend on the batch (see docs).
@@ -251,8 +272,14 @@ fn call_once(
     ];
     let started = Instant::now();
     let outcome = engine.call(&entry.model, &market, &call_jobs, determinism);
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        ok = outcome.is_ok(),
+        "model call finished"
+    );
     metrics::histogram!("riskhost_model_call_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     metrics::histogram!("riskhost_model_batch_size", &labels).record(jobs.len() as f64);
     match outcome {
         Ok(outcome) => Ok(outcome

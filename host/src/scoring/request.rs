@@ -10,7 +10,7 @@ use crate::cache::{CacheTier, CanonicalPosition};
 use crate::market::table::{MAX_INSTRUMENT_ID_LEN, validate_instrument_id};
 
 /// `POST /v1/score`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     /// `name`, `name@1.2.0` or `name@sha256:…`.
@@ -27,7 +27,7 @@ pub struct ScoreRequest {
 
 /// A portfolio given inline (`positions`), or by `id` alone when the data
 /// source stores it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortfolioInput {
     #[serde(default)]
@@ -36,7 +36,8 @@ pub struct PortfolioInput {
     pub positions: Option<Vec<PositionInput>>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// A quantity of one instrument.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PositionInput {
     pub instrument: String,
@@ -44,14 +45,14 @@ pub struct PositionInput {
 }
 
 /// One named component of a score.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BreakdownEntry {
     pub name: String,
     pub value: f64,
 }
 
 /// A served score.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ScoreResponse {
     pub model: String,
     pub version: String,
@@ -60,6 +61,8 @@ pub struct ScoreResponse {
     pub portfolio_id: Option<String>,
     pub as_of: NaiveDate,
     pub value: f64,
+    /// `currency_amount`, `ratio`, `probability`, …
+    #[schema(value_type = String, example = "currency_amount")]
     pub unit: &'static str,
     pub breakdown: Vec<BreakdownEntry>,
     /// The parameters the score was computed with, defaults applied.
