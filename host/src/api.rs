@@ -32,22 +32,28 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
-    pub admin_token: crate::auth::AdminToken,
+    /// Keys, scopes, anonymous scoring and per-caller rate limits.
+    pub auth: crate::auth::Authenticator,
     /// Deploys, rolls back and removes model versions (the admin routes).
     pub models: Arc<crate::deploy::ModelManager>,
 }
 
 /// HTTP settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Body limit of the batch route, which carries many portfolios.
     pub max_batch_body_bytes: usize,
+    /// Global concurrency limit and request timeout of the `/v1` routes.
+    pub requests: crate::limits::RequestLimits,
 }
 
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
-    Router::new()
+    // The `/v1` routes shed load over the global limit and time out; model
+    // management only sheds (a deploy is not cut off half-way). Who may call
+    // them is decided by each handler's `Scorer`/`Admin` argument.
+    let v1 = Router::new()
         .route("/v1/score", post(score))
         .route(
             "/v1/score/batch",
@@ -56,17 +62,22 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/cache", delete(purge_cache))
         .route("/v1/cache/{model}", delete(purge_model_cache))
-        .merge(crate::admin::routes(max_component_bytes))
         .route(
             "/v1/portfolios/{id}/scores",
             get(crate::events::http::score_history),
-        )
-        .route("/healthz", get(healthz))
+        );
+    let v1 = limits.requests.wrap(v1, true).merge(
+        limits
+            .requests
+            .wrap(crate::admin::routes(max_component_bytes), false),
+    );
+    v1.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(crate::auth::key_id_scope))
         .layer(middleware::from_fn(track_http))
         .layer(middleware::from_fn(crate::events::http::request_id))
         .with_state(state)
@@ -228,6 +239,7 @@ where
 }
 
 async fn score(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ScoreRequest>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
@@ -255,6 +267,7 @@ impl From<BatchError> for ApiError {
 /// `POST /v1/score/batch`: JSON `{"as_of", "results": [...]}`, or with
 /// `Accept: application/x-ndjson` one cell per line, streamed.
 async fn score_batch(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BatchRequest>,
@@ -340,7 +353,10 @@ struct ModelsView {
     failures: Vec<LoadFailure>,
 }
 
-async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize> {
+async fn list_models(
+    _: crate::auth::Scorer,
+    State(state): State<Arc<AppState>>,
+) -> Json<impl Serialize> {
     let registry = state.scoring.registry();
     let models = registry
         .active()

@@ -82,6 +82,7 @@ fn invalid_query(message: String) -> ApiError {
 
 /// `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`.
 pub async fn score_history(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     Path(portfolio_id): Path<String>,
     params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
