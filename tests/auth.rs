@@ -161,18 +161,21 @@ fn routes() -> Vec<Route> {
 
 #[test]
 fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
-    // The score key comes from `riskhost key new`, the admin key from a
-    // configuration file's [[api_keys]] table.
+    // The score key comes from `riskhost key new`, whose printed entry goes
+    // into a keys file; the admin key is an [[api_keys]] table of the
+    // configuration file. (`--api-key` flags, used below, would replace the
+    // file's keys: a flag wins over the file.)
     let (score_token, printed) = key_new(&["--id", "svc", "--scope", "score"]);
     assert!(score_token.starts_with("svc.") && score_token.len() == 4 + 64);
-    let spec = printed
+    let entry: String = printed
         .lines()
-        .find_map(|l| l.strip_prefix("# --api-key '"))
-        .and_then(|l| l.strip_suffix('\''))
-        .expect("the printed --api-key value")
-        .to_owned();
+        .skip_while(|l| *l != "[[api_keys]]")
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(entry.contains("id = \"svc\""), "{printed}");
     assert!(
-        !spec.contains(&score_token[4..]),
+        !entry.contains(&score_token[4..]),
         "the configuration entry holds the secret"
     );
     let (admin_token, _) = key("ops", "admin", "");
@@ -184,12 +187,15 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
         format!("[[api_keys]]\nid = \"ops\"\nsha256 = \"{admin_hash}\"\nscopes = [\"admin\"]\n"),
     )
     .unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    std::fs::write(&keys_file, &entry).unwrap();
     let config = config.to_string_lossy().into_owned();
+    let keys_file = keys_file.to_string_lossy().into_owned();
     let server = Server::start(&[
         "--config",
         &config,
-        "--api-key",
-        &spec,
+        "--api-keys-file",
+        &keys_file,
         "--anonymous-scoring=false",
     ]);
 
