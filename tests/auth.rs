@@ -645,3 +645,47 @@ fn key_hash_prints_the_entry_of_a_given_token() {
         "{text}"
     );
 }
+
+#[test]
+fn numbers_beyond_f64_and_out_of_range_params_are_422() {
+    let server = Server::start(&[]);
+    let score = |params: &str, quantity: &str| {
+        let body = format!(
+            r#"{{"model": "var-historical", "portfolio": {{"id": "x", "positions": [{{"instrument": "SPX", "quantity": {quantity}}}]}}, "params": {params}}}"#
+        );
+        server.post_raw("/v1/score", "application/json", body)
+    };
+    assert_error(
+        &score(r#"{"confidence": 1e999}"#, "1"),
+        422,
+        "invalid_number",
+        "out of range",
+    );
+    assert_error(
+        &score("{}", "-1e400"),
+        422,
+        "invalid_number",
+        "out of range",
+    );
+    assert_error(
+        &score(r#"{"confidence": 2}"#, "1"),
+        422,
+        "invalid_params",
+        "out of bounds",
+    );
+    // NaN and Infinity are not JSON at all.
+    assert_error(
+        &score(r#"{"confidence": NaN}"#, "1"),
+        400,
+        "malformed_json",
+        "",
+    );
+    let long = "A".repeat(65);
+    let body = json!({"model": "var-historical", "portfolio": {"id": "x", "positions": [{"instrument": long, "quantity": 1}]}});
+    assert_error(
+        &server.post("/v1/score", &body),
+        422,
+        "invalid_portfolio",
+        "at most 64",
+    );
+}

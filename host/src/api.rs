@@ -180,7 +180,13 @@ impl From<JsonRejection> for ApiError {
         } else {
             code
         };
-        ApiError::new(status, code, rejection.body_text())
+        // A number beyond f64 (`1e999`, the JSON spelling of infinity) is
+        // well-formed JSON with an unusable value: 422, like other bad values.
+        let text = rejection.body_text();
+        if code == "malformed_json" && text.contains("number out of range") {
+            return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_number", text);
+        }
+        ApiError::new(status, code, text)
     }
 }
 
