@@ -12,7 +12,9 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasi
 plugins/build.sh
 cargo build --quiet --release -p riskhost
 
-target/release/riskhost serve --listen "$LISTEN" --plugins plugins/dist &
+# --anonymous-scoring: this local run scores without API keys (it says so
+# loudly at start-up); a real deployment creates keys with `riskhost key new`.
+target/release/riskhost serve --listen "$LISTEN" --plugins plugins/dist --anonymous-scoring &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
 

@@ -40,7 +40,8 @@ done
 echo "== dynamic batching, 64 connections, cache misses ($DURATION)"
 for max in 64 1; do
     RUST_LOG=warn "$BIN" serve --listen 127.0.0.1:0 --plugins plugins/dist --data-dir "$work/data-$max" \
-        --watch false --dynamic-batch-max "$max" > "$work/serve-$max.log" 2>&1 &
+        --watch false --dynamic-batch-max "$max" \
+        --anonymous-scoring --rate-limit-per-minute 0 --max-concurrent-requests 100000 > "$work/serve-$max.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 200); do url=$(sed -n 's/^riskhost listening on //p' "$work/serve-$max.log"); [ -n "$url" ] && break; sleep 0.05; done
     for _ in $(seq 1 200); do curl -fs "$url/readyz" >/dev/null && break; sleep 0.05; done

@@ -56,7 +56,8 @@ start() {
     shift
     # Each replica has its own model store (one process per data dir).
     RUST_LOG=warn "$RISKHOST_BIN" serve --listen 127.0.0.1:0 --plugins plugins/dist \
-        --data-dir "$work/data-$name" --watch false "$@" \
+        --data-dir "$work/data-$name" --watch false \
+        --anonymous-scoring --rate-limit-per-minute 0 --max-concurrent-requests 100000 "$@" \
         >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
     local url=""

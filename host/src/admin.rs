@@ -1,9 +1,7 @@
 //! The model-management routes: upload, list versions, roll back, delete.
 //!
-//! Changes need the admin token ([`Admin`]); listing the versions of a model
-//! does not, because it shows no more than `GET /v1/models` already does
-//! (names, semvers, digests, sources). When scoped keys arrive, both listings
-//! move under the `score` scope.
+//! Changes need a key of scope `admin` ([`Admin`]); listing the versions of
+//! a model needs scope `score` ([`Scorer`]), like `GET /v1/models`.
 //!
 //! Handlers only translate: every decision is in [`crate::deploy`].
 
@@ -20,7 +18,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::api::{ApiError, AppState, ErrorBody};
-use crate::auth::Admin;
+use crate::auth::{Admin, Scorer};
 use crate::deploy::{DeployError, Deployed, VersionId, VersionsView};
 
 /// The admin routes; uploads accept bodies up to the largest component
@@ -167,6 +165,7 @@ async fn upload(
     )
 )]
 async fn versions(
+    _: Scorer,
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VersionsView>, ApiError> {

@@ -36,25 +36,30 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
-    pub admin_token: crate::auth::AdminToken,
+    /// Keys, scopes, anonymous scoring and per-caller rate limits.
+    pub auth: crate::auth::Authenticator,
     /// Deploys, rolls back and removes model versions (the admin routes).
     pub models: Arc<crate::deploy::ModelManager>,
 }
 
 /// HTTP settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Body limit of the batch route, which carries many portfolios.
     pub max_batch_body_bytes: usize,
+    /// Global concurrency limit and request timeout of the `/v1` routes.
+    pub requests: crate::limits::RequestLimits,
 }
 
-/// The command line's defaults (`--max-body-bytes`, `--max-batch-body-bytes`).
+/// The command line's defaults (`--max-body-bytes`, `--max-batch-body-bytes`,
+/// `--max-concurrent-requests`, `--request-timeout-ms`).
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_body_bytes: 8 << 20,
             max_batch_body_bytes: 64 << 20,
+            requests: crate::limits::RequestLimits::new(1024, std::time::Duration::from_secs(60)),
         }
     }
 }
@@ -68,14 +73,20 @@ pub fn documented_routes(
     max_component_bytes: usize,
 ) -> OpenApiRouter<Arc<AppState>> {
     use utoipa::OpenApi as _;
-    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+    // The `/v1` routes shed load over the global limit and time out; model
+    // management only sheds (a deploy is not cut off half-way). Who may call
+    // them is decided by each handler's `Scorer`/`Admin` argument.
+    let v1 = OpenApiRouter::new()
         .routes(routes!(score))
         .routes(routes!(score_batch).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes)))
         .routes(routes!(list_models))
         .routes(routes!(purge_cache))
         .routes(routes!(purge_model_cache))
-        .merge(crate::admin::routes(max_component_bytes))
-        .routes(routes!(crate::events::http::score_history))
+        .routes(routes!(crate::events::http::score_history));
+    let models = crate::admin::routes(max_component_bytes);
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .merge(limits.requests.wrap(v1, true))
+        .merge(limits.requests.wrap(models, false))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics_text))
@@ -89,12 +100,14 @@ pub fn documented_routes(
 /// line of the request is inside a span naming it.
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
-    let (routes, _document) = documented_routes(limits, max_component_bytes).split_for_parts();
+    let (routes, _document) =
+        documented_routes(limits.clone(), max_component_bytes).split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn(crate::auth::key_id_scope))
         .layer(middleware::from_fn(track_http))
         .layer(
             TraceLayer::new_for_http()
@@ -239,7 +252,13 @@ impl From<JsonRejection> for ApiError {
         } else {
             code
         };
-        ApiError::new(status, code, rejection.body_text())
+        // A number beyond f64 (`1e999`, the JSON spelling of infinity) is
+        // well-formed JSON with an unusable value: 422, like other bad values.
+        let text = rejection.body_text();
+        if code == "malformed_json" && text.contains("number out of range") {
+            return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_number", text);
+        }
+        ApiError::new(status, code, text)
     }
 }
 
@@ -319,6 +338,7 @@ where
     )
 )]
 async fn score(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ScoreRequest>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
@@ -374,6 +394,7 @@ impl From<BatchError> for ApiError {
     )
 )]
 async fn score_batch(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BatchRequest>,
@@ -475,7 +496,10 @@ struct ModelsView {
         crate::openapi::AuthErrors,
     )
 )]
-async fn list_models(State(state): State<Arc<AppState>>) -> Json<impl Serialize> {
+async fn list_models(
+    _: crate::auth::Scorer,
+    State(state): State<Arc<AppState>>,
+) -> Json<impl Serialize> {
     let registry = state.scoring.registry();
     let models = registry
         .active()

@@ -35,6 +35,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::New(args) => crate::tooling::new::run(&args),
         Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
+        Command::Key(command) => {
+            crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
+            runtime.block_on(crate::auth::command::run(command))
+        }
         Command::Db(command) => {
             crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
             runtime.block_on(crate::db::run(command))

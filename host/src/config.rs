@@ -49,6 +49,9 @@ pub enum Command {
     /// Inspect or test a model component before shipping it.
     #[command(subcommand)]
     Model(crate::tooling::ModelCommand),
+    /// Create and manage API keys.
+    #[command(subcommand)]
+    Key(crate::auth::command::KeyCommand),
     /// Manage the databases: apply migrations, load the sample data.
     #[command(subcommand)]
     Db(DbCommand),
@@ -211,9 +214,18 @@ pub struct ServeArgs {
     pub max_positions: usize,
     #[command(flatten)]
     pub batching: BatchingArgs,
-    /// Bearer token of the admin API; the admin API is off without one.
-    #[arg(long, env = "RISKHOST_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+    /// Most requests served at once over the `/v1` routes; beyond it new
+    /// ones get 503 `overloaded` at once (no queue).
+    #[arg(long, env = "RISKHOST_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_requests: u64,
+    /// Longest time a `/v1` request may take, in ms, before it is answered
+    /// 504 `request_timeout` (model uploads and deletes excepted).
+    #[arg(long, env = "RISKHOST_REQUEST_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -52,6 +52,7 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
         };
         wh.timed("create_events_table", client.query(&ddl).execute())
             .await?;
+        crate::events::clickhouse::add_missing_columns(&wh, &client, &args.events_table).await?;
         println!(
             "ClickHouse {version} database {}: market and {} tables ready",
             wh.database(),

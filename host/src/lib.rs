@@ -12,6 +12,7 @@ pub mod db;
 pub mod deploy;
 pub mod engine;
 pub mod events;
+pub mod limits;
 pub mod loader;
 pub mod market;
 pub mod openapi;

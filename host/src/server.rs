@@ -89,14 +89,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.scoring(),
     )
     .with_events(events.clone());
-    if args.admin_token.is_none() {
-        tracing::info!("no admin token configured: the admin API is disabled");
-    }
+    let auth = authenticator(&args).await?;
     let state = Arc::new(AppState {
         scoring,
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
-        admin_token: crate::auth::AdminToken::new(args.admin_token.as_deref()),
+        auth,
         models: models.clone(),
     });
     let app = api::router(
@@ -104,6 +102,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         HttpLimits {
             max_body_bytes: args.max_body_bytes,
             max_batch_body_bytes: args.max_batch_body_bytes,
+            requests: crate::limits::RequestLimits::new(
+                usize::try_from(args.max_concurrent_requests).unwrap_or(usize::MAX),
+                Duration::from_millis(args.request_timeout_ms),
+            ),
         },
     );
 
@@ -164,7 +166,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let delay = Duration::from_secs(args.shutdown_delay_secs);
     let server = {
         let (state, shutdown_started) = (state.clone(), shutdown_started.clone());
-        axum::serve(listener, app).with_graceful_shutdown(async move {
+        // The peer address feeds the per-address limit of anonymous callers.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             signal.await;
             state.shutting_down.store(true, Ordering::Release);
             if !delay.is_zero() {
@@ -191,6 +198,63 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     events.flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key source, anonymous-scoring flag and rate limits `args` select.
+async fn authenticator(args: &ServeArgs) -> anyhow::Result<crate::auth::Authenticator> {
+    use crate::auth::keys::StaticKeys;
+    use crate::auth::{KeySource, KeysSourceKind};
+    let configured = args
+        .auth
+        .configured_keys()
+        .map_err(anyhow::Error::msg)
+        .context("invalid API key configuration")?;
+    let configured = StaticKeys::new(configured).map_err(anyhow::Error::msg)?;
+    let source: Arc<dyn KeySource> = match args.auth.keys_source {
+        KeysSourceKind::Config => Arc::new(configured),
+        KeysSourceKind::Postgres => {
+            let pool = crate::market::connect::open_postgres(
+                args.sources.data.require_postgres()?,
+                Duration::from_secs(30),
+            )
+            .await?;
+            Arc::new(crate::auth::postgres::PostgresKeys::new(
+                pool,
+                configured,
+                Duration::from_millis(args.auth.keys_cache_ttl_ms),
+            ))
+        }
+    };
+    let rates = Arc::new(crate::limits::RateLimits::new(
+        crate::limits::RateSettings {
+            per_minute: args.auth.rate_limit_per_minute,
+            burst: args.auth.rate_limit_burst,
+        },
+    ));
+    rates.spawn_upkeep(Duration::from_secs(60));
+    tracing::info!(keys = %source.describe(), rate_per_minute = args.auth.rate_limit_per_minute, burst = args.auth.rate_limit_burst, "API keys");
+    if args.auth.keys_source == KeysSourceKind::Config
+        && args.auth.api_keys.is_empty()
+        && args.auth.admin_token.is_none()
+        && args.auth.api_keys_file.is_none()
+    {
+        tracing::warn!(
+            "no API keys configured: every /v1 route answers 401 (see `riskhost key new`)"
+        );
+    }
+    if args.auth.anonymous_scoring {
+        tracing::warn!(
+            "ANONYMOUS SCORING IS ON (--anonymous-scoring): anyone who can reach this port may score and read models and history without a key. Use it for local runs only."
+        );
+        eprintln!(
+            "WARNING: anonymous scoring is on (--anonymous-scoring): callers without an API key may score. Local runs only."
+        );
+    }
+    Ok(crate::auth::Authenticator::new(
+        source,
+        args.auth.anonymous_scoring,
+        rates,
+    ))
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed now,

@@ -45,6 +45,12 @@ pub fn apply_config_file(args: &[OsString]) -> anyhow::Result<Option<ConfigFile>
         toml::from_str(&text).with_context(|| format!("{path} is not valid TOML"))?;
     let mut variables = Vec::new();
     for (key, value) in table {
+        // `[[api_keys]]` tables become `--api-key` values (RISKHOST_API_KEYS).
+        let value = if key == "api_keys" {
+            toml::Value::String(api_key_specs(&value).with_context(|| path.clone())?)
+        } else {
+            value
+        };
         let variable = format!("RISKHOST_{}", key.replace('-', "_").to_ascii_uppercase());
         let value = match value {
             toml::Value::String(s) => s,
@@ -73,11 +79,32 @@ pub fn apply_config_file(args: &[OsString]) -> anyhow::Result<Option<ConfigFile>
     Ok(Some(ConfigFile { path, variables }))
 }
 
-/// Names of settings whose values are secrets.
+/// The `[[api_keys]]` array of tables as `--api-key` values, `;`-separated.
+fn api_key_specs(value: &toml::Value) -> anyhow::Result<String> {
+    let toml::Value::Array(items) = value else {
+        bail!(
+            "`api_keys` must be [[api_keys]] tables (id, sha256, scopes, rate_per_minute, burst)"
+        );
+    };
+    let specs = items
+        .iter()
+        .map(|item| match item {
+            toml::Value::Table(t) => {
+                crate::auth::keys::spec_from_toml(t).map_err(anyhow::Error::msg)
+            }
+            _ => bail!("`api_keys` must be [[api_keys]] tables"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(specs.join(";"))
+}
+
+/// Names of settings whose values are secrets (key hashes are not secret,
+/// but nobody needs them on screen either).
 fn is_secret(id: &str) -> bool {
-    ["token", "secret", "password", "key"]
+    ["token", "secret", "password"]
         .iter()
         .any(|s| id.contains(s))
+        || id == "api_keys"
 }
 
 /// Hides the password of a URL like `postgres://user:pw@host/db`.
@@ -163,7 +190,8 @@ mod tests {
         );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("http://u@h"), "http://u@h");
-        assert!(is_secret("admin_token"));
+        assert!(is_secret("admin_token") && is_secret("api_keys"));
+        assert!(!is_secret("keys_source"));
         assert!(!is_secret("listen"));
     }
 }

@@ -96,7 +96,10 @@ impl Server {
     }
 
     /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`, plus
-    /// a fresh `--data-dir` of its own unless `args` give one.
+    /// a fresh `--data-dir` of its own unless `args` give one,
+    /// `--anonymous-scoring` unless `args` set it (most suites score
+    /// without keys; tests/auth.rs passes `--anonymous-scoring=false`), and
+    /// no rate limit unless `args` set one.
     pub fn start_with(args: &[&str]) -> Server {
         Self::launch(args, None)
     }
@@ -114,6 +117,13 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args);
+        if !args.iter().any(|a| a.starts_with("--anonymous-scoring")) {
+            command.arg("--anonymous-scoring");
+        }
+        // Load-bearing suites send thousands of requests from one address.
+        if !args.iter().any(|a| a.starts_with("--rate-limit")) {
+            command.args(["--rate-limit-per-minute", "0"]);
+        }
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());
         }

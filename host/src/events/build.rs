@@ -50,6 +50,7 @@ pub fn single(
         error_code: String::new(),
         path: "single".into(),
         snapshot: snapshot.to_string(),
+        key_id: crate::auth::current_key_id(),
     };
     match result {
         Ok(r) => ScoreEvent {
@@ -80,6 +81,7 @@ pub fn batch(
     snapshot: &SnapshotId,
 ) -> Vec<ScoreEvent> {
     let (ts_us, request_id, snapshot) = (now_us(), current_request_id(), snapshot.to_string());
+    let key_id = crate::auth::current_key_id();
     let hashes: Vec<String> = models
         .iter()
         .map(|(entry, params, _)| {
@@ -119,6 +121,7 @@ pub fn batch(
                 error_code: String::new(),
                 path: "batch".into(),
                 snapshot: snapshot.clone(),
+                key_id: key_id.clone(),
             };
             match &cell.outcome {
                 CellOutcome::Score(s) => {

@@ -15,7 +15,9 @@
 //! with LowCardinality strings; servers from 20.1 also get codecs. 18.16
 //! has no DateTime64, so the time is `ts DateTime` plus `ts_us UInt32` (the
 //! microseconds within the second) on every version, which keeps one row
-//! layout for all.
+//! layout for all. Columns added later (`key_id`) are added to an existing
+//! table with `ALTER TABLE … ADD COLUMN` after a look at `system.columns`
+//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`add_missing_columns`].
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -51,6 +53,7 @@ struct EventRow<'a> {
     error_code: &'a str,
     path: &'a str,
     snapshot: &'a str,
+    key_id: &'a str,
 }
 
 impl<'a> EventRow<'a> {
@@ -76,6 +79,7 @@ impl<'a> EventRow<'a> {
             error_code: &e.error_code,
             path: &e.path,
             snapshot: &e.snapshot,
+            key_id: &e.key_id,
         }
     }
 }
@@ -125,7 +129,8 @@ pub fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String
             latency_us UInt64{latency},
             error_code LowCardinality(String),
             path LowCardinality(String),
-            snapshot LowCardinality(String)
+            snapshot LowCardinality(String),
+            key_id LowCardinality(String)
         ) ENGINE = MergeTree
         PARTITION BY toYYYYMMDD(ts)
         ORDER BY (portfolio_id, model, ts)",
@@ -135,6 +140,40 @@ pub fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String
         value = c("Gorilla, LZ4"),
         latency = c("T64, LZ4"),
     )
+}
+
+/// Columns added after the table's first layout, with their DDL; each is
+/// appended at the end, as a fresh `CREATE TABLE` has it.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFAULT ''")];
+
+/// Brings a table made by an older riskhost up to the current columns.
+/// `client` must carry the LowCardinality setting on servers that need it.
+pub async fn add_missing_columns(
+    wh: &Warehouse,
+    client: &clickhouse::Client,
+    table: &str,
+) -> Result<(), DataError> {
+    let db = wh.database();
+    let present: Vec<String> = wh
+        .timed(
+            "events_table_columns",
+            wh.client()
+                .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                .bind(db)
+                .bind(table)
+                .fetch_all::<String>(),
+        )
+        .await?;
+    for (name, ty) in ADDED_COLUMNS {
+        if present.iter().any(|p| p == name) {
+            continue;
+        }
+        let sql = format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {ty}");
+        wh.timed("alter_events_table", client.query(&sql).execute())
+            .await?;
+        tracing::info!(table = %format!("{db}.{table}"), column = name, "score events table: column added");
+    }
+    Ok(())
 }
 
 enum Message {
@@ -373,6 +412,7 @@ impl Writer {
         self.wh
             .timed("create_events_table", client.query(&ddl).execute())
             .await?;
+        add_missing_columns(&self.wh, &client, &self.table).await?;
         tracing::info!(%version, table = %format!("{db}.{}", self.table), codecs = version.has_codecs(), "score events table ready");
         self.table_ready = true;
         Ok(())
@@ -576,6 +616,7 @@ mod tests {
             error_code: "x".into(),
             path: "single".into(),
             snapshot: "s".into(),
+            key_id: "svc".into(),
         };
         let row = EventRow::new(&e);
         assert_eq!((row.ts, row.ts_us), (1_545_000_000, 123_456));

@@ -142,6 +142,7 @@ fn invalid_query(message: String) -> ApiError {
     )
 )]
 pub async fn score_history(
+    _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     Path(portfolio_id): Path<String>,
     params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,

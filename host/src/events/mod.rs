@@ -66,6 +66,11 @@ pub struct ScoreEvent {
     pub path: String,
     /// The market data snapshot the score was computed on.
     pub snapshot: String,
+    /// The id of the API key that asked (never the key); empty when the
+    /// caller was anonymous or the score came from the CLI. Absent from
+    /// events spooled by older versions.
+    #[serde(default)]
+    pub key_id: String,
 }
 
 impl ScoreEvent {
@@ -173,6 +178,7 @@ impl EventSink for LogSink {
             tracing::debug!(
                 target: "riskhost::events",
                 request_id = %e.request_id,
+                key_id = %e.key_id,
                 portfolio_id = %e.portfolio_id,
                 model = %e.model,
                 version = %e.version,

@@ -192,6 +192,7 @@ mod tests {
             error_code: String::new(),
             path: "single".into(),
             snapshot: "s".into(),
+            key_id: "k".into(),
         }
     }
 

@@ -35,11 +35,18 @@ use super::{
 };
 
 /// The migrations, in order; `__SCHEMA__` stands for the quoted schema.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "market data",
-    include_str!("../../migrations/0001_market_data.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "market data",
+        include_str!("../../migrations/0001_market_data.sql"),
+    ),
+    (
+        2,
+        "api keys",
+        include_str!("../../migrations/0002_api_keys.sql"),
+    ),
+];
 
 /// Connection and pool settings.
 #[derive(Debug, Clone)]

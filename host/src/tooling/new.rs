@@ -29,7 +29,10 @@ const RUST_FILES: &[(&str, &str)] = &[
     ("build.sh", include_str!("templates/rust/build.sh")),
     ("README.md", include_str!("templates/rust/README.md")),
     (".gitignore", include_str!("templates/rust/gitignore")),
-    (".cargo/config.toml", include_str!("templates/rust/cargo-config.toml")),
+    (
+        ".cargo/config.toml",
+        include_str!("templates/rust/cargo-config.toml"),
+    ),
     ("rust-toolchain.toml", RUST_TOOLCHAIN),
     ("portfolio.json", PORTFOLIO),
 ];
