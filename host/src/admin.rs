@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ApiError, AppState};
 use crate::auth::Admin;
 use crate::deploy::{DeployError, Deployed, VersionId, VersionsView};
+use crate::signing::{DetachedSignature, SIGNATURE_HEADER};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
@@ -41,6 +42,7 @@ impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
         let (status, code) = match &error {
             DeployError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
+            DeployError::Signature(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code()),
             DeployError::NameMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "model_name_mismatch")
             }
@@ -85,6 +87,8 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 /// `PUT /v1/models/{name}` with the component bytes: 201 once the version
 /// is validated, stored and live; 200 if it already was the active version.
+/// Its signature, when it has one, is the base64 of its `.sig` file in the
+/// `x-riskhost-signature` header (required with `--require-signatures`).
 async fn upload(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -115,10 +119,20 @@ async fn upload(
             ),
         ));
     }
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| DetachedSignature::from_header(value.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
     let body = body.map_err(body_error)?;
     let deployed = state
         .models
-        .install(Vec::from(body), format!("api:{name}"), Some(&name))
+        .install(
+            Vec::from(body),
+            format!("api:{name}"),
+            Some(&name),
+            signature,
+        )
         .await?;
     let status = if deployed.changed {
         StatusCode::CREATED

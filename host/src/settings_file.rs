@@ -75,9 +75,11 @@ pub fn apply_config_file(args: &[OsString]) -> anyhow::Result<Option<ConfigFile>
 
 /// Names of settings whose values are secrets.
 fn is_secret(id: &str) -> bool {
-    ["token", "secret", "password", "key"]
-        .iter()
-        .any(|s| id.contains(s))
+    // Trusted publisher keys are public keys: shown.
+    !id.starts_with("trusted_key")
+        && ["token", "secret", "password", "key"]
+            .iter()
+            .any(|s| id.contains(s))
 }
 
 /// Hides the password of a URL like `postgres://user:pw@host/db`.
@@ -165,5 +167,6 @@ mod tests {
         assert_eq!(redact_url("http://u@h"), "http://u@h");
         assert!(is_secret("admin_token"));
         assert!(!is_secret("listen"));
+        assert!(!is_secret("trusted_keys"));
     }
 }
