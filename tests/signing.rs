@@ -294,7 +294,7 @@ fn the_cli_signs_and_verifies_and_verify_fails_on_a_tampered_file() {
         args.extend_from_slice(extra);
         riskhost(&args)
     };
-    let ok = verify(&["--trusted-key", &key.public]);
+    let ok = verify(&["--trusted-key", key.public.as_str()]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert!(text(&ok.stdout).starts_with("OK:"), "{}", text(&ok.stdout));
 
@@ -322,12 +322,12 @@ fn the_cli_signs_and_verifies_and_verify_fails_on_a_tampered_file() {
         );
     };
     refused(
-        verify(&["--trusted-key", &other.public]),
+        verify(&["--trusted-key", other.public.as_str()]),
         "not a trusted publisher",
     );
     write_file(&model, &tampered(&bytes));
     refused(
-        verify(&["--trusted-key", &key.public]),
+        verify(&["--trusted-key", key.public.as_str()]),
         "changed after it was signed",
     );
     write_file(&model, &bytes);
@@ -336,15 +336,15 @@ fn the_cli_signs_and_verifies_and_verify_fails_on_a_tampered_file() {
         sig.replace("signature: ", "signature: AAAA"),
     )
     .expect("sig");
-    refused(verify(&["--trusted-key", &key.public]), "signature_invalid");
+    refused(verify(&["--trusted-key", key.public.as_str()]), "signature_invalid");
     std::fs::remove_file(sig_path(&model)).expect("rm");
-    refused(verify(&["--trusted-key", &key.public]), "unsigned");
+    refused(verify(&["--trusted-key", key.public.as_str()]), "unsigned");
     // --out and --sig name another place for the signature.
     let elsewhere = dir.path().join("elsewhere.sig");
-    sign(&model, &key, Some(&elsewhere));
+    sign(&model, &key, Some(elsewhere.as_path()));
     let ok = verify(&[
         "--trusted-key",
-        &key.public,
+        key.public.as_str(),
         "--sig",
         elsewhere.to_str().unwrap_or_default(),
     ]);
@@ -375,7 +375,7 @@ fn the_directory_refuses_tampered_unsigned_and_untrusted_models_while_the_previo
         "0",
         "--require-signatures",
         "--trusted-key",
-        &key.public,
+        key.public.as_str(),
     ]);
     assert_eq!(active_digest(&server, "versioned"), Some(digest(&a)));
     let failure = failure_of(&server, "var-historical.wasm").unwrap_or_default();
@@ -464,7 +464,7 @@ fn the_directory_refuses_tampered_unsigned_and_untrusted_models_while_the_previo
     // The right signature landing after its component deploys the component.
     std::fs::write(
         sig_path(&file),
-        sign(&staged, &key, Some(&keys.path().join("b.sig"))),
+        sign(&staged, &key, Some(keys.path().join("b.sig").as_path())),
     )
     .expect("sig");
     wait_until(
@@ -477,7 +477,7 @@ fn the_directory_refuses_tampered_unsigned_and_untrusted_models_while_the_previo
     // Published the other way round, signature first: deploys as well.
     let c = version("a", "signed-c");
     write_file(&staged, &c);
-    let sig_c = sign(&staged, &key, Some(&keys.path().join("c.sig")));
+    let sig_c = sign(&staged, &key, Some(keys.path().join("c.sig").as_path()));
     std::fs::write(sig_path(&file), sig_c).expect("sig");
     write_file(&file, &c);
     wait_until(
@@ -495,7 +495,7 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
     let staged = keys.path().join("versioned.wasm");
     let signed_by = |bytes: &[u8], key: &Key| {
         write_file(&staged, bytes);
-        sign(&staged, key, Some(&keys.path().join("upload.sig")))
+        sign(&staged, key, Some(keys.path().join("upload.sig").as_path()))
     };
     let store = TempDir::new("upload-store");
     let plugins = TempDir::new("upload-plugins");

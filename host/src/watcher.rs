@@ -518,7 +518,7 @@ impl Watcher {
             ) {
                 // A signature for another digest is the first half of a new
                 // version (`.sig` before `.wasm`): the component's change deploys it.
-                if signs(Some(&text), &digest)
+                if signs(Some(text.as_str()), &digest)
                     && let Err(error) = self.manager.attach_signature(&record, text, &source).await
                 {
                     tracing::warn!(%source, %model, %error, "the new signature was not kept");
