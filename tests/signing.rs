@@ -336,7 +336,10 @@ fn the_cli_signs_and_verifies_and_verify_fails_on_a_tampered_file() {
         sig.replace("signature: ", "signature: AAAA"),
     )
     .expect("sig");
-    refused(verify(&["--trusted-key", key.public.as_str()]), "signature_invalid");
+    refused(
+        verify(&["--trusted-key", key.public.as_str()]),
+        "signature_invalid",
+    );
     std::fs::remove_file(sig_path(&model)).expect("rm");
     refused(verify(&["--trusted-key", key.public.as_str()]), "unsigned");
     // --out and --sig name another place for the signature.
