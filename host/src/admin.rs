@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 use crate::api::{ApiError, AppState, ErrorBody};
 use crate::auth::{Admin, Scorer};
 use crate::deploy::{DeployError, Deployed, VersionId, VersionsView};
+use crate::signing::{DetachedSignature, SIGNATURE_HEADER};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
@@ -39,6 +40,7 @@ impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
         let (status, code) = match &error {
             DeployError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
+            DeployError::Signature(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code()),
             DeployError::NameMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "model_name_mismatch")
             }
@@ -83,12 +85,17 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 /// `PUT /v1/models/{name}` with the component bytes: 201 once the version
 /// is validated, stored and live; 200 if it already was the active version.
+/// Its signature, when it has one, is the base64 of its `.sig` file in the
+/// `x-riskhost-signature` header (required with `--require-signatures`).
 #[utoipa::path(
     put,
     path = "/v1/models/{name}",
     tag = "models",
     security(("bearer" = ["admin"])),
-    params(("name" = String, Path, description = "The model's name; must equal the name its `info()` gives")),
+    params(
+        ("name" = String, Path, description = "The model's name; must equal the name its `info()` gives"),
+        ("x-riskhost-signature" = Option<String>, Header, description = "Base64 of the model's detached `.sig` file (`riskhost model sign`); required with `--require-signatures`"),
+    ),
     request_body(
         description = "The component's bytes",
         content(
@@ -102,7 +109,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         (status = 400, description = "Unreadable body or path (`unreadable_body`, `invalid_path`)", body = ErrorBody),
         (status = 413, description = "Larger than `--max-component-mib` (`body_too_large`)", body = ErrorBody),
         (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
-        (status = 422, description = "Not a valid model, or its name differs (`invalid_model`, `model_name_mismatch`)", body = ErrorBody),
+        (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
         (status = 500, description = "The store failed (`store_error`)", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -137,10 +144,20 @@ async fn upload(
             ),
         ));
     }
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| DetachedSignature::from_header(value.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
     let body = body.map_err(body_error)?;
     let deployed = state
         .models
-        .install(Vec::from(body), format!("api:{name}"), Some(&name))
+        .install(
+            Vec::from(body),
+            format!("api:{name}"),
+            Some(&name),
+            signature,
+        )
         .await?;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -196,7 +213,7 @@ struct RollbackRequest {
         (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
         (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
         (status = 409, description = "No previous version (`no_previous_version`)", body = ErrorBody),
-        (status = 422, description = "Invalid body (`invalid_body`)", body = ErrorBody),
+        (status = 422, description = "Invalid body, or with `--require-signatures` the target version's signature is missing, invalid or untrusted (`invalid_body`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]

@@ -389,6 +389,47 @@ pub struct HotSwapArgs {
     /// Non-active versions kept loaded (for pins and rollbacks); others load from the store on use.
     #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = crate::registry::DEFAULT_STANDBY_VERSIONS)]
     pub standby_versions: u64,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// Signed models (`docs/signing.md`).
+#[derive(Debug, Clone, Args)]
+pub struct SigningArgs {
+    /// Refuse every model (file, upload, restore, rollback, pin) without a
+    /// valid signature by a trusted key. Needs a trusted key.
+    #[arg(long, env = "RISKHOST_REQUIRE_SIGNATURES", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_signatures: bool,
+    /// A trusted publisher's public key (`ed25519:<base64>`, as `riskhost
+    /// model keygen` prints it); repeat the flag, or separate with `;` in the variable.
+    #[arg(
+        long = "trusted-key",
+        env = "RISKHOST_TRUSTED_KEY",
+        value_delimiter = ';'
+    )]
+    pub trusted_keys: Vec<String>,
+    /// A file of trusted public keys, one per line (`#` comments); repeat the
+    /// flag, or separate with `;` in the variable.
+    #[arg(
+        long = "trusted-keys-file",
+        env = "RISKHOST_TRUSTED_KEYS_FILE",
+        value_delimiter = ';'
+    )]
+    pub trusted_keys_files: Vec<PathBuf>,
+}
+
+impl SigningArgs {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> anyhow::Result<crate::signing::SignaturePolicy> {
+        let trusted =
+            crate::signing::TrustedKeys::load(&self.trusted_keys, &self.trusted_keys_files)?;
+        Ok(crate::signing::SignaturePolicy::new(
+            self.require_signatures,
+            trusted,
+        )?)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,11 @@
 //! Compiled code is cached per (digest, engine compatibility key) in the
 //! store: a restart or a rollback to an evicted version deserializes instead
 //! of compiling.
+//!
+//! Signatures (`signing.rs`): with `--require-signatures`, a version's
+//! signature is checked against its digest before it is compiled, and again
+//! whenever a stored version is loaded or made active (restore, rollback,
+//! pins), so no unsigned byte runs. The signature is stored with the version.
 
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
@@ -25,14 +30,17 @@ use serde::Serialize;
 
 use crate::engine::{LoadError, LoadedModel, ModelEngine};
 use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry, VersionLoader};
+use crate::signing::{DetachedSignature, SignatureError, SignaturePolicy};
 use crate::store::{Activation, ModelStore, StoreError, VersionRecord};
 
 /// Settings of deployment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeploySettings {
     pub bulkhead: BulkheadLimits,
     /// Whether compiled code is cached in (and loaded from) the store.
     pub artifact_cache: bool,
+    /// Whether versions must be signed, and by whom.
+    pub signatures: Arc<SignaturePolicy>,
 }
 
 /// Why a version could not be deployed, rolled back or removed.
@@ -40,6 +48,8 @@ pub struct DeploySettings {
 pub enum DeployError {
     #[error(transparent)]
     Invalid(#[from] LoadError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     #[error("the component's info() names model `{actual}`, not `{expected}`")]
     NameMismatch { expected: String, actual: String },
     #[error("no version of model `{0}` is stored")]
@@ -80,6 +90,7 @@ pub struct Prepared {
     model: LoadedModel,
     bytes: Vec<u8>,
     source: String,
+    signature: Option<String>,
     started: Instant,
 }
 
@@ -107,6 +118,8 @@ pub struct VersionView {
     pub size_bytes: usize,
     pub source: String,
     pub stored_at: chrono::DateTime<Utc>,
+    /// The key id named by the stored signature, if the version has one.
+    pub signed_by: Option<String>,
     pub active: bool,
     /// Whether its compiled code is in memory (active or on standby).
     pub loaded: bool,
@@ -157,9 +170,48 @@ impl ModelManager {
         &self.store
     }
 
-    /// Compiles and validates `bytes` off the async runtime. A failure is
+    /// The signature policy in force.
+    pub fn signatures(&self) -> &SignaturePolicy {
+        &self.settings.signatures
+    }
+
+    /// Checks a signature against `digest` under the policy; returns the
+    /// signature to store with the version (one that names this digest),
+    /// or the refusal.
+    fn check_signature(
+        &self,
+        digest: &str,
+        signature: Option<String>,
+        source: &str,
+    ) -> Result<Option<String>, SignatureError> {
+        self.settings
+            .signatures
+            .check(digest, signature.as_deref(), source)?;
+        Ok(signature.filter(|text| {
+            DetachedSignature::parse(text).is_ok_and(|parsed| parsed.digest == digest)
+        }))
+    }
+
+    /// Records a refused signature as a load failure of `source`.
+    fn refuse(&self, source: &str, digest: &str, error: SignatureError) -> DeployError {
+        tracing::error!(source = %source, %digest, %error, "model version refused: signature");
+        self.registry.record_failure(source, error.to_string());
+        DeployError::Signature(error)
+    }
+
+    /// Checks the signature of `bytes` (whose digest is `digest`), then
+    /// compiles and validates them off the async runtime. A failure is
     /// recorded against `source`.
-    pub async fn prepare(&self, bytes: Vec<u8>, source: String) -> Result<Prepared, DeployError> {
+    pub async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+        digest: &str,
+        source: String,
+        signature: Option<String>,
+    ) -> Result<Prepared, DeployError> {
+        let signature = self
+            .check_signature(digest, signature, &source)
+            .map_err(|e| self.refuse(&source, digest, e))?;
         let started = Instant::now();
         let engine = self.engine.clone();
         let (bytes, loaded) = tokio::task::spawn_blocking(move || {
@@ -173,6 +225,7 @@ impl ModelManager {
                 model,
                 bytes,
                 source,
+                signature,
                 started,
             }),
             Err(error) => {
@@ -183,13 +236,16 @@ impl ModelManager {
         }
     }
 
-    /// Deploys component bytes: the version becomes active once validated
-    /// and stored. `expected` is the model name the caller requires.
+    /// Deploys component bytes: the version becomes active once its
+    /// signature is checked and it is validated and stored. `expected` is
+    /// the model name the caller requires; `signature` the text of its
+    /// `.sig` file, if it came with one.
     pub async fn install(
         &self,
         bytes: Vec<u8>,
         source: String,
         expected: Option<&str>,
+        signature: Option<String>,
     ) -> Result<Deployed, DeployError> {
         let started = Instant::now();
         // Hashing 64 MiB takes a while: not on the async runtime.
@@ -200,13 +256,47 @@ impl ModelManager {
         .await
         .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
         if let Some(record) = self.store.get(&digest) {
-            // A stored version: no compilation, just make it active again.
+            // A stored version: no compilation, just make it active again,
+            // under the signature it came with now or the one stored with it.
+            let record = match signature {
+                Some(signature) => self.attach_signature(&record, signature, &source).await?,
+                None => record,
+            };
             self.check_name(expected, &record.name, &source)?;
+            self.check_signature(&digest, record.signature.clone(), &source)
+                .map_err(|e| self.refuse(&source, &digest, e))?;
             return self.activate_stored(&record, &source, started).await;
         }
-        let prepared = self.prepare(bytes, source).await?;
+        let prepared = self.prepare(bytes, &digest, source, signature).await?;
         self.check_name(expected, prepared.name(), &prepared.source)?;
         self.commit(prepared).await
+    }
+
+    /// Checks `signature` for a stored version and, when it is fit to keep,
+    /// stores it with the version (the newest good signature wins, so a
+    /// version re-signed after a key rotation loads under the new key).
+    pub async fn attach_signature(
+        &self,
+        record: &VersionRecord,
+        signature: String,
+        source: &str,
+    ) -> Result<VersionRecord, DeployError> {
+        let keep = self
+            .check_signature(&record.digest, Some(signature), source)
+            .map_err(|e| self.refuse(source, &record.digest, e))?;
+        let Some(signature) = keep else {
+            return Ok(record.clone());
+        };
+        if record.signature.as_deref() == Some(signature.as_str()) {
+            return Ok(record.clone());
+        }
+        let (store, digest) = (self.store.clone(), record.digest.clone());
+        tokio::task::spawn_blocking(move || store.set_signature(&digest, &signature))
+            .await
+            .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
+        self.store
+            .get(&record.digest)
+            .ok_or_else(|| DeployError::Store(StoreError::Missing(record.digest.clone())))
     }
 
     fn check_name(
@@ -235,6 +325,7 @@ impl ModelManager {
             model,
             bytes,
             source,
+            signature,
             started,
         } = prepared;
         let record = VersionRecord {
@@ -244,6 +335,7 @@ impl ModelManager {
             size_bytes: model.size_bytes,
             source: source.clone(),
             stored_at: chrono::DateTime::<Utc>::from(SystemTime::now()),
+            signature,
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.put(&bytes, record))
@@ -273,6 +365,9 @@ impl ModelManager {
         by: &str,
         started: Instant,
     ) -> Result<Deployed, DeployError> {
+        // Also for a version still in memory: a rollback to an unsigned
+        // version is refused while signatures are required.
+        self.check_signature(&record.digest, record.signature.clone(), by)?;
         let entry = match self.registry.loaded(&record.digest) {
             Some(entry) => entry,
             None => self.load_stored(&record.digest).await?,
@@ -345,6 +440,8 @@ impl ModelManager {
             .store
             .get(digest)
             .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
+        // Before any byte of it (or its compiled artifact) is used.
+        self.check_signature(digest, record.signature.clone(), &record.source)?;
         let (engine, store) = (self.engine.clone(), self.store.clone());
         let (key, use_cache) = (self.engine_key.clone(), self.settings.artifact_cache);
         let digest = digest.to_owned();
@@ -497,6 +594,11 @@ impl ModelManager {
                 size_bytes: r.size_bytes,
                 source: r.source,
                 stored_at: r.stored_at,
+                signed_by: r
+                    .signature
+                    .as_deref()
+                    .and_then(|s| DetachedSignature::parse(s).ok())
+                    .map(|s| s.key_id),
             })
             .collect();
         Ok(VersionsView {

@@ -21,6 +21,7 @@ pub mod score_file;
 pub mod scoring;
 pub mod server;
 pub mod settings_file;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod tooling;

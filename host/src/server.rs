@@ -58,6 +58,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.hot_swap.data_dir.display()
         )
     })?;
+    let signatures = args
+        .hot_swap
+        .signing
+        .policy()
+        .context("invalid signing settings")?;
+    if signatures.required {
+        tracing::info!(trusted = ?signatures.trusted, "signatures required: unsigned or untrusted models are refused");
+    } else if !signatures.trusted.is_empty() {
+        tracing::warn!(
+            "trusted keys are configured but --require-signatures is off: signatures are checked and only logged"
+        );
+    }
     let models = ModelManager::new(
         engine.clone(),
         registry.clone(),
@@ -65,6 +77,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DeploySettings {
             bulkhead: args.bulkhead(),
             artifact_cache: args.hot_swap.artifact_cache,
+            signatures: Arc::new(signatures),
         },
     );
     let market = open_market(&args.sources).await?;

@@ -193,5 +193,6 @@ mod tests {
         assert!(is_secret("admin_token") && is_secret("api_keys"));
         assert!(!is_secret("keys_source"));
         assert!(!is_secret("listen"));
+        assert!(!is_secret("trusted_keys"));
     }
 }

@@ -6,7 +6,8 @@
 //! ```text
 //! lock                                  held by the one riskhost using the dir
 //! models/<hex>.wasm                     component bytes; <hex> is their sha256
-//! models/<hex>.json                     VersionRecord: name, semver, size, source, time
+//! models/<hex>.json                     VersionRecord: name, semver, size, source, time,
+//!                                       the publisher's signature when there is one
 //! state.json                            per model: active digest + activation log
 //! artifacts/<engine-key>/<hex>.cwasm    compiled machine code of that component
 //! artifacts/<engine-key>/<hex>.sha256   checksum of the .cwasm
@@ -84,6 +85,11 @@ pub struct VersionRecord {
     pub source: String,
     /// When it was first stored (first loaded).
     pub stored_at: DateTime<Utc>,
+    /// The publisher's detached signature (`.sig` file text), if one came
+    /// with the version; re-checked whenever the version is loaded while
+    /// signatures are required (`signing.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// One change of a model's active version.
@@ -288,6 +294,27 @@ impl ModelStore {
             .entry(record.digest.clone())
             .or_insert(record)
             .clone())
+    }
+
+    /// Records `signature` as the publisher's signature of a stored version
+    /// (replacing an earlier one: the newest valid signature is kept, so a
+    /// version re-signed with a rotated key stays loadable).
+    pub fn set_signature(&self, digest: &str, signature: &str) -> Result<(), StoreError> {
+        let mut record = self
+            .get(digest)
+            .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
+        if record.signature.as_deref() == Some(signature) {
+            return Ok(());
+        }
+        record.signature = Some(signature.to_owned());
+        let meta = self.blob_path(digest)?.with_extension("json");
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Corrupt {
+            path: meta.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&meta, &json)?;
+        self.lock().versions.insert(digest.to_owned(), record);
+        Ok(())
     }
 
     /// The component bytes of a version, checked against the digest.
@@ -586,6 +613,7 @@ mod tests {
             size_bytes: bytes.len(),
             source: "test".into(),
             stored_at: DateTime::<Utc>::from(std::time::SystemTime::now()),
+            signature: None,
         }
     }
 
@@ -613,6 +641,11 @@ mod tests {
         assert_eq!(store.previous("m"), Some(a.digest.clone()));
         assert_eq!(store.versions_of("m").len(), 2);
         assert_eq!(store.read_bytes(&a.digest).expect("read"), b"aaa");
+        store.set_signature(&a.digest, "sig text").expect("sign");
+        assert_eq!(
+            store.get(&a.digest).and_then(|r| r.signature).as_deref(),
+            Some("sig text")
+        );
         assert_eq!(
             store.find("m", "1.0.0").map(|r| r.digest),
             Some(a.digest.clone())

@@ -16,6 +16,13 @@
 //! The watcher remembers what each file last provided (digest and model), so
 //! a touch or an event storm reloads nothing, and a removed file unloads its
 //! model only while that model still serves the removed file's version.
+//!
+//! A model's signature is the file `NAME.wasm.sig` beside `NAME.wasm`
+//! (`signing.rs`). A change of either file re-evaluates the model, so the
+//! two may land in any order. When signatures are required and a changed
+//! component has no signature for its digest yet, the watcher waits up to
+//! [`SIGNATURE_WAIT`] for one before refusing it, so publishing the `.wasm`
+//! and then its `.sig` deploys without a spurious failure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,10 +57,16 @@ pub struct WatchSettings {
 /// try it anyway (validation still stands guard).
 const MAX_SETTLE: Duration = Duration::from_secs(60);
 
+/// How long a component without a matching signature waits for its `.sig`
+/// to land when signatures are required.
+pub const SIGNATURE_WAIT: Duration = Duration::from_secs(2);
+
 /// What a file provided when last loaded.
 #[derive(Debug, Clone)]
 struct FileState {
     digest: String,
+    /// The text of its `.sig` file then, if there was one.
+    signature: Option<String>,
     /// The model it named, when it was valid.
     model: Option<String>,
 }
@@ -89,14 +102,48 @@ fn is_component_name(path: &Path) -> bool {
     !hidden && path.extension().is_some_and(|e| e == "wasm")
 }
 
+/// The component a changed file is about, and whether the file is its
+/// signature: `NAME.wasm` itself, or `NAME.wasm` for `NAME.wasm.sig`.
+fn component_of(path: &Path) -> Option<(PathBuf, bool)> {
+    if is_component_name(path) {
+        return Some((path.to_owned(), false));
+    }
+    let name = path.file_name()?.to_str()?;
+    let component = path.with_file_name(name.strip_suffix(".sig")?);
+    is_component_name(&component).then_some((component, true))
+}
+
+/// The signature file of a component: `NAME.wasm.sig`.
+fn signature_path(component: &Path) -> PathBuf {
+    let mut name = component.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// The text of a component's signature file, if it has one. A file too
+/// large to be a signature is returned cut, so it fails to parse.
+async fn read_signature(component: &Path) -> Option<String> {
+    let bytes = tokio::fs::read(signature_path(component)).await.ok()?;
+    let end = bytes.len().min(crate::signing::MAX_SIGNATURE_BYTES + 1);
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// Whether `signature` is a signature file naming `digest`.
+fn signs(signature: Option<&str>, digest: &str) -> bool {
+    signature
+        .and_then(|s| crate::signing::DetachedSignature::parse(s).ok())
+        .is_some_and(|s| s.digest == digest)
+}
+
 fn source_of(path: &Path) -> String {
     format!("file:{}", path.display())
 }
 
 enum Signal {
-    /// Paths that changed, each with whether its writer is done with it
-    /// (closed it after writing, or renamed it into place).
-    Paths(Vec<(PathBuf, bool)>),
+    /// Components that changed, each with whether its writer is done with
+    /// it (closed it after writing, or renamed it into place); `None` when
+    /// only its signature file changed.
+    Paths(Vec<(PathBuf, Option<bool>)>),
     Rescan,
 }
 
@@ -139,12 +186,15 @@ pub async fn run(
     tracing::info!(dir = %watcher.dir.display(), "watching the plugins directory");
     while let Some(signal) = rx.recv().await {
         // Coalesce everything already queued into one pass.
-        let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
+        let mut paths: BTreeMap<PathBuf, Option<bool>> = BTreeMap::new();
         let mut rescan = false;
         let mut take = |signal| match signal {
             Signal::Paths(changed) => {
                 for (path, complete) in changed {
-                    *paths.entry(path).or_default() |= complete;
+                    let entry = paths.entry(path).or_default();
+                    if let Some(complete) = complete {
+                        *entry = Some(entry.unwrap_or(false) | complete);
+                    }
                 }
             }
             Signal::Rescan => rescan = true,
@@ -156,11 +206,14 @@ pub async fn run(
         if rescan {
             let known = watcher.files.keys().cloned();
             for path in known.chain(watcher.component_files().unwrap_or_default()) {
-                paths.entry(path).or_default();
+                // Not known to be complete: settle before reading.
+                paths.entry(path).or_insert(Some(false));
             }
         }
         for (path, complete) in paths {
-            watcher.on_change(&path, complete).await;
+            // A component not written itself (only its signature, or a
+            // rescan) is read at once.
+            watcher.on_change(&path, complete.unwrap_or(true)).await;
         }
     }
 }
@@ -201,13 +254,10 @@ impl Watcher {
                         }
                         if is_relevant(&event.kind) {
                             let complete = is_complete(&event.kind);
-                            paths.extend(
-                                event
-                                    .paths
-                                    .iter()
-                                    .filter(|p| is_component_name(p))
-                                    .map(|p| (p.clone(), complete)),
-                            );
+                            paths.extend(event.paths.iter().filter_map(|p| {
+                                let (component, is_signature) = component_of(p)?;
+                                Some((component, (!is_signature).then_some(complete)))
+                            }));
                         }
                     }
                     if !paths.is_empty() {
@@ -256,19 +306,19 @@ impl Watcher {
             let Some((bytes, digest)) = self.read(&path, true).await else {
                 continue;
             };
+            let signature = read_signature(&path).await;
             if let Some(record) = self.manager.store().get(&digest) {
-                self.files.insert(
-                    path,
-                    FileState {
-                        digest,
-                        model: Some(record.name),
-                    },
-                );
+                self.scan_stored(&path, record, bytes, signature).await;
                 continue;
             }
-            let state = match self.manager.prepare(bytes, source.clone()).await {
+            let prepared = self
+                .manager
+                .prepare(bytes, &digest, source.clone(), signature.clone())
+                .await;
+            let state = match prepared {
                 Err(_) => FileState {
                     digest,
+                    signature,
                     model: None,
                 },
                 Ok(prepared) => {
@@ -291,12 +341,61 @@ impl Watcher {
                     }
                     FileState {
                         digest,
+                        signature,
                         model: Some(name),
                     }
                 }
             };
             self.files.insert(path, state);
         }
+    }
+
+    /// The start-up pass over a file whose version is stored already: the
+    /// store's state wins, but a signature beside the file is stored with
+    /// the version, and a version the store still names as active that
+    /// could not be restored for want of a signature is activated with it.
+    async fn scan_stored(
+        &mut self,
+        path: &Path,
+        record: crate::store::VersionRecord,
+        bytes: Vec<u8>,
+        signature: Option<String>,
+    ) {
+        let source = source_of(path);
+        let name = record.name.clone();
+        let digest = record.digest.clone();
+        if let Some(signature) = signature.clone() {
+            let store = self.manager.store();
+            let registry = self.manager.registry();
+            let active_in_store = store.active(&name).as_deref() == Some(digest.as_str());
+            let serving = registry
+                .active()
+                .get(&name)
+                .is_some_and(|e| e.model.digest == digest);
+            if active_in_store && !serving {
+                if let Err(error) = self
+                    .manager
+                    .install(bytes, source.clone(), None, Some(signature))
+                    .await
+                {
+                    tracing::error!(%source, %error, "cannot activate the stored version");
+                }
+            } else if let Err(error) = self
+                .manager
+                .attach_signature(&record, signature, &source)
+                .await
+            {
+                tracing::warn!(%source, %error, "the signature beside a stored version was not kept");
+            }
+        }
+        self.files.insert(
+            path.to_owned(),
+            FileState {
+                digest,
+                signature,
+                model: Some(name),
+            },
+        );
     }
 
     /// A model made active by a file that is gone now is unloaded, as if the
@@ -393,17 +492,60 @@ impl Watcher {
             }
             return;
         };
+        let mut signature = read_signature(path).await;
         // Same content as last time: a touch, a duplicate event or a rescan.
         // Acting on it would undo uploads or rollbacks made since.
-        if self
-            .files
-            .get(path)
-            .is_some_and(|known| known.digest == digest)
+        let known = self.files.get(path).cloned();
+        if let Some(known) = &known
+            && known.digest == digest
         {
-            return;
+            if known.signature == signature {
+                return;
+            }
+            // Only the signature changed. While the file's model serves some
+            // version, this one is not re-activated (that would undo
+            // rollbacks made since); its new signature is stored with it.
+            // A model serving nothing (e.g. refused for want of this very
+            // signature) is deployed below.
+            let serving = known
+                .model
+                .as_ref()
+                .filter(|m| self.manager.registry().active().contains_key(*m));
+            if let (Some(model), Some(text), Some(record)) = (
+                serving,
+                signature.clone(),
+                self.manager.store().get(&digest),
+            ) {
+                // A signature for another digest is the first half of a new
+                // version (`.sig` before `.wasm`): the component's change deploys it.
+                if signs(Some(text.as_str()), &digest)
+                    && let Err(error) = self.manager.attach_signature(&record, text, &source).await
+                {
+                    tracing::warn!(%source, %model, %error, "the new signature was not kept");
+                }
+                self.files.insert(
+                    path.to_owned(),
+                    FileState {
+                        signature,
+                        ..known.clone()
+                    },
+                );
+                return;
+            }
+        }
+        if self.manager.signatures().required && !signs(signature.as_deref(), &digest) {
+            // Published as `.wasm` then `.sig`: give the signature time to land.
+            let waited = Instant::now();
+            while waited.elapsed() < SIGNATURE_WAIT && !signs(signature.as_deref(), &digest) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                signature = read_signature(path).await;
+            }
         }
         let previous = self.files.get(path).and_then(|s| s.model.clone());
-        let outcome = self.manager.install(bytes, source.clone(), None).await;
+        let outcome = self
+            .manager
+            .install(bytes, source.clone(), None, signature.clone())
+            .await;
         let model = match &outcome {
             Ok(deployed) => {
                 // The version may have come from elsewhere first (a rollback
@@ -411,7 +553,10 @@ impl Watcher {
                 registry.clear_failure(&source);
                 Some(deployed.name.clone())
             }
-            Err(DeployError::Invalid(_)) | Err(DeployError::NameMismatch { .. }) => None,
+            // Recorded as failures of this file already.
+            Err(DeployError::Invalid(_))
+            | Err(DeployError::NameMismatch { .. })
+            | Err(DeployError::Signature(_)) => None,
             Err(error) => {
                 tracing::error!(%source, %error, "cannot deploy");
                 registry.record_failure(&source, error.to_string());
@@ -424,8 +569,14 @@ impl Watcher {
             tracing::warn!(file = %path.display(), old = %old, new = %new,
                 "the file now holds another model; it is loaded as that model and `{old}` keeps its active version");
         }
-        self.files
-            .insert(path.to_owned(), FileState { digest, model });
+        self.files.insert(
+            path.to_owned(),
+            FileState {
+                digest,
+                signature,
+                model,
+            },
+        );
     }
 
     async fn on_removed(&mut self, path: &Path) {
@@ -488,6 +639,20 @@ mod tests {
         assert!(!is_component_name(Path::new("/p/.var.wasm.tmp")));
         assert!(!is_component_name(Path::new("/p/var.wasm.part")));
         assert!(!is_component_name(Path::new("/p/var")));
+    }
+
+    #[test]
+    fn a_signature_file_stands_for_its_component() {
+        let wasm = PathBuf::from("/p/var.wasm");
+        assert_eq!(component_of(&wasm), Some((wasm.clone(), false)));
+        assert_eq!(
+            component_of(Path::new("/p/var.wasm.sig")),
+            Some((wasm.clone(), true))
+        );
+        assert_eq!(signature_path(&wasm), PathBuf::from("/p/var.wasm.sig"));
+        assert_eq!(component_of(Path::new("/p/.var.wasm.sig")), None);
+        assert_eq!(component_of(Path::new("/p/var.sig")), None);
+        assert_eq!(component_of(Path::new("/p/var.wasm.sig.tmp")), None);
     }
 
     #[test]

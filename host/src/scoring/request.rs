@@ -104,6 +104,13 @@ pub fn check_instrument(instrument: &str) -> Result<(), String> {
 
 /// The canonical form of a portfolio (see `cache::key`): merged by
 /// instrument, zero quantities dropped, sorted by instrument.
+///
+/// The quantities of one instrument are added in a fixed order (sorted),
+/// not in request order: floating-point addition is not associative, so
+/// `0.1, 0.2, 0.3` and `0.3, 0.2, 0.1` would otherwise merge to values one
+/// ulp apart, and the same portfolio would get two memo keys (the property
+/// `the_order_of_positions_does_not_change_the_key` in `tests/properties.rs`
+/// checks it).
 pub fn canonicalize(
     positions: &[PositionInput],
     limits: PortfolioLimits,
@@ -118,7 +125,7 @@ pub fn canonicalize(
             limits.max_positions
         ));
     }
-    let mut merged: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut parts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (index, p) in positions.iter().enumerate() {
         check_instrument(&p.instrument).map_err(|e| format!("position {index}: {e}"))?;
         if !p.quantity.is_finite() {
@@ -127,8 +134,21 @@ pub fn canonicalize(
                 p.instrument, p.quantity
             ));
         }
-        *merged.entry(p.instrument.as_str()).or_insert(0.0) += p.quantity;
+        parts
+            .entry(p.instrument.as_str())
+            .or_default()
+            .push(p.quantity);
     }
+    let merged: BTreeMap<&str, f64> = parts
+        .into_iter()
+        .map(|(instrument, mut quantities)| {
+            quantities.sort_by(f64::total_cmp);
+            (
+                instrument,
+                quantities.into_iter().fold(0.0, |sum, q| sum + q),
+            )
+        })
+        .collect();
     if let Some((instrument, _)) = merged.iter().find(|(_, q)| !q.is_finite()) {
         return Err(format!(
             "the quantities of {instrument} overflow when added up"
@@ -178,6 +198,19 @@ mod tests {
                 },
             ])
         );
+    }
+
+    #[test]
+    fn the_order_of_positions_does_not_change_the_merged_quantity() {
+        let limits = PortfolioLimits::default();
+        let forward = canonicalize(&[p("A", 0.1), p("A", 0.2), p("A", 0.3)], limits);
+        let backward = canonicalize(&[p("A", 0.3), p("A", 0.2), p("A", 0.1)], limits);
+        assert_eq!(forward, backward);
+        // Overflow does not depend on the order either.
+        let big = [p("A", f64::MAX), p("A", f64::MAX), p("A", -f64::MAX)];
+        let mut reordered = big.clone();
+        reordered.swap(1, 2);
+        assert_eq!(canonicalize(&big, limits), canonicalize(&reordered, limits));
     }
 
     #[test]

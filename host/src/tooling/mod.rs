@@ -1,5 +1,6 @@
 //! The quant's local loop: `riskhost new`, `riskhost model inspect` and
-//! `riskhost model test`.
+//! `riskhost model test`; and the publisher's: `riskhost model keygen`,
+//! `model sign` and `model verify`.
 //!
 //! These commands run the server's own code (the same `ModelEngine::load`,
 //! the same sandbox limits, the same scoring path) on a developer's machine,
@@ -10,6 +11,7 @@
 pub mod imports;
 pub mod inspect;
 pub mod new;
+pub mod sign;
 pub mod test;
 
 use std::path::PathBuf;
@@ -49,6 +51,12 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// Load a component as the server does, score sample portfolios and time the calls.
     Test(TestArgs),
+    /// Create a publisher signing key pair (secret key file 0600, public key printed).
+    Keygen(sign::KeygenArgs),
+    /// Sign a component: writes the detached signature `FILE.wasm.sig`.
+    Sign(sign::SignArgs),
+    /// Check a component's signature against trusted keys (exit code 0 or 1).
+    Verify(sign::VerifyArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,6 +104,9 @@ pub async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Inspect(args) => inspect::run(args).await,
         ModelCommand::Test(args) => test::run(args).await,
+        ModelCommand::Keygen(args) => sign::keygen(&args),
+        ModelCommand::Sign(args) => sign::sign(&args),
+        ModelCommand::Verify(args) => sign::verify(&args),
     }
 }
 
