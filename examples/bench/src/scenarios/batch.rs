@@ -48,7 +48,11 @@ fn portfolios() -> Vec<Portfolio> {
                 .map(|k| {
                     let j = k + (rng.next_u64() as usize) % (pool.len() - k);
                     pool.swap(k, j);
-                    let sign = if rng.next_u64() % 2 == 0 { 1 } else { -1 };
+                    let sign = if rng.next_u64().is_multiple_of(2) {
+                        1
+                    } else {
+                        -1
+                    };
                     let quantity = sign * (1 + (rng.next_u64() % 500) as i64);
                     (pool[k].clone(), quantity)
                 })
