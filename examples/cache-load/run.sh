@@ -1,34 +1,26 @@
 #!/usr/bin/env bash
-# Load test of the memo (not a CI test: the numbers depend on the machine).
-# With wrk at 64 connections for 10 s each, against a release build:
-#   1. the ceiling: GET /healthz (a trivial axum JSON route);
-#   2. L1 hits: one score request, memoized in process;
-#   3. L2 hits: the same against a replica whose in-process tier holds
-#      nothing (--cache-max-mib 0), so every request is an MGET hit;
-#   4. misses: a new portfolio per request (model call + Redis write), with
-#      the shared tier and without it;
-# then a replayed Zipf workload over 1,000 portfolios across two replicas,
-# with and without the shared tier, for the hit rate.
+# Hit rate of the memo (not a timing, and not a CI test): replays a seeded
+# Zipf workload over 1,000 portfolios round-robin across two replicas, once
+# sharing a Redis tier and once with in-process tiers only, and prints the
+# hit rate by tier. Throughput and latency of the memo's paths (L1 hit, L2
+# hit, miss) are measured by `cargo xtask bench` (BENCHMARKS.md, scenario 3).
 #
 #   examples/cache-load/run.sh            # builds target/release/riskhost first
-#   RISKHOST_BIN=/path/riskhost DURATION=5s examples/cache-load/run.sh
+#   RISKHOST_BIN=/path/riskhost ZIPF_REQUESTS=5000 examples/cache-load/run.sh
 #
 # Starts its own redis-server on a free loopback port; stops everything it
-# started on exit. Needs wrk (apt-get install -y wrk), redis-server, python3.
+# started on exit. Needs redis-server, curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
 MODEL=${MODEL:-var-historical}
 ZIPF_REQUESTS=${ZIPF_REQUESTS:-20000}
 if [ -z "${RISKHOST_BIN:-}" ]; then
     cargo build --release --quiet -p riskhost
     RISKHOST_BIN="${CARGO_TARGET_DIR:-target}/release/riskhost"
 fi
-command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
 [ -f plugins/dist/var-historical.wasm ] || plugins/build.sh
+# With API keys, scoring needs a key or this flag (older builds lack it).
 
 work=$(mktemp -d)
 pids=()
@@ -69,35 +61,6 @@ start() {
     [ -n "$url" ] || { cat "$work/$name.err" >&2; exit 1; }
     printf -v "url_$name" '%s' "$url"
 }
-
-bench() { # TITLE URL [MODE]
-    local title=$1 url=$2 mode=${3:-}
-    echo "== $title"
-    if [ -z "$mode" ]; then
-        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url/healthz" |
-            grep -E 'Requests/sec|^ +(50|99)%'
-    else
-        MODE=$mode MODEL=$MODEL wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
-            -s examples/cache-load/score.lua "$url/v1/score" |
-            grep -E 'Requests/sec|^ +(50|99)%|answers'
-    fi
-}
-
-warm() { # URL: one request, so the fixed body is memoized
-    curl -fs "$1/v1/score" -H 'content-type: application/json' -d "{\"model\":\"$MODEL\",\"portfolio\":{\"positions\":[{\"instrument\":\"SPX\",\"quantity\":10},{\"instrument\":\"TLT\",\"quantity\":-200},{\"instrument\":\"AAPL\",\"quantity\":50},{\"instrument\":\"GOLD\",\"quantity\":30},{\"instrument\":\"EURUSD\",\"quantity\":10000}]}}" >/dev/null
-}
-
-start tiered --redis-url "$redis" --redis-prefix load-a
-start noL1 --redis-url "$redis" --redis-prefix load-a --cache-max-mib 0
-start local
-
-echo "riskhost $("$RISKHOST_BIN" --version), wrk -t$THREADS -c$CONNS -d$DURATION, model $MODEL, $(nproc) cores"
-bench "ceiling: GET /healthz" "$url_tiered"
-warm "$url_tiered"
-bench "L1 hit (in-process tier)" "$url_tiered" fixed
-bench "L2 hit (Redis MGET; in-process tier disabled)" "$url_noL1" fixed
-bench "miss with the shared tier (model call + Redis SET)" "$url_tiered" unique
-bench "miss, in-process tier only (model call)" "$url_local" unique
 
 echo "== Zipf replay, $ZIPF_REQUESTS requests over 1,000 portfolios, round-robin over 2 replicas"
 start zipf1 --redis-url "$redis" --redis-prefix load-zipf

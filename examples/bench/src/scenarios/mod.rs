@@ -1,44 +1,147 @@
 //! The benchmark scenarios, one module each.
 //!
 //! A scenario is a function from the shared [`Context`] to result [`Row`]s.
-//! To add one (HTTP load, batch sizes, hot-swap, start-up, memory…), write
-//! `scenarios/<name>.rs` with a `pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>>`
-//! and list it in [`ALL`]; the runner, the table and BENCHMARKS.md need no
-//! change.
+//! To add one, write `scenarios/<name>.rs` with a
+//! `pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>>` and list it in
+//! [`ALL`]; the runner, the table and BENCHMARKS.md need no change.
+//!
+//! The first three run the engine in this process; the others start the real
+//! `riskhost serve` (release build) on loopback ([`crate::service`]) and load
+//! it with [`crate::loadgen`].
 
+pub mod batch;
+pub mod batching;
 pub mod compute;
+pub mod hotswap;
+pub mod http;
+pub mod memory;
 pub mod overhead;
 pub mod sizes;
+pub mod startup;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use riskhost::engine::{LoadedModel, ModelEngine, SandboxLimits};
 
 use crate::harness::Sampling;
-use crate::report::Row;
+use crate::loadgen::{Outcome, Plan, Stop};
+use crate::report::{Row, number};
+use crate::service::Host;
 
-/// A scenario: its name (for progress output) and what runs it.
+/// A scenario: its key (for `--only`), its name (for progress output) and
+/// what runs it.
 pub struct Scenario {
+    pub key: &'static str,
     pub name: &'static str,
     pub run: fn(&Context) -> anyhow::Result<Vec<Row>>,
 }
 
-/// Every scenario, in the order of the table.
+/// Every scenario, in the order of the table (the issue's numbering).
 pub const ALL: &[Scenario] = &[
     Scenario {
-        name: "model compute, wasm vs native",
+        key: "compute",
+        name: "1. model compute, wasm vs native",
         run: compute::run,
     },
     Scenario {
-        name: "instantiate + call overhead",
+        key: "overhead",
+        name: "2. instantiate + call overhead",
         run: overhead::run,
     },
     Scenario {
+        key: "http",
+        name: "3. HTTP single score vs a trivial axum endpoint",
+        run: http::run,
+    },
+    Scenario {
+        key: "batch",
+        name: "4. batch API vs single requests, embedded and PostgreSQL",
+        run: batch::run,
+    },
+    Scenario {
+        key: "batching",
+        name: "5. dynamic batching on vs off",
+        run: batching::run,
+    },
+    Scenario {
+        key: "hotswap",
+        name: "6. hot swap under load",
+        run: hotswap::run,
+    },
+    Scenario {
+        key: "startup",
+        name: "7. start-up to ready",
+        run: startup::run,
+    },
+    Scenario {
+        key: "memory",
+        name: "8. resident memory",
+        run: memory::run,
+    },
+    Scenario {
+        key: "sizes",
         name: "component sizes",
         run: sizes::run,
     },
 ];
+
+/// How long and how often the service scenarios load a server.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSampling {
+    /// Load before the measured repetitions (connections opened, memo and
+    /// instance pool warm); not recorded.
+    pub warm_up: Duration,
+    /// Measured repetitions; throughput is reported as their median and
+    /// min–max, latency percentiles over all their requests.
+    pub reps: usize,
+    pub rep_time: Duration,
+    /// Repetitions of the one-off measurements (batches, start-ups, swaps).
+    pub runs: usize,
+}
+
+impl LoadSampling {
+    pub fn full() -> LoadSampling {
+        LoadSampling {
+            warm_up: Duration::from_secs(1),
+            reps: 3,
+            rep_time: Duration::from_secs(4),
+            runs: 5,
+        }
+    }
+
+    pub fn quick() -> LoadSampling {
+        LoadSampling {
+            warm_up: Duration::from_millis(500),
+            reps: 2,
+            rep_time: Duration::from_secs(1),
+            runs: 2,
+        }
+    }
+
+    /// A closed loop at `connections` for the usual warm-up and repetitions.
+    pub fn closed(self, connections: usize) -> Plan {
+        Plan {
+            connections,
+            warm_up: self.warm_up,
+            rep: Stop::After(self.rep_time),
+            reps: self.reps,
+            rate: None,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        format!(
+            "warm-up {} ms, {} repetitions of {} ms; one-off measurements {} runs",
+            self.warm_up.as_millis(),
+            self.reps,
+            self.rep_time.as_millis(),
+            self.runs
+        )
+    }
+}
 
 /// The example models: file stem in `plugins/dist/` = model name.
 pub const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
@@ -51,12 +154,21 @@ pub struct Model {
     pub loaded: LoadedModel,
 }
 
-/// What every scenario shares: options, the engine and the loaded models.
+/// What every scenario shares: options, the engine and the loaded models,
+/// and for the service scenarios the `riskhost` binary and a tokio runtime
+/// for the load generator.
 pub struct Context {
     pub root: PathBuf,
+    pub quick: bool,
     pub sampling: Sampling,
+    pub load: LoadSampling,
     pub engine: ModelEngine,
     pub models: Vec<Model>,
+    /// The directory the example models were loaded from.
+    pub dist: PathBuf,
+    pub host: Host,
+    /// Runs the load generator and the reference server's clients.
+    pub rt: tokio::runtime::Runtime,
 }
 
 impl Context {
@@ -64,7 +176,7 @@ impl Context {
     /// example models from `dist` (normally `plugins/dist/`) through
     /// `ModelEngine::load`.
     /// `quick` selects [`Sampling::quick`] over [`Sampling::full`].
-    pub fn new(root: &Path, dist: &Path, quick: bool) -> anyhow::Result<Context> {
+    pub fn new(root: &Path, dist: &Path, bin: &Path, quick: bool) -> anyhow::Result<Context> {
         let engine = ModelEngine::new(SandboxLimits::default())?;
         let mut models = Vec::new();
         for name in MODELS {
@@ -81,16 +193,77 @@ impl Context {
                 loaded,
             });
         }
+        // The same runtime settings as `riskhost serve` (cli.rs).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the load generator's runtime")?;
+        let host = Host::new(bin.to_owned(), rt.handle().clone())?;
         Ok(Context {
             root: root.to_owned(),
+            quick,
             sampling: if quick {
                 Sampling::quick()
             } else {
                 Sampling::full()
             },
+            load: if quick {
+                LoadSampling::quick()
+            } else {
+                LoadSampling::full()
+            },
             engine,
             models,
+            dist: dist.to_owned(),
+            host,
+            rt,
         })
+    }
+
+    /// `--plugins` for a server that loads the example models.
+    pub fn dist_arg(&self) -> String {
+        self.dist.display().to_string()
+    }
+}
+
+/// The score request of the HTTP scenarios: a 5-position portfolio on the
+/// bundled instruments, the first position's quantity set to `quantity`
+/// (a distinct quantity is a distinct memo key, so a cache miss).
+pub fn score_body(model: &str, quantity: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"{model}","portfolio":{{"positions":[{{"instrument":"SPX","quantity":{quantity}}},{{"instrument":"TLT","quantity":-200}},{{"instrument":"AAPL","quantity":50}},{{"instrument":"GOLD","quantity":30}},{{"instrument":"EURUSD","quantity":10000}}]}}}}"#
+    ))
+}
+
+/// The row of a load measurement: median and min–max throughput over the
+/// repetitions, the latency percentiles in the note, zero errors as the goal.
+pub fn load_row(scenario: &str, variant: String, outcome: &Outcome) -> Row {
+    let note = format!(
+        "p50 {} ms · p99 {} ms · p99.9 {} ms · {} requests, {} errors",
+        number(outcome.ms(0.5)),
+        number(outcome.ms(0.99)),
+        number(outcome.ms(0.999)),
+        outcome.ok + outcome.errors,
+        outcome.errors,
+    );
+    let note = match &outcome.first_error {
+        Some(e) => format!(
+            "{note} (first: {})",
+            e.chars().take(120).collect::<String>()
+        ),
+        None => note,
+    };
+    Row::sampled(scenario, variant, &outcome.throughput, "req/s")
+        .goal("0 errors", outcome.errors == 0)
+        .note(note)
+}
+
+/// `a / b` as a ratio for the reference column, e.g. `0.52× reference`.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "—".to_owned()
     }
 }
 

@@ -1,0 +1,278 @@
+//! Scenario 4: 10,000 portfolios × 3 models (20 positions each on the
+//! bundled instruments, default parameters otherwise) in one
+//! `POST /v1/score/batch`, every cell a memo miss — with the embedded data
+//! source (positions inline), and with PostgreSQL (portfolios by id, and
+//! positions inline with prices from PostgreSQL) — against the same 30,000
+//! evaluations as single `POST /v1/score` requests at 64 connections.
+//!
+//! PostgreSQL (127.0.0.1:5432, database `test`, or `RISKHOST_BENCH_POSTGRES`)
+//! gets a schema of its own, `bench_<pid>`, set up with `riskhost db migrate`
+//! and `riskhost db seed`, the 10,000 portfolios copied in with `psql`, and
+//! dropped at the end.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Context, load_row, ratio};
+use crate::data::Rng;
+use crate::loadgen::{Plan, Stop, Target};
+use crate::report::{Row, number};
+use crate::service::Scratch;
+
+const SCENARIO: &str = "batch";
+const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
+const PORTFOLIOS: usize = 10_000;
+const POSITIONS: usize = 20;
+const CELLS: usize = PORTFOLIOS * MODELS.len();
+
+struct Portfolio {
+    id: String,
+    positions: Vec<(String, i64)>,
+}
+
+fn portfolios() -> Vec<Portfolio> {
+    let table = riskhost::market::sample_table();
+    let names: Vec<String> = table.instruments().to_vec();
+    let mut rng = Rng::new(7);
+    (0..PORTFOLIOS)
+        .map(|i| {
+            // A partial Fisher–Yates shuffle picks POSITIONS distinct names.
+            let mut pool = names.clone();
+            let positions = (0..POSITIONS.min(pool.len()))
+                .map(|k| {
+                    let j = k + (rng.next_u64() as usize) % (pool.len() - k);
+                    pool.swap(k, j);
+                    let sign = if rng.next_u64().is_multiple_of(2) {
+                        1
+                    } else {
+                        -1
+                    };
+                    let quantity = sign * (1 + (rng.next_u64() % 500) as i64);
+                    (pool[k].clone(), quantity)
+                })
+                .collect();
+            Portfolio {
+                id: format!("bench-{i:05}"),
+                positions,
+            }
+        })
+        .collect()
+}
+
+fn inline(p: &Portfolio) -> Value {
+    json!({
+        "id": p.id,
+        "positions": p.positions.iter()
+            .map(|(instrument, quantity)| json!({"instrument": instrument, "quantity": quantity}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The PostgreSQL schema of this run; dropped on drop.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn create(ctx: &Context, portfolios: &[Portfolio]) -> anyhow::Result<Schema> {
+        let url = std::env::var("RISKHOST_BENCH_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = Schema {
+            url,
+            name: format!("bench_{}", std::process::id()),
+        };
+        for task in ["migrate", "seed"] {
+            let out = Command::new(&ctx.host.bin)
+                .args(["db", task, "--postgres-url", &schema.url])
+                .args(["--postgres-schema", &schema.name])
+                .env("RUST_LOG", "warn")
+                .output()
+                .context("cannot run riskhost db")?;
+            if !out.status.success() {
+                bail!(
+                    "riskhost db {task} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let ids: String = portfolios.iter().map(|p| format!("{}\n", p.id)).collect();
+        schema.copy(&format!("{}.portfolios (id)", schema.name), ids)?;
+        let mut rows = String::new();
+        for p in portfolios {
+            for (instrument, quantity) in &p.positions {
+                rows.push_str(&format!("{},{instrument},{quantity}\n", p.id));
+            }
+        }
+        schema.copy(&format!("{}.positions", schema.name), rows)?;
+        Ok(schema)
+    }
+
+    /// `\copy TABLE FROM STDIN CSV` with `csv` as the input.
+    fn copy(&self, table: &str, csv: String) -> anyhow::Result<()> {
+        let mut child = Command::new("psql")
+            .args([&self.url, "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("\\copy {table} FROM STDIN CSV"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot run psql")?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(csv.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("psql \\copy into {table} failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&self.url, "-q", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+    let portfolios = portfolios();
+    let schema = Schema::create(ctx, &portfolios)?;
+    let data = Scratch::new("batch")?;
+    let dist = ctx.dist_arg();
+    let common = [
+        "--plugins",
+        dist.as_str(),
+        "--watch",
+        "false",
+        "--events",
+        "none",
+        "--cache-max-mib",
+        "1024",
+    ];
+    let embedded = ctx.host.serve(&data.join("embedded"), &common)?;
+    let mut pg_args = common.to_vec();
+    pg_args.extend([
+        "--data-source",
+        "postgres",
+        "--postgres-url",
+        schema.url.as_str(),
+        "--postgres-schema",
+        schema.name.as_str(),
+    ]);
+    let postgres = ctx.host.serve(&data.join("postgres"), &pg_args)?;
+
+    let inline_all: Vec<Value> = portfolios.iter().map(inline).collect();
+    let by_id: Vec<Value> = portfolios.iter().map(|p| json!({"id": p.id})).collect();
+    let variants = [
+        ("embedded data, positions inline", &embedded, &inline_all),
+        ("PostgreSQL, portfolios by id", &postgres, &by_id),
+        (
+            "PostgreSQL prices, positions inline",
+            &postgres,
+            &inline_all,
+        ),
+    ];
+    let runs = ctx.load.runs.min(3);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for run in 0..runs {
+        for (v, (name, server, list)) in variants.iter().enumerate() {
+            // A confidence of its own per run and variant: every cell misses.
+            let confidence = 0.99 - 0.0001 * (run * variants.len() + v + 1) as f64;
+            let body =
+                json!({"models": MODELS, "portfolios": list, "params": {"confidence": confidence}});
+            let body = Bytes::from(serde_json::to_vec(&body)?);
+            let started = Instant::now();
+            let answer = server.post_ok("/v1/score/batch", body)?;
+            times[v].push(started.elapsed().as_secs_f64());
+            check(name, &answer)?;
+        }
+    }
+
+    // The same evaluations as single requests, closed loop at 64 connections.
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        portfolios
+            .iter()
+            .flat_map(|p| {
+                MODELS.map(|model| {
+                    let body = json!({"model": model, "portfolio": inline(p),
+                                      "params": {"confidence": 0.98}});
+                    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+                })
+            })
+            .collect(),
+    );
+    let single = Target::post(
+        embedded.addr,
+        "/v1/score",
+        Arc::new(move |n: u64| bodies[n as usize % CELLS].clone()),
+    );
+    let plan = Plan {
+        connections: 64,
+        warm_up: std::time::Duration::ZERO,
+        rep: Stop::Count(CELLS as u64),
+        reps: 1,
+        rate: None,
+    };
+    let outcome = ctx.rt.block_on(crate::loadgen::run(&single, plan))?;
+    let single_rate = outcome.throughput.first().copied().unwrap_or(0.0);
+
+    let mut rows = Vec::new();
+    for (v, (name, _, _)) in variants.iter().enumerate() {
+        let row = Row::sampled(SCENARIO, format!("{name} · batch API"), &times[v], "s");
+        let rate = CELLS as f64 / row.median;
+        rows.push(
+            row.reference(format!(
+                "{} evaluations/s, {} single requests",
+                number(rate),
+                ratio(rate, single_rate)
+            ))
+            .note(format!(
+                "one POST of {PORTFOLIOS} portfolios × {} models ({POSITIONS} positions), all misses; {runs} runs",
+                MODELS.len()
+            )),
+        );
+    }
+    let mut row = load_row(
+        SCENARIO,
+        "embedded data · single requests, 64 conns".to_owned(),
+        &outcome,
+    );
+    row.median = CELLS as f64 / single_rate.max(1e-9);
+    row.min = None;
+    row.max = None;
+    row.unit = "s";
+    rows.push(row.reference(format!(
+        "{} evaluations/s (the reference)",
+        number(single_rate)
+    )));
+    drop((embedded, postgres));
+    drop(schema);
+    Ok(rows)
+}
+
+/// Every cell of a batch answer must be a score.
+fn check(name: &str, answer: &[u8]) -> anyhow::Result<()> {
+    let answer: Value = serde_json::from_slice(answer)?;
+    let results = answer["results"]
+        .as_array()
+        .context("batch answer without results")?;
+    if results.len() != CELLS {
+        bail!("{name}: {} results, expected {CELLS}", results.len());
+    }
+    if let Some(bad) = results.iter().find(|r| r.get("error").is_some()) {
+        bail!("{name}: a cell failed: {bad}");
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Scenario 3: `POST /v1/score` on the memo's three paths — L1 hit (in
+//! process), L2 hit (Redis `MGET`, the in-process tier disabled) and miss
+//! (a model call; with and without the Redis tier) — against the trivial
+//! axum endpoint of [`crate::reference`], at 64 and at 1,000 connections in
+//! a closed loop, then at 1,000 connections at a fixed rate (half the
+//! closed-loop throughput) for latencies free of coordinated omission. Every
+//! response's `cache_tier` is counted, so a row that claims L2 hits shows
+//! that the answers were L2 hits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::bail;
+
+use super::{Context, load_row, ratio, score_body};
+use crate::loadgen::{Outcome, Plan, Target};
+use crate::reference::Reference;
+use crate::report::{Row, number};
+use crate::service::{Redis, Scratch};
+
+const SCENARIO: &str = "HTTP single score";
+const MODEL: &str = "var-historical";
+/// The first quantity of the miss bodies, far from the fixed body's 10.
+const UNIQUE_FROM: u64 = 1_000_000;
+
+/// How many answers came from each tier.
+#[derive(Default)]
+struct Tiers {
+    l1: AtomicU64,
+    l2: AtomicU64,
+    computed: AtomicU64,
+}
+
+impl Tiers {
+    fn counting(self: &Arc<Self>, target: Target) -> Target {
+        let tiers = Arc::clone(self);
+        target.inspect(Arc::new(move |body: &[u8], _: std::time::Instant| {
+            let body = String::from_utf8_lossy(body);
+            let counter = if body.contains(r#""cache_tier":"l1""#) {
+                &tiers.l1
+            } else if body.contains(r#""cache_tier":"l2""#) {
+                &tiers.l2
+            } else {
+                &tiers.computed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }))
+    }
+
+    fn take(&self) -> String {
+        format!(
+            "answers (warm-up included): l1 {}, l2 {}, computed {}",
+            self.l1.swap(0, Ordering::Relaxed),
+            self.l2.swap(0, Ordering::Relaxed),
+            self.computed.swap(0, Ordering::Relaxed)
+        )
+    }
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+    let redis = Redis::start()?;
+    let data = Scratch::new("http")?;
+    let dist = ctx.dist_arg();
+    let common = ["--plugins", dist.as_str(), "--watch", "false"];
+    let with_redis = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        args.extend(["--redis-url".into(), redis.url.clone()]);
+        args.extend(["--redis-prefix".into(), "bench-http".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let tiered_args = with_redis(&[]);
+    let tiered = ctx.host.serve(&data.join("tiered"), &refs(&tiered_args))?;
+    let no_l1_args = with_redis(&["--cache-max-mib", "0"]);
+    let no_l1 = ctx.host.serve(&data.join("no-l1"), &refs(&no_l1_args))?;
+    let local = ctx.host.serve(&data.join("local"), &common)?;
+    let reference = Reference::start()?;
+
+    let fixed = score_body(MODEL, 10);
+    // Computes once and fills both tiers, so the hit rows only hit.
+    tiered.post_ok("/v1/score", fixed.clone())?;
+    no_l1.post_ok("/v1/score", fixed.clone())?;
+
+    let unique =
+        || -> crate::loadgen::BodyFn { Arc::new(|n: u64| score_body(MODEL, UNIQUE_FROM + n)) };
+    let tiers = Arc::new(Tiers::default());
+    let reference_target = Target::post_fixed(reference.addr, "/v1/score", fixed.clone());
+    let variants: Vec<(&str, Target)> = vec![
+        (
+            "L1 hit (in-process tier)",
+            tiers.counting(Target::post_fixed(tiered.addr, "/v1/score", fixed.clone())),
+        ),
+        (
+            "L2 hit (Redis MGET, in-process tier off)",
+            tiers.counting(Target::post_fixed(no_l1.addr, "/v1/score", fixed.clone())),
+        ),
+        (
+            "miss, in-process tier only (model call)",
+            tiers.counting(Target::post(local.addr, "/v1/score", unique())),
+        ),
+        (
+            "miss with the Redis tier (model call + SET)",
+            tiers.counting(Target::post(tiered.addr, "/v1/score", unique())),
+        ),
+    ];
+
+    let mut rows = Vec::new();
+    for connections in [64, 1000] {
+        let plan = ctx.load.closed(connections);
+        let base = measure(ctx, &reference_target, plan)?;
+        let base_rps = median(&base.throughput);
+        rows.push(
+            load_row(
+                SCENARIO,
+                format!("reference: trivial axum JSON endpoint · {connections} conns"),
+                &base,
+            )
+            .reference("1.00× (the ceiling)".to_owned()),
+        );
+        for (i, (name, target)) in variants.iter().enumerate() {
+            let outcome = measure(ctx, target, plan)?;
+            let rps = median(&outcome.throughput);
+            let mut row = load_row(SCENARIO, format!("{name} · {connections} conns"), &outcome)
+                .reference(format!(
+                    "{} reference ({} req/s)",
+                    ratio(rps, base_rps),
+                    number(base_rps)
+                ));
+            row.note = format!("{} · {}", row.note, tiers.take());
+            rows.push(row);
+            // The fixed-rate check of the platform riskhost replaces
+            // (1,000 users, p95 < 200 ms, < 0.1 % errors): L1 hit and miss.
+            if connections == 1000 && (i == 0 || i == 2) {
+                let rate = (rps / 2.0).max(100.0);
+                let paced = Plan {
+                    rate: Some(rate),
+                    ..plan
+                };
+                let outcome = measure(ctx, target, paced)?;
+                let p95 = outcome.ms(0.95);
+                let mut row = load_row(
+                    SCENARIO,
+                    format!(
+                        "{name} · {connections} conns at a fixed {} req/s",
+                        number(rate)
+                    ),
+                    &outcome,
+                )
+                .goal("p95 < 200 ms, 0 errors", p95 < 200.0 && outcome.errors == 0)
+                .reference(format!(
+                    "half the closed-loop rate; latency from each request's due time, p95 {} ms",
+                    number(p95)
+                ));
+                row.note = format!("{} · {}", row.note, tiers.take());
+                rows.push(row);
+            }
+        }
+    }
+    drop((tiered, no_l1, local));
+    Ok(rows)
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
+    let outcome = ctx.rt.block_on(crate::loadgen::run(target, plan))?;
+    if outcome.ok == 0 {
+        bail!(
+            "no successful request to {}{} (first error: {})",
+            target.addr,
+            target.path,
+            outcome.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(outcome)
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    Row::sampled("", String::new(), values, "").median
+}
