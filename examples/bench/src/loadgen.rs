@@ -194,22 +194,31 @@ pub async fn phase(
     stop: Stop,
     rate: Option<f64>,
 ) -> anyhow::Result<Phase> {
-    let started = Instant::now();
-    let (deadline, end) = match stop {
-        Stop::After(d) => (Some(started + d), None),
+    let (run_for, end) = match stop {
+        Stop::After(d) => (Some(d), None),
         Stop::Count(n) => (None, Some(target.counter.load(Ordering::Relaxed) + n)),
     };
     let connections = connections.max(1);
     // Each connection's share of the rate, staggered so they do not fire together.
     let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1e-9)));
+    // The clock starts once every connection is open: opening 1,000 of them
+    // takes a while, and counting that against the first requests' due
+    // times would put connection set-up into the latency tail.
+    let ready = Arc::new(tokio::sync::Barrier::new(connections + 1));
     let mut tasks = Vec::with_capacity(connections);
     for c in 0..connections {
         let target = target.clone();
-        let first_due = interval.map(|i| started + i.mul_f64(c as f64 / connections as f64));
-        tasks.push(tokio::spawn(async move {
-            connection(target, deadline, end, first_due, interval).await
-        }));
+        let schedule = Schedule {
+            ready: ready.clone(),
+            run_for,
+            end,
+            first_due: interval.map(|i| i.mul_f64(c as f64 / connections as f64)),
+            interval,
+        };
+        tasks.push(tokio::spawn(connection(target, schedule)));
     }
+    ready.wait().await;
+    let started = Instant::now();
     let mut phase = Phase {
         elapsed: Duration::ZERO,
         histogram: histogram(),
@@ -249,13 +258,25 @@ impl Connection {
     }
 }
 
-async fn connection(
-    target: Target,
-    deadline: Option<Instant>,
+/// When one connection sends: the phase's start barrier, its length or
+/// request budget, and for fixed rates the offset of this connection's
+/// first request and its interval.
+struct Schedule {
+    ready: Arc<tokio::sync::Barrier>,
+    run_for: Option<Duration>,
     end: Option<u64>,
-    first_due: Option<Instant>,
+    first_due: Option<Duration>,
     interval: Option<Duration>,
-) -> Connection {
+}
+
+async fn connection(target: Target, schedule: Schedule) -> Connection {
+    let Schedule {
+        ready,
+        run_for,
+        end,
+        first_due,
+        interval,
+    } = schedule;
     let mut c = Connection {
         histogram: histogram(),
         ok: 0,
@@ -263,12 +284,24 @@ async fn connection(
         first_error: None,
     };
     let host = target.addr.to_string();
-    let mut due = first_due;
+    let mut deadline = None;
+    let mut due = None;
+    let mut started = false;
     'connect: loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let mut sender = match connect(target.addr).await {
+        let opened = connect(target.addr).await;
+        if !started {
+            // Every connection reaches the barrier once, opened or not, so a
+            // failed connect cannot stall the others.
+            started = true;
+            ready.wait().await;
+            let now = Instant::now();
+            deadline = run_for.map(|d| now + d);
+            due = first_due.map(|offset| now + offset);
+        }
+        let mut sender = match opened {
             Ok(s) => s,
             Err(e) => {
                 c.fail(format!("connect: {e:#}"));
