@@ -251,9 +251,15 @@ async fn authenticator(args: &ServeArgs) -> anyhow::Result<crate::auth::Authenti
         && args.auth.admin_token.is_none()
         && args.auth.api_keys_file.is_none()
     {
-        tracing::warn!(
-            "no API keys configured: every /v1 route answers 401 (see `riskhost key new`)"
-        );
+        if args.auth.anonymous_scoring {
+            tracing::warn!(
+                "no API keys configured: the admin routes answer 401 (see `riskhost key new`)"
+            );
+        } else {
+            tracing::warn!(
+                "no API keys configured: every /v1 route answers 401 (see `riskhost key new`)"
+            );
+        }
     }
     if args.auth.anonymous_scoring {
         tracing::warn!(

@@ -58,6 +58,18 @@ pub fn request_span(request: &Request) -> tracing::Span {
         .extensions()
         .get::<RequestId>()
         .map_or("", |id| &*id.0);
+    // Probes and scrapes arrive every few seconds from every orchestrator
+    // and Prometheus: their spans (and so their completion lines) are at
+    // debug, so the default log shows the traffic that matters.
+    if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+        return tracing::debug_span!(
+            "request",
+            request_id,
+            method = %request.method(),
+            route,
+            key_id = tracing::field::Empty,
+        );
+    }
     tracing::info_span!(
         "request",
         request_id,
@@ -70,7 +82,11 @@ pub fn request_span(request: &Request) -> tracing::Span {
 /// The completion line of a request (the access log), inside its span.
 /// Its own target, so `RUST_LOG=info,riskhost::access=warn` turns it off
 /// where a line per request costs too much.
-pub fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+pub fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
+    if span.is_disabled() {
+        // A probe's debug-level span below the log level: no line either.
+        return;
+    }
     tracing::info!(
         target: "riskhost::access",
         status = response.status().as_u16(),
