@@ -18,9 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir, assert_error, plugins_dir, workspace};
+use common::{
+    Server, TempDir, active_digest, assert_error, digest, failure_of, plugins_dir, wait_until,
+    with_custom_section, workspace,
+};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "test-admin-token";
 
@@ -32,37 +34,6 @@ fn test_model(build: &str) -> Vec<u8> {
             path.display()
         )
     })
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// `bytes` plus a custom section: a valid component with another digest and
-/// the same behaviour.
-fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"riskhost-test";
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
 }
 
 /// The versions a test deploys: their bytes and the scale of their outputs.
@@ -133,40 +104,6 @@ fn rollback(server: &Server, name: &str, body: Option<Value>) -> (u16, Value) {
         Some(b) => request.json(&b).send(),
         None => request.send(),
     })
-}
-
-fn active_digest(server: &Server, name: &str) -> Option<String> {
-    let (_, body) = server.get("/v1/models");
-    body["models"]
-        .as_array()?
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m["digest"].as_str())
-        .map(str::to_owned)
-}
-
-fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
-    let (_, body) = server.get("/v1/models");
-    body["failures"]
-        .as_array()?
-        .iter()
-        .find(|f| {
-            f["source"]
-                .as_str()
-                .is_some_and(|s| s.ends_with(source_suffix))
-        })
-        .and_then(|f| f["error"].as_str())
-        .map(str::to_owned)
-}
-
-/// Polls `check` every 10 ms until it holds; fails after `timeout`.
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) {

@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Server, TempDir, assert_error, binary, workspace};
+use common::{
+    Server, TempDir, active_digest, assert_error, binary, digest, failure_of, wait_until,
+    with_custom_section, workspace,
+};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "test-admin-token";
 
@@ -82,22 +84,6 @@ fn sig_path(file: &Path) -> PathBuf {
     PathBuf::from(format!("{}.sig", file.display()))
 }
 
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// Build `build` of the `versioned` test model plus a custom section
 /// holding `tag`: a valid component of its own digest.
 fn version(build: &str, tag: &str) -> Vec<u8> {
@@ -108,16 +94,7 @@ fn version(build: &str, tag: &str) -> Vec<u8> {
             path.display()
         )
     });
-    let name = b"riskhost-test";
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = bytes;
-    out.push(0);
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
+    with_custom_section(&bytes, tag)
 }
 
 /// `bytes` with its last byte (inside the custom section's tag) changed.
@@ -141,40 +118,6 @@ fn spx() -> Value {
 
 fn score(server: &Server, model: &str) -> (u16, Value) {
     server.post("/v1/score", &json!({"model": model, "portfolio": spx()}))
-}
-
-fn active_digest(server: &Server, name: &str) -> Option<String> {
-    let (_, body) = server.get("/v1/models");
-    body["models"]
-        .as_array()?
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m["digest"].as_str())
-        .map(str::to_owned)
-}
-
-fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
-    let (_, body) = server.get("/v1/models");
-    body["failures"]
-        .as_array()?
-        .iter()
-        .find(|f| {
-            f["source"]
-                .as_str()
-                .is_some_and(|s| s.ends_with(source_suffix))
-        })
-        .and_then(|f| f["error"].as_str())
-        .map(str::to_owned)
-}
-
-/// Polls `check` every 20 ms until it holds; fails after `timeout`.
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn put_model(server: &Server, name: &str, bytes: Vec<u8>, signature: Option<&str>) -> (u16, Value) {

@@ -334,3 +334,73 @@ fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
 }
+
+/// The digest of `name`'s active version, as `GET /v1/models` lists it.
+pub fn active_digest(server: &Server, name: &str) -> Option<String> {
+    let (_, body) = server.get("/v1/models");
+    body["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["digest"].as_str())
+        .map(str::to_owned)
+}
+
+/// The load error `GET /v1/models` lists for the source ending in
+/// `source_suffix`, if any.
+pub fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
+    let (_, body) = server.get("/v1/models");
+    body["failures"]
+        .as_array()?
+        .iter()
+        .find(|f| {
+            f["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(source_suffix))
+        })
+        .and_then(|f| f["error"].as_str())
+        .map(str::to_owned)
+}
+
+/// Polls `check` every 10 ms until it holds; fails after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `sha256:<hex>` of `bytes`: a version's digest as riskhost names it.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// `bytes` plus a custom section holding `tag`: a valid component with the
+/// same behaviour and a digest of its own (a new version of a model).
+pub fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"riskhost-test";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn leb128(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
