@@ -49,7 +49,13 @@ pub fn bearer_token() -> &'static str {
 }
 
 fn with_authorization(builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
-    builder.header(header::AUTHORIZATION, format!("Bearer {}", bearer_token()))
+    // Built once: the generator's own cost per request stays small.
+    static VALUE: OnceLock<header::HeaderValue> = OnceLock::new();
+    let value = VALUE.get_or_init(|| {
+        header::HeaderValue::from_str(&format!("Bearer {}", bearer_token()))
+            .unwrap_or_else(|e| panic!("the bench's API key is not a header value: {e}"))
+    });
+    builder.header(header::AUTHORIZATION, value.clone())
 }
 
 /// The body of request number `n` (numbers are unique within a [`Target`]).

@@ -47,6 +47,17 @@ impl Host {
     /// Starts `riskhost serve` with `args` on a free loopback port and the
     /// data directory `data_dir`, and waits until `/readyz` answers 200.
     pub fn serve(&self, data_dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
+        self.serve_logging(data_dir, args, None)
+    }
+
+    /// [`Host::serve`] with the log filter `rust_log` instead of the
+    /// default level (to measure what logging costs).
+    pub fn serve_logging(
+        &self,
+        data_dir: &Path,
+        args: &[&str],
+        rust_log: Option<&str>,
+    ) -> anyhow::Result<Server> {
         let started = Instant::now();
         let mut command = Command::new(&self.bin);
         command
@@ -60,6 +71,9 @@ impl Host {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         command.args(["--api-key", &self.key_spec]);
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;

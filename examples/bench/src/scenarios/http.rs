@@ -5,7 +5,8 @@
 //! a closed loop, then at 1,000 connections at a fixed rate (half the
 //! closed-loop throughput) for latencies free of coordinated omission. Every
 //! response's `cache_tier` is counted, so a row that claims L2 hits shows
-//! that the answers were L2 hits.
+//! that the answers were L2 hits. One more row, L1 hits from a server at
+//! `RUST_LOG=warn`, prices the default access log and info-level spans.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,12 +75,17 @@ pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let no_l1_args = with_redis(&["--cache-max-mib", "0"]);
     let no_l1 = ctx.host.serve(&data.join("no-l1"), &refs(&no_l1_args))?;
     let local = ctx.host.serve(&data.join("local"), &common)?;
+    // The same as `local` at RUST_LOG=warn: no access-log line, no info spans.
+    let quiet = ctx
+        .host
+        .serve_logging(&data.join("quiet"), &common, Some("warn"))?;
     let reference = Reference::start()?;
 
     let fixed = score_body(MODEL, 10);
     // Computes once and fills both tiers, so the hit rows only hit.
     tiered.post_ok("/v1/score", fixed.clone())?;
     no_l1.post_ok("/v1/score", fixed.clone())?;
+    quiet.post_ok("/v1/score", fixed.clone())?;
 
     let unique =
         || -> crate::loadgen::BodyFn { Arc::new(|n: u64| score_body(MODEL, UNIQUE_FROM + n)) };
@@ -102,7 +108,13 @@ pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             "miss with the Redis tier (model call + SET)",
             tiers.counting(Target::post(tiered.addr, "/v1/score", unique())),
         ),
+        (
+            "L1 hit at RUST_LOG=warn (no access log, no info spans)",
+            tiers.counting(Target::post_fixed(quiet.addr, "/v1/score", fixed.clone())),
+        ),
     ];
+    // The logging-cost row runs at 64 connections only.
+    const LOGGING_COST: usize = 4;
 
     let mut rows = Vec::new();
     for connections in [64, 1000] {
@@ -118,6 +130,9 @@ pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             .reference("1.00× (the ceiling)".to_owned()),
         );
         for (i, (name, target)) in variants.iter().enumerate() {
+            if i == LOGGING_COST && connections != 64 {
+                continue;
+            }
             let outcome = measure(ctx, target, plan)?;
             let rps = median(&outcome.throughput);
             let mut row = load_row(SCENARIO, format!("{name} · {connections} conns"), &outcome)
@@ -156,7 +171,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    drop((tiered, no_l1, local));
+    drop((tiered, no_l1, local, quiet));
     Ok(rows)
 }
 
