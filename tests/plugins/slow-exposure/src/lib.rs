@@ -6,10 +6,11 @@
 //! it (single-flight); `work` defaults to 0 so the host's warm-up call is
 //! instant.
 
-use riskhost_sdk::{
-    BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score,
-    Unit,
-};
+#[path = "../../shared.rs"]
+#[allow(dead_code)]
+mod shared;
+
+use riskhost_sdk::{BatchContext, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score};
 
 pub struct SlowExposure;
 
@@ -43,24 +44,7 @@ impl Model for SlowExposure {
             x ^= x << 17;
         }
         std::hint::black_box(x);
-        let values = ctx.position_values(&job.portfolio)?;
-        let breakdown = job
-            .portfolio
-            .positions
-            .iter()
-            .zip(&values)
-            .map(|(p, v)| {
-                Ok(Contribution {
-                    name: ctx.instrument(p.series)?.into(),
-                    value: v.abs(),
-                })
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Score {
-            value: values.iter().map(|v| v.abs()).sum(),
-            unit: Unit::CurrencyAmount,
-            breakdown,
-        })
+        shared::gross_exposure(ctx, job)
     }
 }
 
