@@ -8,9 +8,23 @@ cd "$(dirname "$0")/.."
 
 LISTEN="${RISKHOST_LISTEN:-127.0.0.1:8080}"
 
+step() { printf '\n== %s\n' "$*"; }
+
+step "Installing the wasm32-wasip2 target (once)"
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+
+if [ -x target/release/riskhost ] && [ -f plugins/dist/var-historical.wasm ]; then
+    step "Checking the build (a second run takes seconds: only what changed is rebuilt)"
+else
+    step "First build: riskhost and its wasmtime/Cranelift engine, about 5 minutes on 2 cores (a second run takes seconds)"
+fi
+step "Building the example models (plugins/build.sh: three small Rust components)"
 plugins/build.sh
-cargo build --quiet --release -p riskhost
+step "Building riskhost (cargo build --release -p riskhost)"
+# Not --quiet: cargo's progress (a bar on a terminal, a line per crate
+# otherwise) shows that a long first build moves.
+cargo build --release -p riskhost
+step "Starting riskhost on http://$LISTEN with the example models and the bundled market data"
 
 # --anonymous-scoring: this local run scores without API keys (it says so
 # loudly at start-up); a real deployment creates keys with `riskhost key new`.

@@ -16,12 +16,12 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{Value, json};
 
-use riskhost::api::ApiError;
-use riskhost::cache::{CanonicalPosition, score_key};
-use riskhost::market::{PriceTable, SnapshotId, load_prices_csv};
-use riskhost::registry::ModelRef;
-use riskhost::scoring::batch::BatchRequest;
-use riskhost::scoring::request::{PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
+use riskhost_cache::{CanonicalPosition, score_key};
+use riskhost_http::api::ApiError;
+use riskhost_market::{PriceTable, SnapshotId, load_prices_csv};
+use riskhost_models::registry::ModelRef;
+use riskhost_scoring::batch::BatchRequest;
+use riskhost_scoring::request::{PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
 
 const CASES: u32 = 512;
 

@@ -7,18 +7,16 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 
-use crate::cache::InProcessCache;
 use crate::config::{Cli, Command, ScoreArgs};
-use crate::engine::ModelEngine;
-use crate::loader;
-use crate::registry::{BulkheadLimits, ModelRegistry};
-use crate::scoring::{PortfolioInput, ScoreRequest, ScoringService, ScoringSettings};
+use riskhost_cache::InProcessCache;
+use riskhost_models::loader;
+use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
+use riskhost_scoring::{PortfolioInput, ScoreRequest, ScoringSettings};
+
+use crate::services::Services;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::services::runtime()?;
     match cli.command {
         Command::Config(_) => Ok(()),
         Command::Serve(args) => {
@@ -37,14 +35,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
         Command::Key(command) => {
             crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
-            runtime.block_on(crate::auth::command::run(command))
+            runtime.block_on(crate::key_command::run(command))
         }
         Command::Db(command) => {
             crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
             runtime.block_on(crate::db::run(command))
         }
         Command::ExportSampleData { out } => {
-            let table = crate::market::sample::sample_table();
+            let table = riskhost_market::sample::sample_table();
             match out {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
@@ -57,7 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &crate::openapi::document())?;
+            serde_json::to_writer_pretty(&mut out, &riskhost_http::openapi::document())?;
             writeln!(out)?;
             Ok(())
         }
@@ -66,8 +64,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `riskhost score`: the same path as the server's, in one process.
 async fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
-    let registry = Arc::new(ModelRegistry::new());
+    let market = crate::services::open_market(&args.sources).await?;
+    let services = Services::new(args.sources.sandbox.limits(), ModelRegistry::new(), market)?;
+    let (engine, registry) = (&services.engine, &services.registry);
     let bulkhead = BulkheadLimits {
         max_concurrent: 1,
         max_queued: 1,
@@ -75,11 +74,11 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let model_path = Path::new(&args.model);
     let model_name = if model_path.extension().is_some_and(|e| e == "wasm") || model_path.is_file()
     {
-        loader::load_file(&engine, &registry, model_path, bulkhead)
+        loader::load_file(engine, registry, model_path, bulkhead)
             .await
             .map_err(|e| anyhow::anyhow!("{} did not load: {e}", model_path.display()))?
     } else {
-        loader::load_directory(&engine, &registry, &args.sources.plugins, bulkhead).await;
+        loader::load_directory(engine, registry, &args.sources.plugins, bulkhead).await;
         if registry.active().get(&args.model).is_none() {
             let failures: Vec<String> = registry
                 .failures()
@@ -105,13 +104,14 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
         }
         args.model.clone()
     };
-    let market = crate::server::open_market(&args.sources).await?;
     let portfolio_text = std::fs::read_to_string(&args.portfolio)
         .with_context(|| format!("cannot read {}", args.portfolio.display()))?;
     let portfolio: PortfolioInput = serde_json::from_str(&portfolio_text)
         .with_context(|| format!("{} is not a portfolio", args.portfolio.display()))?;
-    let cache = Arc::new(InProcessCache::new(1 << 20));
-    let scoring = ScoringService::new(engine, registry, market, cache, ScoringSettings::default());
+    let scoring = services.scoring(
+        Arc::new(InProcessCache::new(1 << 20)),
+        ScoringSettings::default(),
+    );
     let request = ScoreRequest {
         model: model_name,
         portfolio,

@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cache::CachePolicy;
-use crate::cache::breaker::BreakerSettings;
-use crate::cache::redis::RedisSettings;
-use crate::engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
-use crate::registry::BulkheadLimits;
-use crate::scoring::batch::BatchLimits;
-use crate::scoring::batcher::DynamicBatching;
-use crate::scoring::{PortfolioLimits, ScoringSettings};
 use crate::telemetry::LogFormat;
+use riskhost_cache::CachePolicy;
+use riskhost_cache::breaker::BreakerSettings;
+use riskhost_cache::redis::RedisSettings;
+use riskhost_engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
+use riskhost_models::registry::BulkheadLimits;
+use riskhost_scoring::batch::BatchLimits;
+use riskhost_scoring::batcher::DynamicBatching;
+use riskhost_scoring::{PortfolioLimits, ScoringSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +51,7 @@ pub enum Command {
     Model(crate::tooling::ModelCommand),
     /// Create and manage API keys.
     #[command(subcommand)]
-    Key(crate::auth::command::KeyCommand),
+    Key(crate::key_command::KeyCommand),
     /// Manage the databases: apply migrations, load the sample data.
     #[command(subcommand)]
     Db(DbCommand),
@@ -85,7 +85,7 @@ pub struct SourceArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     #[command(flatten)]
-    pub data: crate::market::connect::DataArgs,
+    pub data: crate::sources::DataArgs,
 }
 
 /// `riskhost db …`.
@@ -102,7 +102,7 @@ pub enum DbCommand {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     #[command(flatten)]
-    pub data: crate::market::connect::DataArgs,
+    pub data: crate::sources::DataArgs,
     /// Events table to create in ClickHouse (`migrate`).
     #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
     pub events_table: String,
@@ -215,7 +215,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub batching: BatchingArgs,
     #[command(flatten)]
-    pub auth: crate::auth::AuthArgs,
+    pub auth: AuthArgs,
     /// Most requests served at once over the `/v1` routes; beyond it new
     /// ones get 503 `overloaded` at once (no queue).
     #[arg(long, env = "RISKHOST_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
@@ -235,7 +235,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RISKHOST_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
     pub shutdown_delay_secs: u64,
     #[command(flatten)]
-    pub events: crate::events::EventArgs,
+    pub events: EventArgs,
 }
 
 impl ServeArgs {
@@ -387,7 +387,7 @@ pub struct HotSwapArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub artifact_cache: bool,
     /// Non-active versions kept loaded (for pins and rollbacks); others load from the store on use.
-    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = crate::registry::DEFAULT_STANDBY_VERSIONS)]
+    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = riskhost_models::registry::DEFAULT_STANDBY_VERSIONS)]
     pub standby_versions: u64,
     #[command(flatten)]
     pub signing: SigningArgs,
@@ -422,10 +422,12 @@ pub struct SigningArgs {
 
 impl SigningArgs {
     /// The policy these settings describe.
-    pub fn policy(&self) -> anyhow::Result<crate::signing::SignaturePolicy> {
-        let trusted =
-            crate::signing::TrustedKeys::load(&self.trusted_keys, &self.trusted_keys_files)?;
-        Ok(crate::signing::SignaturePolicy::new(
+    pub fn policy(&self) -> anyhow::Result<riskhost_models::signing::SignaturePolicy> {
+        let trusted = riskhost_models::signing::TrustedKeys::load(
+            &self.trusted_keys,
+            &self.trusted_keys_files,
+        )?;
+        Ok(riskhost_models::signing::SignaturePolicy::new(
             self.require_signatures,
             trusted,
         )?)
@@ -444,7 +446,7 @@ pub struct ScoreArgs {
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
-    #[arg(long, value_parser = crate::scoring::parse_date)]
+    #[arg(long, value_parser = riskhost_scoring::parse_date)]
     pub as_of: Option<chrono::NaiveDate>,
     #[command(flatten)]
     pub sources: SourceArgs,
@@ -464,7 +466,7 @@ pub struct ScoreFileArgs {
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
-    #[arg(long, value_parser = crate::scoring::parse_date)]
+    #[arg(long, value_parser = riskhost_scoring::parse_date)]
     pub as_of: Option<chrono::NaiveDate>,
     /// Portfolios per batch.
     #[arg(long, default_value_t = 1000)]
@@ -481,7 +483,7 @@ fn parse_model_ttl(s: &str) -> Result<(String, u64), String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=SECS"))?;
     let name = name.trim();
-    if !crate::cache::is_model_name(name) {
+    if !riskhost_engine::ModelName::is_valid(name) {
         return Err(format!("`{name}` is not a model name (lower-kebab-case)"));
     }
     let secs: u64 = secs
@@ -502,6 +504,140 @@ pub(crate) fn parse_param(s: &str) -> Result<(String, f64), String> {
     Ok((name.trim().to_owned(), value))
 }
 
+/// The key settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Bearer token of an admin key with id `admin` (shorthand for one
+    /// `--api-key`): send it as `Authorization: Bearer <token>`. A token
+    /// with a `.` must start with `admin.`.
+    #[arg(long, env = "RISKHOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// An API key, stored as its token's hash:
+    /// `ID:sha256=HEX,scopes=score|admin[,rate_per_minute=N][,burst=N]`
+    /// (`riskhost key new` prints one). Repeat the flag; the variable
+    /// separates keys with `;`. A configuration file's `[[api_keys]]`
+    /// tables land here.
+    #[arg(
+        long = "api-key",
+        env = "RISKHOST_API_KEYS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// A TOML file of `[[api_keys]]` tables (id, sha256, scopes,
+    /// rate_per_minute, burst), e.g. a mounted secret.
+    #[arg(long, env = "RISKHOST_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Where keys are looked up: `config` (the flags above) or `postgres`
+    /// (the `api_keys` table in --postgres-schema, plus the flags above).
+    #[arg(
+        long,
+        env = "RISKHOST_KEYS_SOURCE",
+        value_enum,
+        default_value = "config"
+    )]
+    pub keys_source: KeysSourceKind,
+    /// How long a key read from PostgreSQL is trusted, in ms: a revocation
+    /// takes effect within it.
+    #[arg(long, env = "RISKHOST_KEYS_CACHE_TTL_MS", default_value_t = 5000)]
+    pub keys_cache_ttl_ms: u64,
+    /// Let callers without a key use the `score` routes (scoring, models,
+    /// history), rate limited per client address. For local runs only.
+    #[arg(long, env = "RISKHOST_ANONYMOUS_SCORING", num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub anonymous_scoring: bool,
+    /// Requests per minute of each key without its own rate, and of each
+    /// anonymous client address; 0 turns rate limits off.
+    #[arg(long, env = "RISKHOST_RATE_LIMIT_PER_MINUTE", default_value_t = 1000)]
+    pub rate_limit_per_minute: u32,
+    /// Requests a caller may send at once after being idle.
+    #[arg(long, env = "RISKHOST_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+}
+
+/// Where `serve` looks keys up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeysSourceKind {
+    Config,
+    Postgres,
+}
+
+impl AuthArgs {
+    /// The keys given in configuration (flags, variables, files).
+    pub fn configured_keys(&self) -> Result<Vec<riskhost_auth::ApiKey>, String> {
+        let mut keys = Vec::new();
+        if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
+            if riskhost_auth::keys::token_id(token) != Some(riskhost_auth::keys::ADMIN_TOKEN_ID) {
+                return Err(
+                    "--admin-token must be a token without `.` or one starting with `admin.`, made of visible ASCII"
+                        .into(),
+                );
+            }
+            keys.push(riskhost_auth::ApiKey {
+                id: riskhost_auth::keys::ADMIN_TOKEN_ID.to_owned(),
+                digest: riskhost_auth::keys::digest(token),
+                scope: riskhost_auth::Scope::Admin,
+                rate: Default::default(),
+            });
+        }
+        for spec in self.api_keys.iter().filter(|s| !s.trim().is_empty()) {
+            keys.push(riskhost_auth::keys::parse_key_spec(spec)?);
+        }
+        if let Some(path) = &self.api_keys_file {
+            keys.extend(riskhost_auth::keys::load_keys_file(path)?);
+        }
+        Ok(keys)
+    }
+}
+
+/// Which sink `serve` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsKind {
+    /// ClickHouse when `--clickhouse-url` is set, else none.
+    Auto,
+    None,
+    Log,
+    Clickhouse,
+}
+
+/// Settings of the score-event sink.
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// Where score events go.
+    #[arg(long, env = "RISKHOST_EVENTS", value_enum, default_value = "auto")]
+    pub events: EventsKind,
+    /// ClickHouse table of score events (in --clickhouse-database).
+    #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
+    pub events_table: String,
+    /// Events per insert.
+    #[arg(long, env = "RISKHOST_EVENTS_BATCH", default_value_t = 10_000)]
+    pub events_batch: usize,
+    /// Longest wait before buffered events are inserted, in ms.
+    #[arg(long, env = "RISKHOST_EVENTS_FLUSH_MS", default_value_t = 1000)]
+    pub events_flush_ms: u64,
+    /// Events held in memory; beyond it they go straight to the spool file.
+    #[arg(long, env = "RISKHOST_EVENTS_QUEUE", default_value_t = 100_000)]
+    pub events_queue: usize,
+    /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
+    #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
+    pub events_spool_max_mib: u64,
+}
+
+impl EventArgs {
+    /// The ClickHouse sink's settings, its spool under `data_dir`.
+    pub fn settings(&self, data_dir: &std::path::Path) -> riskhost_events::EventSettings {
+        riskhost_events::EventSettings {
+            table: self.events_table.clone(),
+            batch: self.events_batch,
+            flush_every: Duration::from_millis(self.events_flush_ms),
+            queue: self.events_queue,
+            spool_max_bytes: self.events_spool_max_mib << 20,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -511,5 +647,33 @@ mod tests {
     #[test]
     fn the_command_line_has_no_clashing_flags() {
         super::Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+
+    #[test]
+    fn the_admin_token_is_the_admin_key() {
+        let t = T::parse_from(["t", "--admin-token", "s3cret"]);
+        let keys = t.auth.configured_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, "admin");
+        assert!(keys[0].verifies("s3cret") && !keys[0].verifies("s3cret "));
+        assert!(!t.auth.anonymous_scoring);
+        let t = T::parse_from(["t", "--admin-token", "ops.s3cret"]);
+        assert!(t.auth.configured_keys().is_err());
+        let t = T::parse_from(["t", "--anonymous-scoring"]);
+        assert!(t.auth.anonymous_scoring);
+        let t = T::parse_from(["t", "--anonymous-scoring=false"]);
+        assert!(!t.auth.anonymous_scoring);
     }
 }

@@ -1,18 +1,16 @@
-//! `riskhost db migrate|seed`, and the choice of score-event sink for
-//! `serve`: the set-up edges of the database code (anyhow lives here, the
-//! library modules return typed errors).
+//! `riskhost db migrate|seed`: the set-up edges of the database code
+//! (anyhow lives here, the library crates return typed errors).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use riskhost_db::clickhouse::Warehouse;
+use riskhost_events::clickhouse::create_table_sql;
+use riskhost_market::sample::sample_instrument_info;
+use riskhost_market::{PriceTable, StoredPortfolio, sample_portfolios};
 
 use crate::config::{DbArgs, DbCommand};
-use crate::events::clickhouse::{ClickHouseSink, create_table_sql};
-use crate::events::{EventArgs, EventSink, EventsKind, LogSink, NoSink};
-use crate::market::connect::{DataArgs, open_postgres, sample_instrument_info};
-use crate::market::{PriceTable, StoredPortfolio, sample_portfolios};
-use crate::warehouse::Warehouse;
+use crate::sources::open_postgres;
 
 pub async fn run(command: DbCommand) -> anyhow::Result<()> {
     match command {
@@ -39,9 +37,9 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     }
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
-        crate::market::clickhouse::create_tables(&wh).await?;
+        riskhost_market::clickhouse::create_tables(&wh).await?;
         let version = wh.server_version().await?;
-        crate::warehouse::validate_name("table", &args.events_table)?;
+        riskhost_db::clickhouse::validate_name("table", &args.events_table)?;
         let ddl = create_table_sql(wh.database(), &args.events_table, version);
         let client = if version.low_cardinality_is_experimental() {
             wh.bare_client()
@@ -52,7 +50,7 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
         };
         wh.timed("create_events_table", client.query(&ddl).execute())
             .await?;
-        crate::events::clickhouse::add_missing_columns(&wh, &client, &args.events_table).await?;
+        riskhost_events::clickhouse::add_missing_columns(&wh, &client, &args.events_table).await?;
         println!(
             "ClickHouse {version} database {}: market and {} tables ready",
             wh.database(),
@@ -68,9 +66,9 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
         return Err(nothing_configured());
     }
     let table: PriceTable = match &args.prices {
-        Some(path) => crate::market::load_prices_csv_file(path)
+        Some(path) => riskhost_market::load_prices_csv_file(path)
             .with_context(|| format!("cannot load prices from {}", path.display()))?,
-        None => crate::market::sample_table(),
+        None => riskhost_market::sample_table(),
     };
     let portfolios: Vec<StoredPortfolio> = sample_portfolios()?
         .into_iter()
@@ -80,7 +78,7 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
     if let Some(settings) = pg {
         let schema = settings.schema.clone();
         let pool = open_postgres(settings, Duration::ZERO).await?;
-        let report = crate::market::postgres::seed(&pool, &table, &info, &portfolios).await?;
+        let report = riskhost_market::postgres::seed(&pool, &table, &info, &portfolios).await?;
         println!(
             "PostgreSQL schema {schema}: {} instruments, {} prices, {} portfolios ({} positions) written or changed",
             report.instruments, report.prices, report.portfolios, report.positions
@@ -88,7 +86,7 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
     }
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
-        let prices = crate::market::clickhouse::seed(&wh, &table, &info, &portfolios).await?;
+        let prices = riskhost_market::clickhouse::seed(&wh, &table, &info, &portfolios).await?;
         println!(
             "ClickHouse database {}: {} instruments, {prices} prices, {} portfolios written",
             wh.database(),
@@ -97,23 +95,4 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The score-event sink `--events` selects.
-pub async fn event_sink(data: &DataArgs, args: &EventArgs) -> anyhow::Result<Arc<dyn EventSink>> {
-    let kind = match (args.events, data.clickhouse()) {
-        (EventsKind::Auto, Some(_)) => EventsKind::Clickhouse,
-        (EventsKind::Auto, None) => EventsKind::None,
-        (kind, _) => kind,
-    };
-    Ok(match kind {
-        EventsKind::None | EventsKind::Auto => Arc::new(NoSink),
-        EventsKind::Log => Arc::new(LogSink),
-        EventsKind::Clickhouse => {
-            let wh = Warehouse::new(data.require_clickhouse()?)?;
-            let sink = ClickHouseSink::start(wh, args).await?;
-            tracing::info!(table = %sink.table(), "score events go to ClickHouse");
-            sink
-        }
-    })
 }

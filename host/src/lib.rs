@@ -1,29 +1,26 @@
-//! riskhost: serves risk models shipped as sandboxed WebAssembly components.
+//! riskhost, the binary's library: the command line, the configuration and
+//! the composition root that builds every service from it.
 //!
-//! See ARCHITECTURE.md at the repository root for the map of this crate.
+//! - [`config`], [`settings_file`], [`sources`]: every setting (clap stays
+//!   here; the capability crates take plain `*Settings` structs).
+//! - [`services`]: builds the services each command needs, once.
+//! - [`server`]: `serve`, with [`server::run`] handed its listener and its
+//!   shutdown future.
+//! - [`cli`], [`score_file`], [`db`], [`key_command`], [`tooling`]: the
+//!   other subcommands.
+//! - [`telemetry`]: the log subscriber and the Prometheus recorder.
+//!
+//! May not: hold domain logic. What scores, caches, stores or answers HTTP
+//! lives in the crates under `crates/` (ARCHITECTURE.md).
 
-pub mod admin;
-pub mod api;
-pub mod auth;
-pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod deploy;
-pub mod engine;
-pub mod events;
-pub mod limits;
-pub mod loader;
-pub mod market;
-pub mod openapi;
-pub mod registry;
+pub mod key_command;
 pub mod score_file;
-pub mod scoring;
 pub mod server;
+pub mod services;
 pub mod settings_file;
-pub mod signing;
-pub mod store;
+pub mod sources;
 pub mod telemetry;
 pub mod tooling;
-pub mod warehouse;
-pub mod watcher;

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use crate::cache::InProcessCache;
 use crate::config::ScoreFileArgs;
-use crate::engine::ModelEngine;
-use crate::loader;
-use crate::registry::{BulkheadLimits, ModelRegistry};
-use crate::scoring::batch::{BatchCell, BatchRequest, CellOutcome};
-use crate::scoring::{PortfolioInput, ScoringService, ScoringSettings};
+use riskhost_cache::InProcessCache;
+
+use riskhost_models::loader;
+use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
+use riskhost_scoring::batch::{BatchCell, BatchRequest, CellOutcome};
+use riskhost_scoring::{PortfolioInput, ScoringSettings};
 
 /// Output formats.
 enum Format {
@@ -24,8 +24,13 @@ enum Format {
 }
 
 pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
-    let engine = Arc::new(ModelEngine::new(args.sources.sandbox.limits())?);
-    let registry = Arc::new(ModelRegistry::new());
+    let market = crate::services::open_market(&args.sources).await?;
+    let services = crate::services::Services::new(
+        args.sources.sandbox.limits(),
+        ModelRegistry::new(),
+        market,
+    )?;
+    let registry = services.registry.clone();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -33,22 +38,15 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
         max_concurrent: cores,
         max_queued: usize::MAX,
     };
-    loader::load_directory(&engine, &registry, &args.sources.plugins, bulkhead).await;
-    let market = crate::server::open_market(&args.sources).await?;
+    loader::load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
     let settings = ScoringSettings {
-        batch: crate::scoring::batch::BatchLimits {
+        batch: riskhost_scoring::batch::BatchLimits {
             max_portfolios: args.batch.max(1),
             ..Default::default()
         },
         ..ScoringSettings::default()
     };
-    let scoring = ScoringService::new(
-        engine,
-        registry.clone(),
-        market,
-        Arc::new(InProcessCache::new(64 << 20)),
-        settings,
-    );
+    let scoring = services.scoring(Arc::new(InProcessCache::new(64 << 20)), settings);
     for model in &args.models {
         if let Err(e) = registry.resolve(model).await {
             bail!("{e}");

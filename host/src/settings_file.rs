@@ -90,7 +90,7 @@ fn api_key_specs(value: &toml::Value) -> anyhow::Result<String> {
         .iter()
         .map(|item| match item {
             toml::Value::Table(t) => {
-                crate::auth::keys::spec_from_toml(t).map_err(anyhow::Error::msg)
+                riskhost_auth::keys::spec_from_toml(t).map_err(anyhow::Error::msg)
             }
             _ => bail!("`api_keys` must be [[api_keys]] tables"),
         })

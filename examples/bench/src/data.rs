@@ -10,8 +10,8 @@
 
 use anyhow::{Context as _, bail};
 use chrono::{Datelike, NaiveDate, Weekday};
-use riskhost::engine::bindings as host;
-use riskhost::market::{PriceTable, PriceWindow};
+use riskhost_engine::bindings as host;
+use riskhost_market::{PriceTable, PriceWindow};
 
 /// SplitMix64: a tiny, fixed, seedable generator.
 pub struct Rng(u64);

@@ -16,7 +16,7 @@ use wasmtime::component::Component;
 
 use super::imports::{self, ImportReport, Treatment};
 use super::{InspectArgs, human_bytes, human_duration};
-use crate::engine::{LoadedModel, ModelDescription, ModelEngine, SandboxLimits};
+use riskhost_engine::{LoadedModel, ModelDescription, ModelEngine, SandboxLimits};
 
 /// Everything `inspect` reports, as printed with `--json`.
 #[derive(Debug, Serialize)]

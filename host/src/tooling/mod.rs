@@ -84,7 +84,7 @@ pub struct TestArgs {
     #[arg(long = "param", value_parser = crate::config::parse_param)]
     pub params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
-    #[arg(long, value_parser = crate::scoring::parse_date)]
+    #[arg(long, value_parser = riskhost_scoring::parse_date)]
     pub as_of: Option<chrono::NaiveDate>,
     /// Timed calls per portfolio (each in a fresh instance, as the server runs them).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -142,16 +142,7 @@ pub fn scaffold(args: &NewArgs, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// The same rule the host applies to `info().name` at load time, checked
 /// now so the project does not build a model that cannot load.
 fn check_name(name: &str) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.split('-').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        });
-    if !valid {
+    if !riskhost_engine::ModelName::is_valid(name) {
         bail!(
             "`{name}` is not a valid model name: use lower-kebab-case ASCII (a-z, 0-9, '-'), starting with a letter, e.g. `credit-var`"
         );

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::engine::ModelEngine;
-use crate::signing::{self, DetachedSignature, TrustedKeys};
+use riskhost_engine::ModelEngine;
+use riskhost_models::signing::{self, DetachedSignature, TrustedKeys};
 
 #[derive(Debug, Clone, Args)]
 pub struct KeygenArgs {

@@ -28,17 +28,16 @@ use serde::Serialize;
 
 use super::inspect::{self, Inspection};
 use super::{TestArgs, human_bytes, human_duration};
-use crate::cache::{InProcessCache, key::days_since_epoch, score_key};
-use crate::engine::bindings::{Job, MarketData, ModelError, Score};
-use crate::engine::{Determinism, ModelEngine, unit_name};
-use crate::market::MarketDataSource;
-use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
-use crate::scoring::batcher::DynamicBatching;
-use crate::scoring::jobs::{Executor, PreparedJob};
-use crate::scoring::request::canonicalize;
-use crate::scoring::{
-    PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringService,
-    ScoringSettings,
+use riskhost_cache::{InProcessCache, score_key};
+use riskhost_engine::bindings::{Job, MarketData, ModelError, Score};
+use riskhost_engine::{Determinism, ModelEngine, unit_name};
+use riskhost_market::MarketDataSource;
+use riskhost_models::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
+use riskhost_scoring::batcher::DynamicBatching;
+use riskhost_scoring::jobs::{Executor, PreparedJob, call_determinism};
+use riskhost_scoring::request::canonicalize;
+use riskhost_scoring::{
+    PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
 };
 
 /// What `model test` found, as printed with `--json`.
@@ -108,7 +107,13 @@ struct Case {
 
 pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     init_logging();
-    let engine = Arc::new(ModelEngine::new(args.sandbox.limits())?);
+    let market = crate::services::market_source(args.prices.as_deref())?;
+    let services = crate::services::Services::new(
+        args.sandbox.limits(),
+        ModelRegistry::new(),
+        market.clone(),
+    )?;
+    let engine = services.engine.clone();
     let path = args.file.clone();
     let task_engine = engine.clone();
     let (inspection, model) =
@@ -138,7 +143,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     };
 
     let name = model.name().to_owned();
-    let registry = Arc::new(ModelRegistry::new());
+    let registry = services.registry.clone();
     registry.activate(Arc::new(ModelEntry {
         model,
         source: format!("file:{}", args.file.display()),
@@ -152,11 +157,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
         .resolve(&name)
         .await
         .map_err(|e| anyhow::anyhow!("the loaded model vanished: {e}"))?;
-    let market = crate::server::market_source(args.prices.as_deref())?;
-    let scoring = ScoringService::new(
-        engine.clone(),
-        registry,
-        market.clone(),
+    let scoring = services.scoring(
         Arc::new(InProcessCache::new(16 << 20)),
         ScoringSettings {
             // One request, one call: what is timed is the model alone.
@@ -262,7 +263,7 @@ fn init_logging() {
 /// The portfolios to score: the given files, or the bundled samples.
 fn cases(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Case>> {
     if files.is_empty() {
-        let samples = crate::market::embedded::sample_portfolios()
+        let samples = riskhost_market::embedded::sample_portfolios()
             .map_err(|e| anyhow::anyhow!("the bundled sample portfolios are broken: {e}"))?;
         return Ok(samples
             .into_iter()
@@ -362,15 +363,7 @@ async fn call_inputs(
     }
     let window = window.context("no price window")?;
     let (market, call_jobs) = window.call_inputs(jobs)?;
-    // The same seed the server derives for a call of these jobs.
-    let seed = jobs
-        .iter()
-        .fold(0u64, |acc, j| acc.rotate_left(5) ^ j.key.seed());
-    let determinism = Determinism {
-        as_of_unix_seconds: i64::from(days_since_epoch(as_of)) * 86_400,
-        seed,
-    };
-    Ok((market, call_jobs, determinism))
+    Ok((market, call_jobs, call_determinism(jobs, as_of)))
 }
 
 /// Calls the job `--repeat` times (and `--batch` copies of it), checking

@@ -37,7 +37,7 @@ struct Portfolio {
 }
 
 fn portfolios() -> Vec<Portfolio> {
-    let table = riskhost::market::sample_table();
+    let table = riskhost_market::sample_table();
     let names: Vec<String> = table.instruments().to_vec();
     let mut rng = Rng::new(7);
     (0..PORTFOLIOS)

@@ -17,8 +17,8 @@
 use std::hint::black_box;
 
 use anyhow::Context as _;
-use riskhost::engine::Determinism;
-use riskhost::market::PriceWindow;
+use riskhost_engine::Determinism;
+use riskhost_market::PriceWindow;
 
 use super::{Context, native};
 use crate::data::{self, Batch};

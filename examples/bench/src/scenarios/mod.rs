@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use riskhost::engine::{LoadedModel, ModelEngine, SandboxLimits};
+use riskhost_engine::{LoadedModel, ModelEngine, SandboxLimits};
 
 use crate::harness::Sampling;
 use crate::loadgen::{Outcome, Plan, Stop};

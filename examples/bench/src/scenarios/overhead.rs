@@ -16,7 +16,7 @@
 use std::hint::black_box;
 
 use anyhow::Context as _;
-use riskhost::engine::Determinism;
+use riskhost_engine::Determinism;
 
 use super::{Context, native};
 use crate::data::{self, Batch, JobSpec};

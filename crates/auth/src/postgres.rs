@@ -1,0 +1,169 @@
+//! API keys in PostgreSQL (`--keys-source postgres`): the `api_keys` table
+//! of `--postgres-schema` (migration `0002_api_keys.sql`), read through a
+//! short in-process cache so a request does not cost a query. Misses are
+//! cached too, so a flood of one unknown id costs one query per TTL; a
+//! revocation takes effect within `--keys-cache-ttl-ms`.
+//!
+//! Keys from configuration (`--admin-token`, `--api-key`) are consulted
+//! first, so an operator keeps a way in while the database is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::keys::{self, ApiKey, RateOverride, Scope, StaticKeys};
+use super::{KeyError, KeySource};
+use riskhost_db::DbError;
+use riskhost_db::postgres::PgPool;
+
+/// Keys from the `api_keys` table, cached, behind the configured ones.
+pub struct PostgresKeys {
+    pool: PgPool,
+    configured: StaticKeys,
+    cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+    select: String,
+}
+
+impl PostgresKeys {
+    /// `pool`'s schema must be migrated (the server does at start-up).
+    pub fn new(pool: PgPool, configured: StaticKeys, ttl: Duration) -> PostgresKeys {
+        let select = format!(
+            "SELECT sha256, scopes, rate_per_minute, burst FROM {}.api_keys
+             WHERE id = $1 AND revoked_at IS NULL",
+            pool.schema()
+        );
+        PostgresKeys {
+            pool,
+            configured,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            select,
+        }
+    }
+
+    async fn fetch(&self, id: &str) -> Result<Option<Arc<ApiKey>>, DbError> {
+        let sql = self.select.clone();
+        let owned = id.to_owned();
+        let row = self
+            .pool
+            .run("api_key", move |client| {
+                Box::pin(async move {
+                    let statement = client.prepare_cached(&sql).await?;
+                    client.query_opt(&statement, &[&owned]).await
+                })
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let bad = |e: String| DbError::Invalid(format!("api_keys row `{id}`: {e}"));
+        let sha: String = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+        let scopes: Vec<String> = row.try_get(1).map_err(|e| bad(e.to_string()))?;
+        let rate: Option<i32> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+        let burst: Option<i32> = row.try_get(3).map_err(|e| bad(e.to_string()))?;
+        let positive = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0);
+        let digest: [u8; 32] = hex::decode(&sha)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("sha256 is not 64 hex digits".into()))?;
+        Ok(Some(Arc::new(ApiKey {
+            id: id.to_owned(),
+            digest,
+            scope: Scope::widest(scopes.iter().map(String::as_str)).map_err(bad)?,
+            rate: RateOverride {
+                per_minute: positive(rate),
+                burst: positive(burst),
+            },
+        })))
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for PostgresKeys {
+    async fn get(&self, id: &str) -> Result<Option<Arc<ApiKey>>, KeyError> {
+        if let Some(key) = self.configured.get(id).await? {
+            return Ok(Some(key));
+        }
+        if let Some(cached) = self.cache.get(id) {
+            return Ok(cached);
+        }
+        match self.fetch(id).await {
+            Ok(key) => {
+                self.cache.insert(id.to_owned(), key.clone());
+                Ok(key)
+            }
+            // A broken row is no key; the log says why.
+            Err(DbError::Invalid(message)) => {
+                tracing::warn!(key_id = %id, "{message}");
+                Ok(None)
+            }
+            Err(e) => Err(KeyError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "PostgreSQL table {}.api_keys (cached) and {}",
+            self.pool.schema(),
+            self.configured.describe()
+        )
+    }
+}
+
+/// Inserts a key (its hash only). Fails if the id exists.
+pub async fn insert(pool: &PgPool, key: &ApiKey, description: &str) -> Result<(), DbError> {
+    let sql = format!(
+        "INSERT INTO {}.api_keys (id, sha256, scopes, rate_per_minute, burst, description)
+         VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''))",
+        pool.schema()
+    );
+    let (id, sha) = (key.id.clone(), hex::encode(key.digest));
+    let scopes = vec![key.scope.as_str().to_owned()];
+    let signed = |n: Option<u32>| n.and_then(|n| i32::try_from(n).ok());
+    let (rate, burst) = (signed(key.rate.per_minute), signed(key.rate.burst));
+    let description = description.to_owned();
+    pool.run("insert_api_key", move |client| {
+        Box::pin(async move {
+            client
+                .execute(&sql, &[&id, &sha, &scopes, &rate, &burst, &description])
+                .await
+        })
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Revokes a key; whether there was an unrevoked key with that id.
+pub async fn revoke(pool: &PgPool, id: &str) -> Result<bool, DbError> {
+    keys::check_id(id).map_err(DbError::Invalid)?;
+    let sql = format!(
+        "UPDATE {}.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        pool.schema()
+    );
+    let id = id.to_owned();
+    let n = pool
+        .run("revoke_api_key", move |client| {
+            Box::pin(async move { client.execute(&sql, &[&id]).await })
+        })
+        .await?;
+    Ok(n > 0)
+}
+
+/// Every key: id, scopes, created, revoked (never a hash).
+pub async fn list(pool: &PgPool) -> Result<Vec<(String, String, String, String)>, DbError> {
+    let sql = format!(
+        "SELECT id, array_to_string(scopes, '+'), created_at::text, COALESCE(revoked_at::text, '')
+         FROM {}.api_keys ORDER BY id",
+        pool.schema()
+    );
+    let rows = pool
+        .run("list_api_keys", move |client| {
+            Box::pin(async move { client.query(&sql, &[]).await })
+        })
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| DbError::Invalid(e.to_string()))
+}

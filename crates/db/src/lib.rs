@@ -1,0 +1,27 @@
+//! riskhost-db: the database connections every other crate shares.
+//!
+//! - [`postgres`]: [`postgres::PgPool`], the pooled PostgreSQL client
+//!   (deadpool-postgres) with metrics, time bounds and error translation,
+//!   and the migrations that create riskhost's tables.
+//! - [`clickhouse`]: [`clickhouse::Warehouse`], the pooled ClickHouse HTTP
+//!   client shared by the ClickHouse market source and the score-event sink.
+//!
+//! May not: know what the tables mean (market data, keys and events are
+//! their own crates' business), or depend on any riskhost crate.
+
+pub mod clickhouse;
+pub mod postgres;
+
+/// Why a database could not be used.
+///
+/// Messages may reach API clients (as 503s), so they name the server and the
+/// operation but never credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// The configuration is unusable (bad URL, schema or table name).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database is down, slow or refused the statement.
+    #[error("{0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,16 @@
+//! Host-side bindings generated from `wit/model.wit`.
+//!
+//! Kept in their own module so the generated names (`Model`, `ModelPre`,
+//! the record types) never collide with the host's domain types.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "model",
+    additional_derives: [PartialEq],
+});
+
+// The world's `use` already brings Job, MarketData, ModelError, ModelInfo
+// and Score into this module.
+pub use riskhost::model::types::{
+    Contribution, DataNeeds, ParamSpec, Portfolio, Position, PriceSeries, Unit,
+};

@@ -1,0 +1,630 @@
+//! [`ClickHouseSink`]: score events into a ClickHouse MergeTree table,
+//! batched and asynchronous, spooled to disk while ClickHouse is away.
+//!
+//! `record` only counts and hands events to one writer task (or, when the
+//! in-memory queue is full, appends them to the spool itself), so a request
+//! never waits on ClickHouse. The writer inserts a batch when it has
+//! `--events-batch` events or `--events-flush-ms` passed. A failed or slow
+//! insert (bounded by `--clickhouse-timeout-ms`) sends the batch to the
+//! spool; while the spool holds anything, new batches append to it too (to
+//! keep order) and the writer replays it oldest segment first, backing off
+//! from 0.5 s to 30 s between attempts, until it is empty.
+//!
+//! The table (created at start or once ClickHouse first answers) is
+//! `MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (portfolio_id, model, ts)`
+//! with LowCardinality strings; servers from 20.1 also get codecs. 18.16
+//! has no DateTime64, so the time is `ts DateTime` plus `ts_us UInt32` (the
+//! microseconds within the second) on every version, which keeps one row
+//! layout for all. Columns added later (`key_id`) are added to an existing
+//! table with `ALTER TABLE … ADD COLUMN` after a look at `system.columns`
+//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`add_missing_columns`].
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
+
+use super::spool::Spool;
+use super::{EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
+use riskhost_db::DbError as DataError;
+use riskhost_db::clickhouse::{ServerVersion, Warehouse, validate_name};
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct EventRow<'a> {
+    ts: u32,
+    ts_us: u32,
+    request_id: &'a str,
+    portfolio_id: &'a str,
+    model: &'a str,
+    version: &'a str,
+    digest: &'a str,
+    params_hash: &'a str,
+    as_of: u16,
+    value: f64,
+    unit: &'a str,
+    cached: u8,
+    latency_us: u64,
+    error_code: &'a str,
+    path: &'a str,
+    snapshot: &'a str,
+    key_id: &'a str,
+}
+
+impl<'a> EventRow<'a> {
+    fn new(e: &'a ScoreEvent) -> Self {
+        let secs = e.ts_us.div_euclid(1_000_000);
+        EventRow {
+            ts: u32::try_from(secs).unwrap_or(0),
+            ts_us: e.ts_us.rem_euclid(1_000_000) as u32,
+            request_id: &e.request_id,
+            portfolio_id: &e.portfolio_id,
+            model: &e.model,
+            version: &e.version,
+            digest: &e.digest,
+            params_hash: &e.params_hash,
+            as_of: e
+                .as_of
+                .map(|d| u16::try_from(d.to_epoch_days().max(0)).unwrap_or(0))
+                .unwrap_or(0),
+            value: e.value.unwrap_or(f64::NAN),
+            unit: &e.unit,
+            cached: u8::from(e.cached),
+            latency_us: e.latency_us,
+            error_code: &e.error_code,
+            path: &e.path,
+            snapshot: &e.snapshot,
+            key_id: &e.key_id,
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct HistoryRow {
+    ts: u32,
+    ts_us: u32,
+    request_id: String,
+    model: String,
+    version: String,
+    digest: String,
+    params_hash: String,
+    as_of: u16,
+    value: f64,
+    unit: String,
+    cached: u8,
+    latency_us: u64,
+    error_code: String,
+    path: String,
+}
+
+/// The events table's DDL for a server version.
+pub fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String {
+    let codecs = version.has_codecs();
+    let c = |codec: &str| {
+        if codecs {
+            format!(" CODEC({codec})")
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{table} (
+            ts DateTime{ts},
+            ts_us UInt32,
+            request_id String{zstd},
+            portfolio_id String,
+            model LowCardinality(String),
+            version LowCardinality(String),
+            digest LowCardinality(String),
+            params_hash LowCardinality(String),
+            as_of Date{as_of},
+            value Float64{value},
+            unit LowCardinality(String),
+            cached UInt8,
+            latency_us UInt64{latency},
+            error_code LowCardinality(String),
+            path LowCardinality(String),
+            snapshot LowCardinality(String),
+            key_id LowCardinality(String)
+        ) ENGINE = MergeTree
+        PARTITION BY toYYYYMMDD(ts)
+        ORDER BY (portfolio_id, model, ts)",
+        ts = c("DoubleDelta, LZ4"),
+        zstd = c("ZSTD(1)"),
+        as_of = c("Delta, LZ4"),
+        value = c("Gorilla, LZ4"),
+        latency = c("T64, LZ4"),
+    )
+}
+
+/// Columns added after the table's first layout, with their DDL; each is
+/// appended at the end, as a fresh `CREATE TABLE` has it.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFAULT ''")];
+
+/// Brings a table made by an older riskhost up to the current columns.
+/// `client` must carry the LowCardinality setting on servers that need it.
+pub async fn add_missing_columns(
+    wh: &Warehouse,
+    client: &clickhouse::Client,
+    table: &str,
+) -> Result<(), DataError> {
+    let db = wh.database();
+    let present: Vec<String> = wh
+        .timed(
+            "events_table_columns",
+            wh.client()
+                .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                .bind(db)
+                .bind(table)
+                .fetch_all::<String>(),
+        )
+        .await?;
+    for (name, ty) in ADDED_COLUMNS {
+        if present.iter().any(|p| p == name) {
+            continue;
+        }
+        let sql = format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {ty}");
+        wh.timed("alter_events_table", client.query(&sql).execute())
+            .await?;
+        tracing::info!(table = %format!("{db}.{table}"), column = name, "score events table: column added");
+    }
+    Ok(())
+}
+
+enum Message {
+    Events(Vec<ScoreEvent>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters shared by the handle and the writer.
+#[derive(Default)]
+struct Counters {
+    queued: AtomicU64,
+}
+
+/// The ClickHouse event sink.
+pub struct ClickHouseSink {
+    tx: mpsc::UnboundedSender<Message>,
+    counters: Arc<Counters>,
+    spool: Arc<Mutex<Spool>>,
+    queue_max: u64,
+    wh: Warehouse,
+    table: String,
+}
+
+struct Writer {
+    wh: Warehouse,
+    table: String,
+    table_ready: bool,
+    batch_max: usize,
+    flush_every: Duration,
+    spool: Arc<Mutex<Spool>>,
+    counters: Arc<Counters>,
+    /// When replay may be tried next, and the current back-off.
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl ClickHouseSink {
+    /// Starts the writer. ClickHouse need not be up: events spool until it is.
+    pub async fn start(
+        wh: Warehouse,
+        args: &EventSettings,
+    ) -> Result<Arc<ClickHouseSink>, DataError> {
+        validate_name("table", &args.table)?;
+        let spool_dir = args.data_dir.join("spool");
+        let spool = Spool::open(&spool_dir, args.spool_max_bytes).map_err(|e| {
+            DataError::Invalid(format!(
+                "cannot open the event spool in {}: {e}",
+                spool_dir.display()
+            ))
+        })?;
+        if !spool.is_empty() {
+            tracing::info!(
+                events = spool.pending(),
+                dir = %spool_dir.display(),
+                "score events left in the spool by a previous run will be replayed"
+            );
+        }
+        metrics::gauge!("riskhost_events_spool_pending").set(spool.pending() as f64);
+        let spool = Arc::new(Mutex::new(spool));
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut writer = Writer {
+            wh: wh.clone(),
+            table: args.table.clone(),
+            table_ready: false,
+            batch_max: args.batch.max(1),
+            flush_every: args.flush_every.max(Duration::from_millis(1)),
+            spool: spool.clone(),
+            counters: counters.clone(),
+            retry_at: Instant::now(),
+            backoff: BACKOFF_MIN,
+        };
+        if let Err(e) = writer.ensure_table().await {
+            tracing::warn!("score events will be spooled until ClickHouse answers: {e}");
+        }
+        tokio::spawn(writer.run(rx));
+        Ok(Arc::new(ClickHouseSink {
+            tx,
+            counters,
+            spool,
+            queue_max: args.queue.max(1) as u64,
+            wh,
+            table: args.table.clone(),
+        }))
+    }
+
+    /// The table's name in the database.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+fn spill(spool: &Mutex<Spool>, events: &[ScoreEvent]) {
+    let n = events.len() as u64;
+    let outcome = match spool.lock() {
+        Ok(mut spool) => {
+            let r = spool.append(events);
+            metrics::gauge!("riskhost_events_spool_pending").set(spool.pending() as f64);
+            r
+        }
+        Err(_) => Err(std::io::Error::other("the spool lock is poisoned")),
+    };
+    match outcome {
+        Ok(()) => metrics::counter!("riskhost_events_spooled_total").increment(n),
+        Err(e) => {
+            metrics::counter!("riskhost_events_failed_total").increment(n);
+            tracing::error!(events = n, "score events lost: {e}");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for ClickHouseSink {
+    fn record(&self, events: Vec<ScoreEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let queued = self.counters.queued.fetch_add(n, Ordering::AcqRel) + n;
+        if queued > self.queue_max {
+            // Memory is bounded: past the queue, events go to disk now.
+            self.counters.queued.fetch_sub(n, Ordering::AcqRel);
+            spill(&self.spool, &events);
+            return;
+        }
+        metrics::gauge!("riskhost_events_queued").set(queued as f64);
+        if let Err(mpsc::error::SendError(Message::Events(events))) =
+            self.tx.send(Message::Events(events))
+        {
+            // The writer is gone (shutdown): keep the events on disk.
+            self.counters.queued.fetch_sub(n, Ordering::AcqRel);
+            spill(&self.spool, &events);
+        }
+    }
+
+    async fn flush(&self, timeout: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Flush(done)).is_err() {
+            return;
+        }
+        if tokio::time::timeout(timeout, wait).await.is_err() {
+            tracing::warn!(?timeout, "score events not flushed within the timeout");
+        }
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let db = self.wh.database();
+        let mut sql = format!(
+            "SELECT ts, ts_us, request_id, model, version, digest, params_hash, as_of, value, unit,
+                    cached, latency_us, error_code, path
+             FROM {db}.{} WHERE portfolio_id = ?",
+            self.table
+        );
+        if q.model.is_some() {
+            sql.push_str(" AND model = ?");
+        }
+        if q.from.is_some() {
+            sql.push_str(" AND ts >= toDateTime(?)");
+        }
+        if q.to.is_some() {
+            sql.push_str(" AND ts < toDateTime(?)");
+        }
+        sql.push_str(" ORDER BY ts, ts_us LIMIT ?");
+        let mut query = self.wh.client().query(&sql).bind(&q.portfolio_id);
+        if let Some(model) = &q.model {
+            query = query.bind(model);
+        }
+        let secs = |t: &DateTime<Utc>| u32::try_from(t.timestamp().max(0)).unwrap_or(u32::MAX);
+        if let Some(from) = &q.from {
+            query = query.bind(secs(from));
+        }
+        if let Some(to) = &q.to {
+            // `ts` has whole seconds: a bound inside a second includes it.
+            let end = if to.timestamp_subsec_micros() > 0 {
+                secs(to).saturating_add(1)
+            } else {
+                secs(to)
+            };
+            query = query.bind(end);
+        }
+        let rows: Vec<HistoryRow> = self
+            .wh
+            .timed("score_history", query.bind(q.limit).fetch_all())
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let ts_us = i64::from(r.ts) * 1_000_000 + i64::from(r.ts_us);
+                HistoryEntry {
+                    ts: DateTime::from_timestamp_micros(ts_us).unwrap_or_default(),
+                    request_id: r.request_id,
+                    model: r.model,
+                    version: r.version,
+                    digest: r.digest,
+                    params_hash: r.params_hash,
+                    as_of: (r.as_of > 0)
+                        .then(|| NaiveDate::from_epoch_days(i32::from(r.as_of)))
+                        .flatten(),
+                    value: r.value.is_finite().then_some(r.value),
+                    unit: r.unit,
+                    cached: r.cached != 0,
+                    latency_us: r.latency_us,
+                    error_code: (!r.error_code.is_empty()).then_some(r.error_code),
+                    path: r.path,
+                }
+            })
+            .filter(|e| {
+                // Sub-second precision of the bounds, applied here.
+                q.from.is_none_or(|f| e.ts >= f) && q.to.is_none_or(|t| e.ts < t)
+            })
+            .collect())
+    }
+}
+
+impl Writer {
+    async fn ensure_table(&mut self) -> Result<(), DataError> {
+        if self.table_ready {
+            return Ok(());
+        }
+        let version = self.wh.server_version().await?;
+        let db = self.wh.database();
+        self.wh
+            .execute(
+                "create_database",
+                &format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            )
+            .await?;
+        let ddl = create_table_sql(db, &self.table, version);
+        let client = self.wh.bare_client().clone();
+        let client = if version.low_cardinality_is_experimental() {
+            client.with_setting("allow_experimental_low_cardinality_type", "1")
+        } else {
+            client
+        };
+        self.wh
+            .timed("create_events_table", client.query(&ddl).execute())
+            .await?;
+        add_missing_columns(&self.wh, &client, &self.table).await?;
+        tracing::info!(%version, table = %format!("{db}.{}", self.table), codecs = version.has_codecs(), "score events table ready");
+        self.table_ready = true;
+        Ok(())
+    }
+
+    async fn insert(&mut self, events: &[ScoreEvent]) -> Result<(), DataError> {
+        self.ensure_table().await?;
+        let client = self.wh.client();
+        let table = self.table.clone();
+        let span = tracing::info_span!("events_write", table = %table, events = events.len());
+        self.wh
+            .timed("insert_events", async move {
+                let mut insert = client.insert::<EventRow<'_>>(&table).await?;
+                for e in events {
+                    insert.write(&EventRow::new(e)).await?;
+                }
+                insert.end().await
+            })
+            .instrument(span)
+            .await
+    }
+
+    fn spool_pending(&self) -> bool {
+        self.spool.lock().map(|s| !s.is_empty()).unwrap_or(false)
+    }
+
+    /// Writes a batch: straight to ClickHouse when the spool is empty and
+    /// ClickHouse answers, else to the spool.
+    async fn write(&mut self, batch: Vec<ScoreEvent>) {
+        let n = batch.len() as u64;
+        if !self.spool_pending() {
+            match self.insert(&batch).await {
+                Ok(()) => {
+                    metrics::counter!("riskhost_events_written_total").increment(n);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(events = n, "spooling score events: {e}");
+                    self.retry_at = Instant::now() + self.backoff;
+                }
+            }
+        }
+        spill(&self.spool, &batch);
+    }
+
+    /// Replays spooled segments, oldest first, while ClickHouse accepts them.
+    async fn replay(&mut self) {
+        while Instant::now() >= self.retry_at {
+            let next = match self.spool.lock() {
+                Ok(mut spool) => spool.oldest(),
+                Err(_) => return,
+            };
+            let (seq, events, bad) = match next {
+                Ok(Some(segment)) => segment,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!("cannot read the event spool: {e}");
+                    self.retry_at = Instant::now() + BACKOFF_MAX;
+                    return;
+                }
+            };
+            if bad > 0 {
+                metrics::counter!("riskhost_events_failed_total").increment(bad);
+                tracing::warn!(lines = bad, "skipped unreadable lines of the event spool");
+            }
+            match self.insert(&events).await {
+                Ok(()) => {
+                    let n = events.len() as u64;
+                    metrics::counter!("riskhost_events_written_total").increment(n);
+                    if let Ok(mut spool) = self.spool.lock() {
+                        if let Err(e) = spool.remove(seq, n + bad) {
+                            tracing::error!("cannot delete a replayed spool segment: {e}");
+                        }
+                        metrics::gauge!("riskhost_events_spool_pending")
+                            .set(spool.pending() as f64);
+                        if spool.is_empty() {
+                            tracing::info!("event spool replayed into ClickHouse");
+                        }
+                    }
+                    self.backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    tracing::debug!("event spool replay postponed: {e}");
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take(&self, n: usize) {
+        let left = self
+            .counters
+            .queued
+            .fetch_sub(n as u64, Ordering::AcqRel)
+            .saturating_sub(n as u64);
+        metrics::gauge!("riskhost_events_queued").set(left as f64);
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
+        let mut buffer: Vec<ScoreEvent> = Vec::new();
+        let mut waiting: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+        let mut deadline = Instant::now() + self.flush_every;
+        loop {
+            let wake = if self.spool_pending() {
+                deadline.min(self.retry_at.max(Instant::now()))
+            } else {
+                deadline
+            };
+            let message = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake.into()) => None,
+            };
+            let mut flush_now = false;
+            match message {
+                Some(Message::Events(events)) => {
+                    self.take(events.len());
+                    buffer.extend(events);
+                }
+                Some(Message::Flush(done)) => {
+                    waiting.push_back(done);
+                    flush_now = true;
+                }
+                None => {}
+            }
+            let due = Instant::now() >= deadline;
+            if buffer.len() >= self.batch_max || (due && !buffer.is_empty()) || flush_now {
+                while !buffer.is_empty() {
+                    let rest = buffer.split_off(buffer.len().min(self.batch_max));
+                    let batch = std::mem::replace(&mut buffer, rest);
+                    self.write(batch).await;
+                }
+            }
+            if due {
+                deadline = Instant::now() + self.flush_every;
+            }
+            if self.spool_pending() {
+                if flush_now {
+                    // A flush (shutdown) tries the spool once more at once.
+                    self.retry_at = Instant::now();
+                }
+                self.replay().await;
+            }
+            if flush_now {
+                if let Ok(mut spool) = self.spool.lock()
+                    && let Err(e) = spool.rotate()
+                {
+                    tracing::error!("cannot sync the event spool: {e}");
+                }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
+        // Senders gone: whatever is buffered goes to ClickHouse or the spool.
+        if !buffer.is_empty() {
+            self.write(std::mem::take(&mut buffer)).await;
+        }
+    }
+}
+
+/// Where the spool of a data dir lives (for tests and docs).
+pub fn spool_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("spool")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_follows_the_server_version() {
+        let old = create_table_sql("db", "t", ServerVersion(18, 16));
+        assert!(!old.contains("CODEC"));
+        assert!(old.contains("LowCardinality(String)"));
+        assert!(old.contains("PARTITION BY toYYYYMMDD(ts)"));
+        assert!(old.contains("ORDER BY (portfolio_id, model, ts)"));
+        let new = create_table_sql("db", "t", ServerVersion(23, 8));
+        assert!(new.contains("CODEC(DoubleDelta, LZ4)") && new.contains("CODEC(Gorilla, LZ4)"));
+    }
+
+    #[test]
+    fn rows_split_the_timestamp() {
+        let e = ScoreEvent {
+            ts_us: 1_545_000_000_123_456,
+            request_id: "r".into(),
+            portfolio_id: "p".into(),
+            model: "m".into(),
+            version: "v".into(),
+            digest: "d".into(),
+            params_hash: "h".into(),
+            as_of: NaiveDate::from_ymd_opt(2018, 12, 31),
+            value: None,
+            unit: "u".into(),
+            cached: true,
+            latency_us: 5,
+            error_code: "x".into(),
+            path: "single".into(),
+            snapshot: "s".into(),
+            key_id: "svc".into(),
+        };
+        let row = EventRow::new(&e);
+        assert_eq!((row.ts, row.ts_us), (1_545_000_000, 123_456));
+        assert_eq!(row.as_of, 17896);
+        assert!(row.value.is_nan());
+        assert_eq!(row.cached, 1);
+    }
+}

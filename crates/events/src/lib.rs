@@ -1,0 +1,286 @@
+//! Score events: one record per score served (single, dynamically batched
+//! or batch API; cached or not; failed ones with their error code), handed
+//! to an [`EventSink`] off the request path.
+//!
+//! - [`EventSink`]: `record` never blocks or fails; `flush` runs at shutdown;
+//!   `history` answers `GET /v1/portfolios/{id}/scores`.
+//! - [`NoSink`] (default) and [`LogSink`] (`--events log`): nothing stored.
+//! - [`clickhouse::ClickHouseSink`]: batched inserts into a MergeTree table,
+//!   with a local append-only [`spool`] while ClickHouse is down or slow.
+//! - [`with_request`], [`current_request_id`], [`current_key_id`]: the
+//!   request an event belongs to, kept in a task-local by the HTTP layer
+//!   (which owns the `x-request-id` header and authentication) and read by
+//!   the scoring layer when it builds its events.
+//!
+//! May not: block or fail a request, or read HTTP or scoring types (the
+//! scoring layer builds its own [`ScoreEvent`]s).
+
+pub mod clickhouse;
+pub mod spool;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Who asked, for the events of one request.
+struct RequestContext {
+    id: Arc<str>,
+    /// Set once authentication knows the caller; empty when anonymous.
+    key_id: std::sync::OnceLock<Arc<str>>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+/// The id of the HTTP request being served, or empty outside one (CLI).
+pub fn current_request_id() -> String {
+    REQUEST.try_with(|r| r.id.to_string()).unwrap_or_default()
+}
+
+/// The key id of the request being served: empty when anonymous, outside
+/// a request (CLI), or before authorization.
+pub fn current_key_id() -> String {
+    REQUEST
+        .try_with(|r| r.key_id.get().map(|id| id.to_string()).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Records the authorized caller's key id for the rest of the request (the
+/// first one recorded wins).
+pub fn record_key_id(id: Arc<str>) {
+    let _ = REQUEST.try_with(|r| r.key_id.set(id));
+}
+
+/// Runs `f` as the request `id`, with no key id recorded yet.
+pub async fn with_request<F: Future>(id: Arc<str>, f: F) -> F::Output {
+    let context = RequestContext {
+        id,
+        key_id: std::sync::OnceLock::new(),
+    };
+    REQUEST.scope(context, f).await
+}
+
+/// One served (or failed) score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreEvent {
+    /// When the score was served, microseconds since the Unix epoch.
+    pub ts_us: i64,
+    pub request_id: String,
+    /// Empty when the request gave positions without an id.
+    pub portfolio_id: String,
+    /// The model's name (or the requested reference if it did not resolve).
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    /// [`params_hash`] of the resolved parameters.
+    pub params_hash: String,
+    pub as_of: Option<NaiveDate>,
+    /// None when the score failed.
+    pub value: Option<f64>,
+    pub unit: String,
+    pub cached: bool,
+    /// Wall time of the request (single) or of the whole batch (batch cells).
+    pub latency_us: u64,
+    /// Empty on success.
+    pub error_code: String,
+    /// `single` or `batch`.
+    pub path: String,
+    /// The market data snapshot the score was computed on.
+    pub snapshot: String,
+    /// The id of the API key that asked (never the key); empty when the
+    /// caller was anonymous or the score came from the CLI. Absent from
+    /// events spooled by older versions.
+    #[serde(default)]
+    pub key_id: String,
+}
+
+impl ScoreEvent {
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.ts_us).unwrap_or_default()
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// A short, stable hash of named parameter values: 16 hex digits of blake3
+/// over the names (sorted) and the values' bit patterns.
+pub fn params_hash<'a>(params: impl IntoIterator<Item = (&'a str, f64)>) -> String {
+    let sorted: BTreeMap<&str, u64> = params
+        .into_iter()
+        .map(|(name, value)| (name, value.to_bits()))
+        .collect();
+    let mut h = blake3::Hasher::new();
+    h.update(b"riskhost/params/v1\0");
+    for (name, bits) in sorted {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&bits.to_le_bytes());
+    }
+    h.finalize().to_hex()[..16].to_owned()
+}
+
+/// A history request: `GET /v1/portfolios/{id}/scores?model=&from=&to=&limit=`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    pub portfolio_id: String,
+    pub model: Option<String>,
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+    pub limit: u32,
+}
+
+/// One row of a portfolio's score history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct HistoryEntry {
+    pub ts: DateTime<Utc>,
+    pub request_id: String,
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    pub params_hash: String,
+    pub as_of: Option<NaiveDate>,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub cached: bool,
+    pub latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub path: String,
+}
+
+/// Why there is no history to give.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(
+        "score history is not recorded: start riskhost with --clickhouse-url (or RISKHOST_CLICKHOUSE_URL) to store score events"
+    )]
+    NotConfigured,
+    #[error("score history unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where score events go.
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes events without blocking; never fails the request.
+    fn record(&self, events: Vec<ScoreEvent>);
+    /// Writes or spools everything recorded so far, waiting at most `timeout`.
+    async fn flush(&self, timeout: Duration);
+    /// A portfolio's recorded scores, oldest first.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError>;
+}
+
+/// Drops events (the default).
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+#[async_trait::async_trait]
+impl EventSink for NoSink {
+    fn record(&self, _events: Vec<ScoreEvent>) {}
+    async fn flush(&self, _timeout: Duration) {}
+    async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
+}
+
+/// Logs each event at debug level on target `riskhost::events`.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+#[async_trait::async_trait]
+impl EventSink for LogSink {
+    fn record(&self, events: Vec<ScoreEvent>) {
+        for e in events {
+            tracing::debug!(
+                target: "riskhost::events",
+                request_id = %e.request_id,
+                key_id = %e.key_id,
+                portfolio_id = %e.portfolio_id,
+                model = %e.model,
+                version = %e.version,
+                value = ?e.value,
+                cached = e.cached,
+                latency_us = e.latency_us,
+                error_code = %e.error_code,
+                "score"
+            );
+        }
+    }
+    async fn flush(&self, _timeout: Duration) {}
+    async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
+}
+
+/// Settings of the ClickHouse score-event sink.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// ClickHouse table of score events.
+    pub table: String,
+    /// Events per insert.
+    pub batch: usize,
+    /// Longest wait before buffered events are inserted.
+    pub flush_every: Duration,
+    /// Events held in memory; beyond it they go straight to the spool file.
+    pub queue: usize,
+    /// Largest spool on disk, in bytes; beyond it events are dropped and counted.
+    pub spool_max_bytes: u64,
+    /// Folder of local state; the spool lives in `spool/` under it.
+    pub data_dir: std::path::PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_hash_ignores_order_and_sees_values() {
+        let a = params_hash([("confidence", 0.99), ("horizon_days", 10.0)]);
+        let b = params_hash([("horizon_days", 10.0), ("confidence", 0.99)]);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_ne!(
+            a,
+            params_hash([("confidence", 0.975), ("horizon_days", 10.0)])
+        );
+        assert_ne!(a, params_hash([("confidence", 0.99)]));
+    }
+
+    #[tokio::test]
+    async fn the_request_id_is_scoped() {
+        assert_eq!(current_request_id(), "");
+        let inside = with_request(Arc::from("abc"), async { current_request_id() }).await;
+        assert_eq!(inside, "abc");
+        assert_eq!(current_request_id(), "");
+    }
+
+    #[tokio::test]
+    async fn the_key_id_is_recorded_once_per_request() {
+        record_key_id(Arc::from("outside"));
+        assert_eq!(current_key_id(), "");
+        let (before, first, second) = with_request(Arc::from("r1"), async {
+            let before = current_key_id();
+            record_key_id(Arc::from("alice"));
+            let first = current_key_id();
+            record_key_id(Arc::from("mallory"));
+            (before, first, current_key_id())
+        })
+        .await;
+        assert_eq!(
+            (before.as_str(), first.as_str(), second.as_str()),
+            ("", "alice", "alice")
+        );
+        let other = with_request(Arc::from("r2"), async { current_key_id() }).await;
+        assert_eq!(other, "", "a key id never leaks into the next request");
+    }
+}

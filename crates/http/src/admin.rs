@@ -1,0 +1,303 @@
+//! The model-management routes: upload, list versions, roll back, delete.
+//!
+//! Changes need a key of scope `admin` ([`Admin`]); listing the versions of
+//! a model needs scope `score` ([`Scorer`]), like `GET /v1/models`.
+//!
+//! Handlers only translate: every decision is in [`riskhost_models::deploy`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
+
+use crate::api::{ApiError, AppState, ErrorBody};
+use crate::auth::{Admin, Scorer};
+use riskhost_models::deploy::{DeployError, Deployed, VersionId, VersionsView};
+use riskhost_models::signing::{DetachedSignature, SIGNATURE_HEADER};
+
+/// The admin routes; uploads accept bodies up to the largest component
+/// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
+pub fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(
+            // Room for a maximal component; the engine enforces the limit
+            // itself. (DELETE reads no body, so the limit is moot there.)
+            routes!(upload, remove)
+                .layer(DefaultBodyLimit::max(max_component_bytes.saturating_add(1))),
+        )
+        .routes(routes!(versions))
+        .routes(routes!(rollback))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(error: DeployError) -> Self {
+        let (status, code) = match &error {
+            DeployError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
+            DeployError::Signature(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code()),
+            DeployError::NameMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "model_name_mismatch")
+            }
+            DeployError::UnknownModel(_) | DeployError::NotLoaded(_) => {
+                (StatusCode::NOT_FOUND, "unknown_model")
+            }
+            DeployError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_model_version"),
+            DeployError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous_version"),
+            DeployError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        rejection.body_text(),
+    )
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "{}; components are limited by --max-component-mib",
+                rejection.body_text()
+            ),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// `PUT /v1/models/{name}` with the component bytes: 201 once the version
+/// is validated, stored and live; 200 if it already was the active version.
+/// Its signature, when it has one, is the base64 of its `.sig` file in the
+/// `x-riskhost-signature` header (required with `--require-signatures`).
+#[utoipa::path(
+    put,
+    path = "/v1/models/{name}",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(
+        ("name" = String, Path, description = "The model's name; must equal the name its `info()` gives"),
+        ("x-riskhost-signature" = Option<String>, Header, description = "Base64 of the model's detached `.sig` file (`riskhost model sign`); required with `--require-signatures`"),
+    ),
+    request_body(
+        description = "The component's bytes",
+        content(
+            (crate::openapi::ComponentBytes = "application/wasm"),
+            (crate::openapi::ComponentBytes = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Validated, stored and now active", body = Deployed),
+        (status = 200, description = "Already the active version", body = Deployed),
+        (status = 400, description = "Unreadable body or path (`unreadable_body`, `invalid_path`)", body = ErrorBody),
+        (status = 413, description = "Larger than `--max-component-mib` (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
+        (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
+        (status = 500, description = "The store failed (`store_error`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn upload(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if let Some(ct) = content_type
+        && ct != "application/wasm"
+        && ct != "application/octet-stream"
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the component as `application/wasm` (or `application/octet-stream`), not `{ct}`"
+            ),
+        ));
+    }
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| DetachedSignature::from_header(value.as_bytes()))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
+    let body = body.map_err(body_error)?;
+    let deployed = state
+        .models
+        .install(
+            Vec::from(body),
+            format!("api:{name}"),
+            Some(&name),
+            signature,
+        )
+        .await?;
+    let status = if deployed.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(deployed)))
+}
+
+/// `GET /v1/models/{name}/versions`: every stored version, which is active,
+/// and the history of activations.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/versions",
+    tag = "models",
+    security(("bearer" = ["score"])),
+    params(("name" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model's versions", body = VersionsView),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn versions(
+    _: Scorer,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<VersionsView>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    Ok(Json(state.models.versions(&name)?))
+}
+
+/// The body of a rollback; empty means `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// `sha256:…` or a semver; absent: the previously active version.
+    to: Option<String>,
+}
+
+/// `POST /v1/models/{name}/rollback`, body empty or `{"to": "…"}`: makes a
+/// stored version active again (by default the previous one).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/rollback",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name")),
+    request_body(content = Option<RollbackRequest>, content_type = "application/json",
+        description = "Optional; empty means the previously active version"),
+    responses(
+        (status = 200, description = "Rolled back", body = Deployed),
+        (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
+        (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
+        (status = 409, description = "No previous version (`no_previous_version`)", body = ErrorBody),
+        (status = 422, description = "Invalid body, or with `--require-signatures` the target version's signature is missing, invalid or untrusted (`invalid_body`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn rollback(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Deployed>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let body = body.map_err(body_error)?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest { to: None }
+    } else {
+        serde_json::from_slice::<RollbackRequest>(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+            } else {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    e.to_string(),
+                )
+            }
+        })?
+    };
+    Ok(Json(
+        state.models.rollback(&name, request.to.as_deref()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// Also delete every stored version and compiled artifact.
+    #[serde(default)]
+    purge: bool,
+}
+
+/// What `DELETE /v1/models/{name}` did.
+#[derive(Debug, Serialize, ToSchema)]
+struct Removed {
+    name: String,
+    /// The version that was active, if one was.
+    unloaded: Option<VersionId>,
+    purged: bool,
+}
+
+/// `DELETE /v1/models/{name}[?purge=true]`: stops serving the model.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{name}",
+    tag = "models",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name"), RemoveQuery),
+    responses(
+        (status = 200, description = "Unloaded (and purged if asked)", body = Removed),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 422, description = "Invalid query (`invalid_query`)", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn remove(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Result<Json<Removed>, ApiError> {
+    let Path(name) = name.map_err(path_error)?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            e.body_text(),
+        )
+    })?;
+    let unloaded = state
+        .models
+        .remove(&name, query.purge, "api:delete")
+        .await?;
+    Ok(Json(Removed {
+        name,
+        unloaded,
+        purged: query.purge,
+    }))
+}

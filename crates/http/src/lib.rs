@@ -1,0 +1,21 @@
+//! riskhost-http: the HTTP trigger, the outermost layer of the server.
+//!
+//! - [`api`]: the router and its layer stack, [`api::AppState`],
+//!   [`api::ApiError`] (every error → status mapping lives here), the JSON
+//!   extractors, and the scoring, cache and operations routes.
+//! - [`admin`]: the model-management routes.
+//! - [`auth`]: the `Scorer`/`Admin` extractors over `riskhost_auth`.
+//! - [`limits`]: the global concurrency limit and request timeout layers.
+//! - [`request_log`]: the request id, the per-request span and access
+//!   line, and the score-history route.
+//! - [`openapi`]: the OpenAPI document's frame.
+//!
+//! Translates only: no scoring, caching or storage logic. Nothing below this
+//! crate depends on axum, tower-http or utoipa (`tests/crate_graph.rs`).
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod limits;
+pub mod openapi;
+pub mod request_log;

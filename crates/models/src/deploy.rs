@@ -1,0 +1,678 @@
+//! Deploying model versions: the one path by which a version becomes active,
+//! whether it arrives as a file in the plugins directory, as an upload
+//! through the admin API, by a rollback or from the store at start-up.
+//!
+//! A new version is compiled, linked, its `info()` checked and a warm-up
+//! call made on a blocking thread; it is stored by digest; only then is it
+//! swapped in with one atomic pointer swap ([`ModelRegistry::activate`]).
+//! Requests that resolved the previous version hold an `Arc` to it and finish
+//! on it. A version that fails any step never replaces a working one: the
+//! error is logged, counted and listed in `GET /v1/models` failures.
+//!
+//! Activations are serialised (one at a time) so the active versions in
+//! memory and in the store's `state.json` never disagree; compilation is not,
+//! so two models can compile at once.
+//!
+//! Compiled code is cached per (digest, engine compatibility key) in the
+//! store: a restart or a rollback to an evicted version deserializes instead
+//! of compiling.
+//!
+//! Signatures (`signing.rs`): with `--require-signatures`, a version's
+//! signature is checked against its digest before it is compiled, and again
+//! whenever a stored version is loaded or made active (restore, rollback,
+//! pins), so no unsigned byte runs. The signature is stored with the version.
+
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime};
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry, VersionLoader};
+use crate::signing::{DetachedSignature, SignatureError, SignaturePolicy};
+use crate::store::{Activation, ModelStore, StoreError, VersionRecord};
+use riskhost_engine::{LoadError, LoadedModel, ModelEngine};
+
+/// Settings of deployment.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    pub bulkhead: BulkheadLimits,
+    /// Whether compiled code is cached in (and loaded from) the store.
+    pub artifact_cache: bool,
+    /// Whether versions must be signed, and by whom.
+    pub signatures: Arc<SignaturePolicy>,
+}
+
+/// Why a version could not be deployed, rolled back or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("the component's info() names model `{actual}`, not `{expected}`")]
+    NameMismatch { expected: String, actual: String },
+    #[error("no version of model `{0}` is stored")]
+    UnknownModel(String),
+    #[error("model `{name}` has no stored version {pin}")]
+    UnknownVersion { name: String, pin: String },
+    #[error("model `{0}` has no other stored version that was active before; name one with `to`")]
+    NoPrevious(String),
+    #[error("model `{0}` is not loaded")]
+    NotLoaded(String),
+    #[error("the model store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A version, as answers name it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct VersionId {
+    pub version: String,
+    pub digest: String,
+}
+
+/// The outcome of a deployment or rollback.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Deployed {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// False when this version was already the active one.
+    pub changed: bool,
+    /// The version it replaced, if any.
+    pub previous: Option<VersionId>,
+}
+
+/// A compiled and validated version, not yet stored or active.
+pub struct Prepared {
+    model: LoadedModel,
+    bytes: Vec<u8>,
+    source: String,
+    signature: Option<String>,
+    started: Instant,
+}
+
+impl Prepared {
+    pub fn name(&self) -> &str {
+        self.model.name()
+    }
+}
+
+/// Every stored version of a model and which is active.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct VersionsView {
+    pub name: String,
+    pub active: Option<String>,
+    pub versions: Vec<VersionView>,
+    /// Changes of the active version, oldest first.
+    pub history: Vec<Activation>,
+}
+
+/// A stored version.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct VersionView {
+    pub digest: String,
+    pub version: String,
+    pub size_bytes: usize,
+    pub source: String,
+    pub stored_at: chrono::DateTime<Utc>,
+    /// The key id named by the stored signature, if the version has one.
+    pub signed_by: Option<String>,
+    pub active: bool,
+    /// Whether its compiled code is in memory (active or on standby).
+    pub loaded: bool,
+}
+
+/// Deploys versions into the registry and the store.
+pub struct ModelManager {
+    engine: Arc<ModelEngine>,
+    registry: Arc<ModelRegistry>,
+    store: Arc<ModelStore>,
+    settings: DeploySettings,
+    engine_key: String,
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl ModelManager {
+    pub fn new(
+        engine: Arc<ModelEngine>,
+        registry: Arc<ModelRegistry>,
+        store: Arc<ModelStore>,
+        settings: DeploySettings,
+    ) -> Arc<Self> {
+        let engine_key = engine.compatibility_key();
+        let manager = Arc::new(ModelManager {
+            engine,
+            registry,
+            store,
+            settings,
+            engine_key,
+            changes: tokio::sync::Mutex::new(()),
+        });
+        manager
+            .registry
+            .set_version_loader(Arc::new(StoreLoader(Arc::downgrade(&manager))));
+        manager
+    }
+
+    /// The largest component accepted (`--max-component-mib`).
+    pub fn max_component_bytes(&self) -> usize {
+        self.engine.limits().max_component_bytes
+    }
+
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.registry
+    }
+
+    pub fn engine(&self) -> &Arc<ModelEngine> {
+        &self.engine
+    }
+
+    pub fn store(&self) -> &Arc<ModelStore> {
+        &self.store
+    }
+
+    /// The signature policy in force.
+    pub fn signatures(&self) -> &SignaturePolicy {
+        &self.settings.signatures
+    }
+
+    /// Checks a signature against `digest` under the policy; returns the
+    /// signature to store with the version (one that names this digest),
+    /// or the refusal.
+    fn check_signature(
+        &self,
+        digest: &str,
+        signature: Option<String>,
+        source: &str,
+    ) -> Result<Option<String>, SignatureError> {
+        self.settings
+            .signatures
+            .check(digest, signature.as_deref(), source)?;
+        Ok(signature.filter(|text| {
+            DetachedSignature::parse(text).is_ok_and(|parsed| parsed.digest == digest)
+        }))
+    }
+
+    /// Records a refused signature as a load failure of `source`.
+    fn refuse(&self, source: &str, digest: &str, error: SignatureError) -> DeployError {
+        tracing::error!(source = %source, %digest, %error, "model version refused: signature");
+        self.registry.record_failure(source, error.to_string());
+        DeployError::Signature(error)
+    }
+
+    /// Checks the signature of `bytes` (whose digest is `digest`), then
+    /// compiles and validates them off the async runtime. A failure is
+    /// recorded against `source`.
+    pub async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+        digest: &str,
+        source: String,
+        signature: Option<String>,
+    ) -> Result<Prepared, DeployError> {
+        let signature = self
+            .check_signature(digest, signature, &source)
+            .map_err(|e| self.refuse(&source, digest, e))?;
+        let started = Instant::now();
+        let engine = self.engine.clone();
+        let (bytes, loaded) = tokio::task::spawn_blocking(move || {
+            let loaded = engine.load(&bytes);
+            (bytes, loaded)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("loading panicked: {e}")))?;
+        match loaded {
+            Ok(model) => Ok(Prepared {
+                model,
+                bytes,
+                source,
+                signature,
+                started,
+            }),
+            Err(error) => {
+                tracing::error!(source = %source, %error, "model version rejected");
+                self.registry.record_failure(&source, error.to_string());
+                Err(DeployError::Invalid(error))
+            }
+        }
+    }
+
+    /// Deploys component bytes: the version becomes active once its
+    /// signature is checked and it is validated and stored. `expected` is
+    /// the model name the caller requires; `signature` the text of its
+    /// `.sig` file, if it came with one.
+    pub async fn install(
+        &self,
+        bytes: Vec<u8>,
+        source: String,
+        expected: Option<&str>,
+        signature: Option<String>,
+    ) -> Result<Deployed, DeployError> {
+        let started = Instant::now();
+        // Hashing 64 MiB takes a while: not on the async runtime.
+        let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let digest = ModelEngine::digest(&bytes);
+            (bytes, digest)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
+        if let Some(record) = self.store.get(&digest) {
+            // A stored version: no compilation, just make it active again,
+            // under the signature it came with now or the one stored with it.
+            let record = match signature {
+                Some(signature) => self.attach_signature(&record, signature, &source).await?,
+                None => record,
+            };
+            self.check_name(expected, &record.name, &source)?;
+            self.check_signature(&digest, record.signature.clone(), &source)
+                .map_err(|e| self.refuse(&source, &digest, e))?;
+            return self.activate_stored(&record, &source, started).await;
+        }
+        let prepared = self.prepare(bytes, &digest, source, signature).await?;
+        self.check_name(expected, prepared.name(), &prepared.source)?;
+        self.commit(prepared).await
+    }
+
+    /// Checks `signature` for a stored version and, when it is fit to keep,
+    /// stores it with the version (the newest good signature wins, so a
+    /// version re-signed after a key rotation loads under the new key).
+    pub async fn attach_signature(
+        &self,
+        record: &VersionRecord,
+        signature: String,
+        source: &str,
+    ) -> Result<VersionRecord, DeployError> {
+        let keep = self
+            .check_signature(&record.digest, Some(signature), source)
+            .map_err(|e| self.refuse(source, &record.digest, e))?;
+        let Some(signature) = keep else {
+            return Ok(record.clone());
+        };
+        if record.signature.as_deref() == Some(signature.as_str()) {
+            return Ok(record.clone());
+        }
+        let (store, digest) = (self.store.clone(), record.digest.clone());
+        tokio::task::spawn_blocking(move || store.set_signature(&digest, &signature))
+            .await
+            .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
+        self.store
+            .get(&record.digest)
+            .ok_or_else(|| DeployError::Store(StoreError::Missing(record.digest.clone())))
+    }
+
+    fn check_name(
+        &self,
+        expected: Option<&str>,
+        actual: &str,
+        source: &str,
+    ) -> Result<(), DeployError> {
+        match expected {
+            Some(expected) if expected != actual => {
+                let error = DeployError::NameMismatch {
+                    expected: expected.to_owned(),
+                    actual: actual.to_owned(),
+                };
+                tracing::error!(source = %source, %error, "model version rejected");
+                self.registry.record_failure(source, error.to_string());
+                Err(error)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores a prepared version and makes it active.
+    pub async fn commit(&self, prepared: Prepared) -> Result<Deployed, DeployError> {
+        let Prepared {
+            model,
+            bytes,
+            source,
+            signature,
+            started,
+        } = prepared;
+        let record = VersionRecord {
+            digest: model.digest.clone(),
+            name: model.name().to_owned(),
+            version: model.version().to_owned(),
+            size_bytes: model.size_bytes,
+            source: source.clone(),
+            stored_at: chrono::DateTime::<Utc>::from(SystemTime::now()),
+            signature,
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&bytes, record))
+            .await
+            .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
+        let entry = Arc::new(self.entry(model, source.clone()));
+        let deployed = self.switch(entry.clone(), &source, started).await?;
+        self.write_artifact_later(entry);
+        Ok(deployed)
+    }
+
+    fn entry(&self, model: LoadedModel, source: String) -> ModelEntry {
+        // Per-model overrides (`--model-limits`) bound this version's bulkhead.
+        let bulkhead = Bulkhead::new(self.settings.bulkhead.for_model(&model.limits));
+        ModelEntry {
+            model,
+            source,
+            loaded_at: SystemTime::now(),
+            bulkhead,
+        }
+    }
+
+    /// Makes a stored version active, from memory when it is loaded.
+    async fn activate_stored(
+        &self,
+        record: &VersionRecord,
+        by: &str,
+        started: Instant,
+    ) -> Result<Deployed, DeployError> {
+        // Also for a version still in memory: a rollback to an unsigned
+        // version is refused while signatures are required.
+        self.check_signature(&record.digest, record.signature.clone(), by)?;
+        let entry = match self.registry.loaded(&record.digest) {
+            Some(entry) => entry,
+            None => self.load_stored(&record.digest).await?,
+        };
+        self.switch(entry, by, started).await
+    }
+
+    /// Persists and performs one change of a model's active version.
+    async fn switch(
+        &self,
+        entry: Arc<ModelEntry>,
+        by: &str,
+        started: Instant,
+    ) -> Result<Deployed, DeployError> {
+        let name = entry.model.name().to_owned();
+        let digest = entry.model.digest.clone();
+        let _one_change_at_a_time = self.changes.lock().await;
+        let current = self.registry.active().get(&name).cloned();
+        let previous = current.as_ref().map(|c| VersionId {
+            version: c.model.version().to_owned(),
+            digest: c.model.digest.clone(),
+        });
+        let deployed = Deployed {
+            name: name.clone(),
+            version: entry.model.version().to_owned(),
+            digest: digest.clone(),
+            changed: previous.as_ref().is_none_or(|p| p.digest != digest),
+            previous,
+        };
+        if !deployed.changed {
+            return Ok(deployed);
+        }
+        // Durable first: if the state cannot be written, nothing changes.
+        let store = self.store.clone();
+        let (n, d, b) = (name.clone(), digest.clone(), by.to_owned());
+        tokio::task::spawn_blocking(move || store.set_active(&n, Some(&d), &b))
+            .await
+            .map_err(|e| DeployError::Internal(format!("persisting panicked: {e}")))??;
+        // Whatever failed before at this source, or at start-up for this
+        // model, is superseded by a version that works (cleared first, so
+        // nobody sees the new version next to the old failure).
+        self.registry.clear_failure(by);
+        self.registry.clear_failure(&restore_source(&name));
+        self.registry.activate(entry.clone());
+        let elapsed = started.elapsed();
+        record_active(&name, current.as_deref(), Some(&entry));
+        if let Some(old) = &current {
+            metrics::counter!("riskhost_model_swaps_total", "model" => name.clone()).increment(1);
+            metrics::histogram!("riskhost_model_swap_duration_seconds")
+                .record(elapsed.as_secs_f64());
+            if old.model.version() == entry.model.version() {
+                tracing::warn!(
+                    model = %name, version = %entry.model.version(), old_digest = %old.model.digest, new_digest = %digest,
+                    "the new version reports the same semver as the one it replaces; versions are told apart by digest"
+                );
+            }
+        }
+        tracing::info!(
+            model = %name, version = %entry.model.version(), %digest, by = %by,
+            replaced = current.as_ref().map(|c| c.model.digest.as_str()).unwrap_or("none"),
+            ms = elapsed.as_millis() as u64, "model version active"
+        );
+        Ok(deployed)
+    }
+
+    /// Loads a stored version (from its compiled artifact when there is a
+    /// usable one), validating it like a new one. It is not made active.
+    pub async fn load_stored(&self, digest: &str) -> Result<Arc<ModelEntry>, DeployError> {
+        let record = self
+            .store
+            .get(digest)
+            .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
+        // Before any byte of it (or its compiled artifact) is used.
+        self.check_signature(digest, record.signature.clone(), &record.source)?;
+        let (engine, store) = (self.engine.clone(), self.store.clone());
+        let (key, use_cache) = (self.engine_key.clone(), self.settings.artifact_cache);
+        let digest = digest.to_owned();
+        let size = record.size_bytes;
+        let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel, DeployError> {
+            if use_cache && let Some(path) = store.verified_artifact(&key, &digest) {
+                // SAFETY: verified_artifact only returns files this process
+                // family wrote with write_artifact into the private data dir,
+                // matching the checksum written with them (see store.rs).
+                match unsafe { engine.load_precompiled(&path, digest.clone(), size) } {
+                    Ok(model) => return Ok(model),
+                    Err(error) => {
+                        tracing::warn!(%digest, %error, "compiled artifact unusable; compiling");
+                        store.discard_artifact(&key, &digest);
+                    }
+                }
+            }
+            let bytes = store.read_bytes(&digest)?;
+            let model = engine.load(&bytes)?;
+            if use_cache {
+                write_artifact(&store, &key, &model);
+            }
+            Ok(model)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("loading panicked: {e}")))??;
+        Ok(Arc::new(self.entry(model, record.source)))
+    }
+
+    fn write_artifact_later(&self, entry: Arc<ModelEntry>) {
+        if !self.settings.artifact_cache {
+            return;
+        }
+        let (store, key) = (self.store.clone(), self.engine_key.clone());
+        // Not on the swap path: the version is live already.
+        tokio::task::spawn_blocking(move || write_artifact(&store, &key, &entry.model));
+    }
+
+    /// Makes every model's active version from the store active again.
+    /// A version that no longer loads is recorded as a failure.
+    pub async fn restore(&self) {
+        let started = Instant::now();
+        let active = self.store.active_all();
+        for (name, digest) in &active {
+            match self.load_stored(digest).await {
+                Ok(entry) => {
+                    record_active(name, None, Some(&entry));
+                    self.registry.activate(entry);
+                }
+                Err(error) => {
+                    tracing::error!(model = %name, %digest, %error, "cannot restore the active version");
+                    self.registry.record_failure(
+                        &restore_source(name),
+                        format!("cannot restore the active version {digest}: {error}"),
+                    );
+                }
+            }
+        }
+        if !active.is_empty() {
+            tracing::info!(
+                models = active.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "restored the active versions from the store"
+            );
+        }
+    }
+
+    /// Rolls `name` back to the version `to` names (`sha256:…` or a
+    /// semver), or without `to` to the previously active version.
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Deployed, DeployError> {
+        let started = Instant::now();
+        if self.store.versions_of(name).is_empty() {
+            return Err(DeployError::UnknownModel(name.to_owned()));
+        }
+        let digest = match to {
+            Some(pin) => {
+                self.store
+                    .find(name, pin)
+                    .ok_or_else(|| DeployError::UnknownVersion {
+                        name: name.to_owned(),
+                        pin: pin.to_owned(),
+                    })?
+                    .digest
+            }
+            None => self
+                .store
+                .previous(name)
+                .ok_or_else(|| DeployError::NoPrevious(name.to_owned()))?,
+        };
+        let record = self
+            .store
+            .get(&digest)
+            .ok_or_else(|| StoreError::Missing(digest.clone()))?;
+        self.activate_stored(&record, "api:rollback", started).await
+    }
+
+    /// Stops serving `name`. With `purge`, its stored versions and compiled
+    /// artifacts are deleted too.
+    pub async fn remove(
+        &self,
+        name: &str,
+        purge: bool,
+        by: &str,
+    ) -> Result<Option<VersionId>, DeployError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let current = self.registry.active().get(name).cloned();
+        let stored = !self.store.versions_of(name).is_empty();
+        // Purging a model that is stored but not loaded is still a purge.
+        if current.is_none() && !(purge && stored) {
+            return Err(DeployError::NotLoaded(name.to_owned()));
+        }
+        let store = self.store.clone();
+        let (n, b) = (name.to_owned(), by.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            store.set_active(&n, None, &b)?;
+            if purge {
+                store.remove_model(&n)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("removing panicked: {e}")))??;
+        self.registry.deactivate(name);
+        record_active(name, current.as_deref(), None);
+        tracing::info!(model = %name, purge, by = %by, "model unloaded");
+        Ok(current.map(|c| VersionId {
+            version: c.model.version().to_owned(),
+            digest: c.model.digest.clone(),
+        }))
+    }
+
+    /// Every stored version of `name`.
+    pub fn versions(&self, name: &str) -> Result<VersionsView, DeployError> {
+        let records = self.store.versions_of(name);
+        if records.is_empty() {
+            return Err(DeployError::UnknownModel(name.to_owned()));
+        }
+        let active = self
+            .registry
+            .active()
+            .get(name)
+            .map(|e| e.model.digest.clone());
+        let versions = records
+            .into_iter()
+            .map(|r| VersionView {
+                active: active.as_deref() == Some(r.digest.as_str()),
+                loaded: self.registry.loaded(&r.digest).is_some(),
+                digest: r.digest,
+                version: r.version,
+                size_bytes: r.size_bytes,
+                source: r.source,
+                stored_at: r.stored_at,
+                signed_by: r
+                    .signature
+                    .as_deref()
+                    .and_then(|s| DetachedSignature::parse(s).ok())
+                    .map(|s| s.key_id),
+            })
+            .collect();
+        Ok(VersionsView {
+            name: name.to_owned(),
+            active,
+            versions,
+            history: self.store.history(name),
+        })
+    }
+}
+
+/// The source a failed restore of `name` is recorded under.
+fn restore_source(name: &str) -> String {
+    format!("store:{name}")
+}
+
+fn write_artifact(store: &ModelStore, key: &str, model: &LoadedModel) {
+    let result = model
+        .serialize_compiled()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            store
+                .write_artifact(key, &model.digest, &bytes)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(error) = result {
+        // Only start-up and rollbacks get slower; serving is unaffected.
+        tracing::warn!(digest = %model.digest, %error, "cannot cache the compiled artifact");
+    }
+}
+
+/// `riskhost_model_active_info{model,version,digest}`: 1 for the active
+/// version, 0 for versions that were active earlier in this process.
+fn record_active(name: &str, old: Option<&ModelEntry>, new: Option<&ModelEntry>) {
+    let series = |e: &ModelEntry| {
+        metrics::gauge!(
+            "riskhost_model_active_info",
+            "model" => name.to_owned(),
+            "version" => e.model.version().to_owned(),
+            "digest" => e.model.digest.clone()
+        )
+    };
+    if let Some(old) = old {
+        series(old).set(0.0);
+    }
+    if let Some(new) = new {
+        series(new).set(1.0);
+    }
+}
+
+/// The registry's way to reach stored versions; weak, so the manager and
+/// the registry do not keep each other alive.
+struct StoreLoader(Weak<ModelManager>);
+
+#[async_trait::async_trait]
+impl VersionLoader for StoreLoader {
+    fn find(&self, name: &str, pin: &str) -> Option<String> {
+        let manager = self.0.upgrade()?;
+        manager.store.find(name, pin).map(|r| r.digest)
+    }
+
+    async fn load(&self, digest: &str) -> Result<Arc<ModelEntry>, String> {
+        let manager = self
+            .0
+            .upgrade()
+            .ok_or_else(|| "the server is shutting down".to_owned())?;
+        manager.load_stored(digest).await.map_err(|e| e.to_string())
+    }
+}

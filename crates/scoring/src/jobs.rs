@@ -1,0 +1,310 @@
+//! Jobs ready to run, and how a set of them becomes sandboxed calls.
+//!
+//! Every scoring path (single request, dynamic batch, batch API, offline
+//! file) ends here: the union of the jobs' instruments is fetched once as a
+//! price window, each call gets the series its jobs hold, and a call that
+//! fails as a whole is re-run job by job, so one bad job fails alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ScoreError;
+use chrono::NaiveDate;
+use riskhost_cache::{CanonicalPosition, ScoreKey, key::days_since_epoch};
+use riskhost_engine::bindings::{
+    self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
+};
+use riskhost_engine::{Determinism, ModelEngine};
+use riskhost_market::{DataError, MarketDataSource, PriceWindow};
+use riskhost_models::registry::ModelEntry;
+use tracing::Instrument as _;
+
+/// One (portfolio, model) computation with everything resolved.
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    pub key: ScoreKey,
+    pub portfolio_id: Option<String>,
+    /// Shared when one portfolio is scored by several models.
+    pub positions: Arc<Vec<CanonicalPosition>>,
+    pub params: Vec<f64>,
+    /// Daily returns the job needs (from the model's data needs).
+    pub lookback: usize,
+}
+
+/// Runs prepared jobs: owns the engine and the data source.
+pub struct Executor {
+    pub engine: Arc<ModelEngine>,
+    pub market: Arc<dyn MarketDataSource>,
+}
+
+/// A price window with its instruments indexed.
+pub struct IndexedWindow {
+    window: PriceWindow,
+    by_instrument: HashMap<String, usize>,
+}
+
+impl IndexedWindow {
+    fn new(window: PriceWindow) -> Self {
+        let by_instrument = window
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.instrument.clone(), i))
+            .collect();
+        IndexedWindow {
+            window,
+            by_instrument,
+        }
+    }
+
+    pub fn as_of(&self) -> NaiveDate {
+        self.window.as_of
+    }
+
+    /// The contract's market data and jobs for one call: the union of the
+    /// jobs' instruments, in first-seen order, over the whole window.
+    pub fn call_inputs(&self, jobs: &[&PreparedJob]) -> Result<(MarketData, Vec<Job>), ScoreError> {
+        let mut series_of_call: HashMap<&str, u32> = HashMap::new();
+        let mut series = Vec::new();
+        let mut call_jobs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut positions = Vec::with_capacity(job.positions.len());
+            for p in job.positions.iter() {
+                let index = match series_of_call.get(p.instrument.as_str()) {
+                    Some(i) => *i,
+                    None => {
+                        let source = self.by_instrument.get(&p.instrument).ok_or_else(|| {
+                            ScoreError::Internal(format!(
+                                "{} is missing from the prefetched window",
+                                p.instrument
+                            ))
+                        })?;
+                        let s = &self.window.series[*source];
+                        let i = u32::try_from(series.len())
+                            .map_err(|_| ScoreError::Internal("too many series".into()))?;
+                        series.push(PriceSeries {
+                            instrument: s.instrument.clone(),
+                            closes: s.closes.clone(),
+                        });
+                        series_of_call.insert(p.instrument.as_str(), i);
+                        i
+                    }
+                };
+                positions.push(Position {
+                    series: index,
+                    quantity: p.quantity,
+                });
+            }
+            call_jobs.push(Job {
+                portfolio: Portfolio {
+                    id: job.portfolio_id.clone().unwrap_or_default(),
+                    positions,
+                },
+                params: job.params.clone(),
+                seed: job.key.seed(),
+            });
+        }
+        let market = MarketData {
+            as_of: self.window.as_of.format("%Y-%m-%d").to_string(),
+            dates: self
+                .window
+                .dates
+                .iter()
+                .map(|d| days_since_epoch(*d))
+                .collect(),
+            series,
+        };
+        Ok((market, call_jobs))
+    }
+}
+
+/// The outcome of one job.
+pub type JobResult = Result<bindings::Score, ScoreError>;
+
+impl Executor {
+    /// Fetches one window for all `jobs` (union of instruments, longest
+    /// lookback). Jobs holding unknown instruments get their own error and the
+    /// rest proceed; any other data error fails every job.
+    pub async fn prefetch(
+        &self,
+        as_of: NaiveDate,
+        jobs: &[&PreparedJob],
+    ) -> (Option<Arc<IndexedWindow>>, Vec<Option<ScoreError>>) {
+        let mut errors: Vec<Option<ScoreError>> = vec![None; jobs.len()];
+        for _attempt in 0..2 {
+            let mut instruments: Vec<&str> = jobs
+                .iter()
+                .zip(&errors)
+                .filter(|(_, e)| e.is_none())
+                .flat_map(|(j, _)| j.positions.iter().map(|p| p.instrument.as_str()))
+                .collect();
+            if instruments.is_empty() {
+                return (None, errors);
+            }
+            instruments.sort_unstable();
+            instruments.dedup();
+            let lookback = jobs.iter().map(|j| j.lookback).max().unwrap_or(0);
+            let started = Instant::now();
+            let span = tracing::info_span!(
+                "market_fetch",
+                source = %self.market.snapshot().source,
+                instruments = instruments.len(),
+                lookback,
+                %as_of,
+            );
+            let fetched = self
+                .market
+                .price_window(&instruments, as_of, lookback)
+                .instrument(span.clone())
+                .await;
+            span.in_scope(|| tracing::debug!(ok = fetched.is_ok(), "market data fetched"));
+            metrics::histogram!("riskhost_data_fetch_duration_seconds", "what" => "price_window")
+                .record(started.elapsed().as_secs_f64());
+            match fetched {
+                Ok(window) => return (Some(Arc::new(IndexedWindow::new(window))), errors),
+                Err(DataError::UnknownInstruments(unknown)) => {
+                    for (job, error) in jobs.iter().zip(errors.iter_mut()) {
+                        let held: Vec<String> = job
+                            .positions
+                            .iter()
+                            .filter(|p| unknown.contains(&p.instrument))
+                            .map(|p| p.instrument.clone())
+                            .collect();
+                        if error.is_none() && !held.is_empty() {
+                            *error = Some(DataError::UnknownInstruments(held).into());
+                        }
+                    }
+                }
+                Err(other) => {
+                    let shared: ScoreError = other.into();
+                    return (
+                        None,
+                        errors
+                            .into_iter()
+                            .map(|e| Some(e.unwrap_or_else(|| shared.clone())))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        let unexpected = ScoreError::Internal("the data source kept rejecting instruments".into());
+        (
+            None,
+            errors
+                .into_iter()
+                .map(|e| Some(e.unwrap_or_else(|| unexpected.clone())))
+                .collect(),
+        )
+    }
+
+    /// Runs `jobs` of one model version in one call on a blocking thread,
+    /// holding `slot` (a place in the model's bulkhead) until done. When the
+    /// call fails as a whole and holds several jobs, each job is re-run alone.
+    pub async fn run<Slot: Send + 'static>(
+        &self,
+        entry: Arc<ModelEntry>,
+        window: Arc<IndexedWindow>,
+        jobs: Vec<PreparedJob>,
+        slot: Slot,
+    ) -> Vec<JobResult> {
+        let engine = self.engine.clone();
+        let count = jobs.len();
+        // The blocking thread does not inherit the caller's span: carry it.
+        let span = tracing::Span::current();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
+            let _slot = slot;
+            let refs: Vec<&PreparedJob> = jobs.iter().collect();
+            match call_once(&engine, &entry, &window, &refs) {
+                Err(ScoreError::Call { error, model }) if refs.len() > 1 => {
+                    tracing::info!(%model, %error, jobs = refs.len(), "batch call failed; re-running each job alone");
+                    refs.iter()
+                        .map(|job| call_once(&engine, &entry, &window, std::slice::from_ref(job)).and_then(single))
+                        .collect()
+                }
+                Err(error) => vec![Err(error); refs.len()],
+                Ok(results) => results,
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|e| {
+            vec![Err(ScoreError::Internal(format!("a model call panicked: {e}"))); count]
+        })
+    }
+}
+
+fn single(mut results: Vec<JobResult>) -> JobResult {
+    results
+        .pop()
+        .unwrap_or_else(|| Err(ScoreError::Internal("the model returned no result".into())))
+}
+
+/// One sandboxed call; records its metrics.
+fn call_once(
+    engine: &ModelEngine,
+    entry: &ModelEntry,
+    window: &IndexedWindow,
+    jobs: &[&PreparedJob],
+) -> Result<Vec<JobResult>, ScoreError> {
+    let name = entry.model.name();
+    let _span = tracing::info_span!(
+        "model_call",
+        model = name,
+        version = entry.model.version(),
+        digest = %entry.model.digest,
+        jobs = jobs.len(),
+    )
+    .entered();
+    let (market, call_jobs) = window.call_inputs(jobs)?;
+    let determinism = call_determinism(jobs, window.as_of());
+    let labels = [
+        ("model", name.to_owned()),
+        ("version", entry.model.version().to_owned()),
+    ];
+    let started = Instant::now();
+    let outcome = engine.call(&entry.model, &market, &call_jobs, determinism);
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        ok = outcome.is_ok(),
+        "model call finished"
+    );
+    metrics::histogram!("riskhost_model_call_duration_seconds", &labels)
+        .record(elapsed.as_secs_f64());
+    metrics::histogram!("riskhost_model_batch_size", &labels).record(jobs.len() as f64);
+    match outcome {
+        Ok(outcome) => Ok(outcome
+            .results
+            .into_iter()
+            .map(|result| {
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(ModelError::InvalidInput(_)) => "invalid_input",
+                    Err(ModelError::InsufficientData(_)) => "insufficient_data",
+                    Err(ModelError::Internal(_)) => "internal",
+                };
+                metrics::counter!("riskhost_model_jobs_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "outcome" => outcome).increment(1);
+                result.map_err(|e| ScoreError::from_model_error(name, e))
+            })
+            .collect()),
+        Err(error) => {
+            tracing::warn!(model = name, digest = %entry.model.digest, code = error.code(), %error, jobs = jobs.len(), "model call failed");
+            metrics::counter!("riskhost_model_errors_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "kind" => error.code()).increment(1);
+            Err(ScoreError::Call { model: name.to_owned(), error })
+        }
+    }
+}
+
+/// What a call of `jobs` valued at `as_of` may observe: the clock frozen at
+/// `as_of` and WASI randomness seeded from the jobs. Models should use each
+/// job's own seed, which does not depend on the batch (see docs).
+pub fn call_determinism(jobs: &[&PreparedJob], as_of: NaiveDate) -> Determinism {
+    let seed = jobs
+        .iter()
+        .fold(0u64, |acc, j| acc.rotate_left(5) ^ j.key.seed());
+    Determinism {
+        as_of_unix_seconds: i64::from(days_since_epoch(as_of)) * 86_400,
+        seed,
+    }
+}

@@ -1,0 +1,451 @@
+//! The scoring path: from a request to a served score.
+//!
+//! For every request the service resolves the model version, resolves the
+//! parameters against the model's `info()`, canonicalises the portfolio,
+//! resolves the as-of date, and derives the memo key. Misses become
+//! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
+//! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
+//! batch request in chunks over one prefetched price window ([`batch`]).
+//! Concurrent identical misses share one computation ([`single_flight`]).
+//! All I/O happens here, never in a model.
+
+pub mod batch;
+pub mod batcher;
+pub mod events;
+pub mod jobs;
+pub mod request;
+pub mod single_flight;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+
+pub use request::{
+    BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
+};
+
+use batcher::Batchers;
+use jobs::{Executor, PreparedJob};
+use riskhost_cache::{
+    CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey, score_key,
+};
+use riskhost_engine::bindings::{self, ModelError};
+use riskhost_engine::{CallError, ModelEngine, ParamError, unit_name};
+use riskhost_events::{EventSink, NoSink};
+use riskhost_market::{DataError, MarketDataSource};
+use riskhost_models::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
+
+/// How an error should be answered; the HTTP layer maps it to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or does not fit the model or data (422).
+    InvalidRequest,
+    /// A named thing does not exist (404).
+    NotFound,
+    /// Try again shortly (503 with Retry-After).
+    Overloaded,
+    /// A dependency (data source) is down (503).
+    Unavailable,
+    /// The model ran out of time (504).
+    Timeout,
+    /// The model failed (500).
+    ModelFailure,
+    /// A bug in the host (500).
+    Internal,
+}
+
+/// Why a score could not be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Params(#[from] ParamError),
+    #[error("invalid portfolio: {0}")]
+    Portfolio(String),
+    #[error("unknown portfolio `{0}`: give its positions, or store it in the data source")]
+    UnknownPortfolio(String),
+    #[error("{0}")]
+    Data(Arc<DataError>),
+    #[error("{model} rejected the input: {message}")]
+    ModelInvalidInput { model: String, message: String },
+    #[error("{model} has insufficient data: {message}")]
+    InsufficientData { model: String, message: String },
+    #[error("{model} failed internally: {message}")]
+    ModelInternal { model: String, message: String },
+    #[error("{model}: {error}")]
+    Call { model: String, error: CallError },
+    #[error("{model} is overloaded ({source}); retry shortly")]
+    Overloaded {
+        model: String,
+        #[source]
+        source: Overloaded,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataError> for ScoreError {
+    fn from(e: DataError) -> Self {
+        ScoreError::Data(Arc::new(e))
+    }
+}
+
+impl ScoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ScoreError::Resolve(ResolveError::UnknownModel { .. }) => "unknown_model",
+            ScoreError::Resolve(ResolveError::UnknownVersion { .. }) => "unknown_model_version",
+            ScoreError::Resolve(ResolveError::VersionUnavailable { .. }) => "model_unavailable",
+            ScoreError::Params(_) => "invalid_params",
+            ScoreError::Portfolio(_) => "invalid_portfolio",
+            ScoreError::UnknownPortfolio(_) => "unknown_portfolio",
+            ScoreError::Data(e) => match e.as_ref() {
+                DataError::UnknownInstruments(_) => "unknown_instrument",
+                DataError::AsOfOutOfRange { .. } => "as_of_out_of_range",
+                DataError::Unavailable(_) => "data_unavailable",
+                _ => "data_error",
+            },
+            ScoreError::ModelInvalidInput { .. } => "model_invalid_input",
+            ScoreError::InsufficientData { .. } => "insufficient_data",
+            ScoreError::ModelInternal { .. } => "model_internal_error",
+            ScoreError::Call { error, .. } => error.code(),
+            ScoreError::Overloaded { .. } => "overloaded",
+            ScoreError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ScoreError::Resolve(ResolveError::VersionUnavailable { .. }) => ErrorClass::Unavailable,
+            ScoreError::Resolve(_) | ScoreError::UnknownPortfolio(_) => ErrorClass::NotFound,
+            ScoreError::Params(_)
+            | ScoreError::Portfolio(_)
+            | ScoreError::ModelInvalidInput { .. }
+            | ScoreError::InsufficientData { .. } => ErrorClass::InvalidRequest,
+            ScoreError::Data(e) if e.is_client_error() => ErrorClass::InvalidRequest,
+            ScoreError::Data(_) => ErrorClass::Unavailable,
+            ScoreError::ModelInternal { .. } => ErrorClass::ModelFailure,
+            ScoreError::Call { error, .. } => match error {
+                CallError::Timeout(_) => ErrorClass::Timeout,
+                CallError::Instantiate(_) => ErrorClass::Overloaded,
+                _ => ErrorClass::ModelFailure,
+            },
+            ScoreError::Overloaded { .. } => ErrorClass::Overloaded,
+            ScoreError::Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// The model's own error this is, given back unchanged; any other error
+    /// (a failed call, missing data…) is returned as is.
+    pub fn into_model_error(self) -> Result<ModelError, ScoreError> {
+        match self {
+            ScoreError::ModelInvalidInput { message, .. } => Ok(ModelError::InvalidInput(message)),
+            ScoreError::InsufficientData { message, .. } => {
+                Ok(ModelError::InsufficientData(message))
+            }
+            ScoreError::ModelInternal { message, .. } => Ok(ModelError::Internal(message)),
+            other => Err(other),
+        }
+    }
+
+    fn from_model_error(model: &str, error: ModelError) -> Self {
+        let model = model.to_owned();
+        match error {
+            ModelError::InvalidInput(message) => ScoreError::ModelInvalidInput { model, message },
+            ModelError::InsufficientData(message) => {
+                ScoreError::InsufficientData { model, message }
+            }
+            ModelError::Internal(message) => ScoreError::ModelInternal { model, message },
+        }
+    }
+}
+
+/// Settings of the scoring path.
+#[derive(Debug, Clone, Default)]
+pub struct ScoringSettings {
+    /// What is memoized and for how long.
+    pub cache: CachePolicy,
+    pub portfolio_limits: PortfolioLimits,
+    pub batch: batch::BatchLimits,
+    pub dynamic: batcher::DynamicBatching,
+}
+
+/// A miss's memo entry and, when it came from the in-process tier after
+/// all, that tier.
+type Computed = Result<(Arc<CachedScore>, Option<CacheTier>), ScoreError>;
+
+/// Everything a request needs to be scored, shared by all handlers.
+pub struct ScoringService {
+    registry: Arc<ModelRegistry>,
+    market: Arc<dyn MarketDataSource>,
+    cache: Arc<dyn ScoreCache>,
+    settings: ScoringSettings,
+    executor: Arc<Executor>,
+    batchers: Batchers,
+    /// Concurrent identical misses run the model once (`single_flight.rs`).
+    flights: single_flight::SingleFlight<ScoreKey, Computed>,
+    /// Where a record of every score served goes (`riskhost_events`).
+    events: Arc<dyn EventSink>,
+}
+
+/// A portfolio ready to score: canonical positions and the client's label.
+struct PreparedPortfolio {
+    id: Option<String>,
+    positions: Arc<Vec<CanonicalPosition>>,
+}
+
+impl ScoringService {
+    pub fn new(
+        engine: Arc<ModelEngine>,
+        registry: Arc<ModelRegistry>,
+        market: Arc<dyn MarketDataSource>,
+        cache: Arc<dyn ScoreCache>,
+        settings: ScoringSettings,
+    ) -> Self {
+        let executor = Arc::new(Executor {
+            engine,
+            market: market.clone(),
+        });
+        let batchers = Batchers::new(settings.dynamic, executor.clone());
+        ScoringService {
+            registry,
+            market,
+            cache,
+            settings,
+            executor,
+            batchers,
+            flights: single_flight::SingleFlight::new(),
+            events: Arc::new(NoSink),
+        }
+    }
+
+    /// Records every score served into `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    pub fn events(&self) -> &Arc<dyn EventSink> {
+        &self.events
+    }
+
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.registry
+    }
+
+    pub fn cache(&self) -> &Arc<dyn ScoreCache> {
+        &self.cache
+    }
+
+    pub fn market(&self) -> &Arc<dyn MarketDataSource> {
+        &self.market
+    }
+
+    /// Scores one portfolio with one model, and records the score event.
+    pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
+        let started = std::time::Instant::now();
+        let (model, id, params, as_of) = (
+            request.model.clone(),
+            request.portfolio.id.clone(),
+            request.params.clone(),
+            request.as_of,
+        );
+        let result = self.score_unrecorded(request).await;
+        let asked = events::Asked {
+            model: &model,
+            portfolio_id: id.as_deref(),
+            params: &params,
+            as_of,
+        };
+        let snapshot = self.market.snapshot();
+        let event = events::single(asked, &result, started.elapsed(), &snapshot);
+        self.events.record(vec![event]);
+        result
+    }
+
+    async fn score_unrecorded(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
+        let entry = self.registry.resolve(&request.model).await?;
+        let description = &entry.model.description;
+        let params = description.resolve_params(&request.params)?;
+        let portfolio = self.prepare_portfolio(request.portfolio).await?;
+        let as_of = self.market.resolve_as_of(request.as_of).await?;
+        let snapshot = self.market.snapshot();
+        let key = score_key(
+            &entry.model.digest,
+            &params,
+            &portfolio.positions,
+            &snapshot,
+            as_of,
+        );
+        let named_params = description
+            .params
+            .iter()
+            .zip(&params)
+            .map(|(spec, value)| (spec.name.clone(), *value))
+            .collect();
+        let respond = |score: &bindings::Score, tier: Option<CacheTier>| ScoreResponse {
+            model: entry.model.name().to_owned(),
+            version: entry.model.version().to_owned(),
+            digest: entry.model.digest.clone(),
+            portfolio_id: portfolio.id.clone(),
+            as_of,
+            value: score.value,
+            unit: unit_name(score.unit),
+            breakdown: score
+                .breakdown
+                .iter()
+                .map(|c| BreakdownEntry {
+                    name: c.name.clone(),
+                    value: c.value,
+                })
+                .collect(),
+            params: BTreeMap::clone(&named_params),
+            cached: tier.is_some(),
+            cache_tier: tier,
+        };
+
+        let name = entry.model.name();
+        let (memo, tier) = match self.cache.get_many(name, &[key]).await.pop() {
+            Some(Some((hit, tier))) => (hit, Some(tier)),
+            _ => {
+                // Concurrent identical misses share one computation.
+                let (computed, role) = self
+                    .flights
+                    .run(key, self.compute(&entry, params, &portfolio, as_of, key))
+                    .await;
+                if role == single_flight::Role::Follower {
+                    metrics::counter!("riskhost_cache_coalesced_total", "model" => name.to_owned())
+                        .increment(1);
+                }
+                let (memo, tier) = computed?;
+                (memo, tier.filter(|_| role == single_flight::Role::Leader))
+            }
+        };
+        match &memo.outcome {
+            Ok(score) => Ok(respond(score, tier)),
+            Err(error) => Err(ScoreError::from_model_error(name, error.clone())),
+        }
+    }
+
+    /// The miss path: re-checks the in-process tier, runs the job and stores
+    /// the outcome the cache policy allows (scores, and deterministic model
+    /// errors briefly; never failures of the call itself).
+    async fn compute(
+        &self,
+        entry: &Arc<ModelEntry>,
+        params: Vec<f64>,
+        portfolio: &PreparedPortfolio,
+        as_of: NaiveDate,
+        key: ScoreKey,
+    ) -> Computed {
+        // A flight that ended between our lookup and our flight has filled it.
+        if let Some(hit) = self.cache.get_local(&key) {
+            return Ok((hit, Some(CacheTier::L1)));
+        }
+        let job = PreparedJob {
+            key,
+            portfolio_id: portfolio.id.clone(),
+            lookback: entry.model.description.lookback_for(&params),
+            positions: portfolio.positions.clone(),
+            params,
+        };
+        let outcome = match self.run_one(entry, as_of, job).await {
+            Ok(score) => Ok(score),
+            Err(error) => Err(error.into_model_error()?),
+        };
+        let name = entry.model.name();
+        let memo = Arc::new(CachedScore { outcome });
+        if let Some(ttl) = self.settings.cache.ttl_for(name, &memo.outcome) {
+            self.cache
+                .put_many(name, vec![(key, memo.clone(), ttl)])
+                .await;
+        }
+        Ok((memo, None))
+    }
+
+    /// Runs one job: through the dynamic batcher when it is on, else alone.
+    async fn run_one(
+        &self,
+        entry: &Arc<ModelEntry>,
+        as_of: NaiveDate,
+        job: PreparedJob,
+    ) -> Result<bindings::Score, ScoreError> {
+        if self.settings.dynamic.enabled() {
+            return self.batchers.submit(entry, as_of, job).await;
+        }
+        let (window, mut errors) = self.executor.prefetch(as_of, &[&job]).await;
+        if let Some(Some(error)) = errors.pop() {
+            return Err(error);
+        }
+        let window = window.ok_or_else(|| ScoreError::Internal("no price window".into()))?;
+        let slot = entry
+            .bulkhead
+            .enter_owned()
+            .await
+            .map_err(|source| overloaded(entry, source))?;
+        let mut results = self
+            .executor
+            .run(entry.clone(), window, vec![job], slot)
+            .await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(ScoreError::Internal("the model returned no result".into())))
+    }
+
+    async fn prepare_portfolio(
+        &self,
+        input: PortfolioInput,
+    ) -> Result<PreparedPortfolio, ScoreError> {
+        let limits = self.settings.portfolio_limits;
+        if let Some(id) = &input.id
+            && id.len() > limits.max_id_bytes
+        {
+            return Err(ScoreError::Portfolio(format!(
+                "the portfolio id is {} bytes; the limit is {}",
+                id.len(),
+                limits.max_id_bytes
+            )));
+        }
+        let positions = match (input.positions, &input.id) {
+            (Some(positions), _) => positions,
+            (None, Some(id)) => match self.market.portfolio(id).await? {
+                Some(stored) => stored
+                    .positions
+                    .into_iter()
+                    .map(|p| PositionInput {
+                        instrument: p.instrument,
+                        quantity: p.quantity,
+                    })
+                    .collect(),
+                None => return Err(ScoreError::UnknownPortfolio(id.clone())),
+            },
+            (None, None) => {
+                return Err(ScoreError::Portfolio(
+                    "give `positions`, or the `id` of a stored portfolio".into(),
+                ));
+            }
+        };
+        let positions = request::canonicalize(&positions, limits).map_err(ScoreError::Portfolio)?;
+        Ok(PreparedPortfolio {
+            id: input.id,
+            positions: Arc::new(positions),
+        })
+    }
+}
+
+fn overloaded(entry: &ModelEntry, source: Overloaded) -> ScoreError {
+    metrics::counter!("riskhost_model_rejected_total", "model" => entry.model.name().to_owned())
+        .increment(1);
+    ScoreError::Overloaded {
+        model: entry.model.name().to_owned(),
+        source,
+    }
+}
+
+/// Parses an ISO date, for CLI flags.
+pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|e| format!("`{s}` is not a YYYY-MM-DD date: {e}"))
+}
