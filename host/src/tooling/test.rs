@@ -35,10 +35,9 @@ use crate::market::MarketDataSource;
 use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use crate::scoring::batcher::DynamicBatching;
 use crate::scoring::jobs::{Executor, PreparedJob};
-use crate::scoring::request::canonicalize;
 use crate::scoring::{
     PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringService,
-    ScoringSettings,
+    ScoringSettings, prepare_portfolio,
 };
 
 /// What `model test` found, as printed with `--json`.
@@ -317,35 +316,27 @@ async fn prepare(
 ) -> anyhow::Result<PreparedJob> {
     let description = &entry.model.description;
     let params = description.resolve_params(given)?;
-    let positions = match (&input.positions, &input.id) {
-        (Some(positions), _) => positions.clone(),
-        (None, Some(id)) => market
-            .portfolio(id)
-            .await?
-            .with_context(|| format!("unknown portfolio `{id}`"))?
-            .positions
-            .into_iter()
-            .map(|p| PositionInput {
-                instrument: p.instrument,
-                quantity: p.quantity,
-            })
-            .collect(),
-        (None, None) => bail!("the portfolio has neither positions nor an id"),
-    };
-    let positions = canonicalize(&positions, PortfolioLimits::default())
-        .map_err(|e| anyhow::anyhow!("invalid portfolio: {e}"))?;
+    // The portfolio as the server resolved it (`scoring::prepare_portfolio`).
+    let portfolio = prepare_portfolio(
+        market,
+        input.clone(),
+        &Default::default(),
+        PortfolioLimits::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let key = score_key(
         &entry.model.digest,
         &params,
-        &positions,
+        &portfolio.positions,
         &market.snapshot(),
         as_of,
     );
     Ok(PreparedJob {
         key,
-        portfolio_id: input.id.clone(),
+        portfolio_id: portfolio.id,
         lookback: description.lookback_for(&params),
-        positions: Arc::new(positions),
+        positions: portfolio.positions,
         params,
     })
 }
