@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -313,6 +316,34 @@ where
         Json::<T>::from_bytes(&body)
             .map(|Json(v)| ApiJson(v))
             .map_err(ApiError::from)
+    }
+}
+
+/// `Path` whose rejections are JSON errors too: a parameter that does not
+/// decode (`%FF` is not UTF-8) or parse is a 400 `invalid_path`. Every route
+/// with a path parameter takes it through this extractor.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|rejection| {
+                // A route whose parameters do not fit its extractor is a bug (500).
+                let (status, code) = if rejection.status().is_server_error() {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                } else {
+                    (StatusCode::BAD_REQUEST, "invalid_path")
+                };
+                ApiError::new(status, code, rejection.body_text())
+            })
     }
 }
 
@@ -735,6 +766,7 @@ async fn purge_cache(
     params(("model" = String, Path, description = "A model name (lower-kebab-case)")),
     responses(
         (status = 200, description = "Purged", body = Purged),
+        (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 422, description = "Not a model name (`invalid_model_name`)", body = ErrorBody),
         (status = 503, description = "The shared tier could not be purged (`cache_unavailable`)", body = ErrorBody,
             headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
@@ -744,7 +776,7 @@ async fn purge_cache(
 async fn purge_model_cache(
     _admin: crate::auth::Admin,
     State(state): State<Arc<AppState>>,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
 ) -> Result<Json<Purged>, ApiError> {
     if !crate::cache::is_model_name(&model) {
         return Err(ApiError::new(
