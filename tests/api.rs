@@ -608,3 +608,41 @@ fn undecodable_path_parameters_get_json_errors_on_every_route() {
         );
     }
 }
+
+/// A quantity whose valuation no model can compute in f64 is the request's
+/// fault: 422 naming the position, before any model runs.
+#[test]
+fn quantities_too_large_to_value_are_refused_before_the_model_runs() {
+    let server = Server::start(&[]);
+    let portfolio = |quantity: f64| json!({"positions": [{"instrument": "AAPL", "quantity": 10}, {"instrument": "SPX", "quantity": quantity}]});
+    for model in ["var-historical", "var-parametric", "es-historical"] {
+        for quantity in [1e306, -1e306, 1e200] {
+            let answer = server.post(
+                "/v1/score",
+                &json!({"model": model, "portfolio": portfolio(quantity)}),
+            );
+            assert_error(&answer, 422, "invalid_portfolio", "SPX");
+            let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("gross exposure"), "{message}");
+        }
+        // In a batch, only that portfolio's cell fails.
+        let (status, body) = server.post(
+            "/v1/score/batch",
+            &json!({"models": [model], "portfolios": [portfolio(1e306), portfolio(1e6)]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"][0]["error"]["code"], "invalid_portfolio",
+            "{body}"
+        );
+        assert!(body["results"][1]["value"].is_number(), "{body}");
+    }
+    // No model ran for the refused portfolios: only the batches' good cells.
+    let metrics = server.get_text("/metrics");
+    let jobs: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("riskhost_model_jobs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(jobs, 3.0, "{metrics}");
+}
