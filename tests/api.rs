@@ -536,3 +536,113 @@ fn config_prints_effective_settings_with_sources_and_redacts_secrets() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`nested` is a table"));
 }
+
+/// A path parameter that is not UTF-8 once decoded (`%FF`) is refused with
+/// a JSON error on every route that has one, as every other error is.
+#[test]
+fn undecodable_path_parameters_get_json_errors_on_every_route() {
+    const TOKEN: &str = "path-s3cret";
+    let server = Server::start(&["--admin-token", TOKEN]);
+    let (status, document) = server.get("/openapi.json");
+    assert_eq!(status, 200);
+    let paths = document["paths"].as_object().expect("paths");
+    let mut tried = Vec::new();
+    for (template, operations) in paths.iter().filter(|(p, _)| p.contains('{')) {
+        let path: String = template
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "%FF"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let methods = operations.as_object().expect("operations").keys();
+        for method in
+            methods.filter(|m| ["get", "put", "post", "delete", "patch"].contains(&m.as_str()))
+        {
+            let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .expect("method");
+            let response = server
+                .client
+                .request(method.clone(), server.url(&path))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .send()
+                .expect("request");
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body: Value = response.json().unwrap_or(Value::Null);
+            let answer = format!("{method} {path}: {status} {content_type} {body}");
+            assert_eq!(status, 400, "{answer}");
+            assert!(content_type.starts_with("application/json"), "{answer}");
+            assert_eq!(body["error"]["code"], "invalid_path", "{answer}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("UTF-8")),
+                "{answer}"
+            );
+            tried.push(format!("{method} {template}"));
+        }
+    }
+    // Every route with a path parameter, the public and the admin ones.
+    for route in [
+        "GET /v1/portfolios/{id}/scores",
+        "DELETE /v1/cache/{model}",
+        "PUT /v1/models/{name}",
+        "DELETE /v1/models/{name}",
+        "GET /v1/models/{name}/versions",
+        "POST /v1/models/{name}/rollback",
+    ] {
+        assert!(
+            tried.iter().any(|t| t == route),
+            "{route} not tried: {tried:?}"
+        );
+    }
+}
+
+/// A quantity whose valuation no model can compute in f64 is the request's
+/// fault: 422 naming the position, before any model runs.
+#[test]
+fn quantities_too_large_to_value_are_refused_before_the_model_runs() {
+    let server = Server::start(&[]);
+    let portfolio = |quantity: f64| json!({"positions": [{"instrument": "AAPL", "quantity": 10}, {"instrument": "SPX", "quantity": quantity}]});
+    for model in ["var-historical", "var-parametric", "es-historical"] {
+        for quantity in [1e306, -1e306, 1e200] {
+            let answer = server.post(
+                "/v1/score",
+                &json!({"model": model, "portfolio": portfolio(quantity)}),
+            );
+            assert_error(&answer, 422, "invalid_portfolio", "SPX");
+            let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("gross exposure"), "{message}");
+        }
+        // In a batch, only that portfolio's cell fails.
+        let (status, body) = server.post(
+            "/v1/score/batch",
+            &json!({"models": [model], "portfolios": [portfolio(1e306), portfolio(1e6)]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"][0]["error"]["code"], "invalid_portfolio",
+            "{body}"
+        );
+        assert!(body["results"][1]["value"].is_number(), "{body}");
+    }
+    // No model ran for the refused portfolios: only the batches' good cells.
+    let metrics = server.get_text("/metrics");
+    let jobs: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("riskhost_model_jobs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(jobs, 3.0, "{metrics}");
+}

@@ -318,3 +318,45 @@ fn score_file_uses_the_batch_engine() {
         }
     }
 }
+
+/// Inline positions win over a stored portfolio of the same id, in a batch
+/// as in a single request, however many portfolios are given by id alone
+/// (two or more are fetched from the data source in one round trip).
+#[test]
+fn inline_positions_win_over_a_stored_portfolio_of_the_same_id() {
+    let server = Server::start(&[]);
+    let inline = json!({"id": "tech", "positions": [{"instrument": "SPX", "quantity": 1}]});
+    let (status, single) = server.post(
+        "/v1/score",
+        &json!({"model": "var-parametric", "portfolio": inline}),
+    );
+    assert_eq!(status, 200, "{single}");
+    let names = |breakdown: &Value| -> Vec<String> {
+        breakdown
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(names(&single["breakdown"]), ["SPX"], "{single}");
+
+    let (status, batch) = server.post(
+        "/v1/score/batch",
+        &json!({"models": ["var-parametric"], "portfolios": [{"id": "tech"}, {"id": "balanced"}, inline]}),
+    );
+    assert_eq!(status, 200, "{batch}");
+    let cells = batch["results"].as_array().expect("results");
+    assert_eq!(cells.len(), 3);
+    assert_eq!(cells[2]["portfolio_id"], "tech");
+    assert_eq!(
+        names(&cells[2]["breakdown"]),
+        ["SPX"],
+        "the inline portfolio was scored with the stored positions: {}",
+        cells[2]
+    );
+    assert_eq!(cells[2]["value"], single["value"]);
+    // The portfolios given by id alone are still the stored ones.
+    assert!(names(&cells[0]["breakdown"]).contains(&"AAPL".to_owned()));
+    assert_ne!(cells[0]["value"], cells[2]["value"]);
+}

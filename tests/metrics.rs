@@ -270,3 +270,110 @@ fn the_scrape_counts_exactly_the_traffic_sent() {
     assert_eq!(value(&samples, "riskhost_model_errors_total", &[]), 0.0);
     assert_eq!(value(&samples, "riskhost_models_loaded", &[]), 3.0);
 }
+
+/// Sends `method path` on a fresh connection and returns the status line.
+fn raw_request(server: &Server, method: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// An unauthenticated caller cannot grow the scrape: every label takes its
+/// values from a bounded set, whatever methods and paths are sent.
+#[test]
+fn odd_methods_and_paths_do_not_grow_the_scrape() {
+    let server = Server::start(&[]);
+    // Methods are tokens: any of these characters, any length.
+    const TCHAR: &[u8] =
+        b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut method = |len: usize| -> String {
+        (0..len)
+            .map(|_| char::from(TCHAR[next() as usize % TCHAR.len()]))
+            .collect()
+    };
+    let paths = |i: usize| match i % 3 {
+        0 => "/healthz".to_owned(),
+        1 => "/v1/score".to_owned(),
+        _ => format!("/nowhere/{i}"),
+    };
+    // One odd request per (path kind, status) first, so the series the flood
+    // may legitimately use exist before the baseline is taken.
+    for i in 0..3 {
+        let status = raw_request(&server, "BREW", &paths(i));
+        assert!(status.starts_with("HTTP/1.1 4"), "{status}");
+    }
+    let _ = server.get_text("/metrics");
+    let before = server.get_text("/metrics").len();
+
+    let flood = 200;
+    for i in 0..flood {
+        let len = if i % 10 == 0 {
+            1000 + i * 7
+        } else {
+            1 + i % 40
+        };
+        let odd = format!("X{}", method(len));
+        let status = raw_request(&server, &odd, &paths(i));
+        assert!(
+            status.starts_with("HTTP/1.1 4"),
+            "{} bytes: {status}",
+            odd.len()
+        );
+    }
+
+    let text = server.get_text("/metrics");
+    // Counts and sums grow by a few digits; a new series per method would
+    // add kilobytes per request.
+    assert!(
+        text.len() < before + 2048,
+        "the scrape grew from {before} to {} bytes",
+        text.len()
+    );
+    let samples = parse(&text);
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_http_requests_total",
+            &[("method", "other")]
+        ),
+        (flood + 3) as f64
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_http_requests_total",
+            &[("route", "unmatched"), ("method", "other")]
+        ),
+        (flood / 3 + 1) as f64
+    );
+    // The standard methods keep their names.
+    assert!(
+        value(
+            &samples,
+            "riskhost_http_requests_total",
+            &[("method", "GET")]
+        ) >= 2.0
+    );
+}

@@ -4,8 +4,14 @@
 //! `--prices` CSV loader. Arbitrary bytes never panic and end in a clear
 //! 4xx or error; valid inputs round-trip.
 //!
-//! Each property runs a bounded number of cases (`CASES`, or
-//! `PROPTEST_CASES` from the environment) so the suite stays a few seconds.
+//! The last property runs against the real server: a batch cell always
+//! equals the single request with the same portfolio input.
+//!
+//! Each property runs a bounded number of cases (`CASES`, `SERVER_CASES`
+//! against the server, or `PROPTEST_CASES` from the environment) so the
+//! suite stays a few seconds.
+
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -24,13 +30,19 @@ use riskhost_scoring::batch::BatchRequest;
 use riskhost_scoring::request::{PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
 
 const CASES: u32 = 512;
+/// Each case against the server is a batch and one request per cell.
+const SERVER_CASES: u32 = 128;
 
 fn config() -> Config {
+    config_with(CASES)
+}
+
+fn config_with(cases: u32) -> Config {
     Config {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(CASES),
+            .unwrap_or(cases),
         // A failure is reported with its minimal input; nothing is written
         // into the source tree unless a case is worth keeping by hand.
         failure_persistence: None,
@@ -435,4 +447,64 @@ proptest! {
         prop_assert_eq!(reloaded.version(), loaded.version());
         prop_assert_eq!(reloaded.calendar(), loaded.calendar());
     }
+}
+
+// ---------- a batch cell is the single request with the same input ----------
+
+/// Portfolio inputs of every kind the routes resolve: by id alone (stored,
+/// or unknown), inline with an id (a stored one's, or not) or without,
+/// and neither.
+fn batch_portfolio() -> impl Strategy<Value = Value> {
+    let stored = prop::sample::select(vec!["tech", "balanced", "macro", "single-spx", "fifty"]);
+    let id = prop_oneof![stored.clone().prop_map(str::to_owned), "ghost-[a-z]{1,4}",];
+    let positions = prop::collection::vec(
+        (
+            prop::sample::select(vec!["SPX", "AAPL", "TLT", "GOLD", "EURUSD", "NOPE"]),
+            (-40i32..40).prop_map(|q| f64::from(q) * 25.0),
+        ),
+        0..4,
+    )
+    .prop_map(|positions| {
+        positions
+            .into_iter()
+            .map(|(i, q)| (i.to_owned(), q))
+            .collect::<Vec<_>>()
+    });
+    prop_oneof![
+        3 => stored.prop_map(|id| json!({"id": id})),
+        1 => id.clone().prop_map(|id| json!({"id": id})),
+        3 => (proptest::option::of(id), positions)
+            .prop_map(|(id, positions)| portfolio_json(&id, &Some(positions))),
+        1 => Just(json!({})),
+    ]
+}
+
+#[test]
+fn a_batch_cell_equals_the_single_request_with_the_same_portfolio() {
+    const MODELS: [&str; 2] = ["var-parametric", "es-historical"];
+    let server = common::Server::start(&[]);
+    proptest!(config_with(SERVER_CASES), |(portfolios in prop::collection::vec(batch_portfolio(), 1..6))| {
+        let (status, batch) = server.post(
+            "/v1/score/batch",
+            &json!({"models": MODELS, "portfolios": portfolios}),
+        );
+        prop_assert_eq!(status, 200, "{}", batch);
+        let cells = batch["results"].as_array().cloned().unwrap_or_default();
+        prop_assert_eq!(cells.len(), portfolios.len() * MODELS.len());
+        for (i, cell) in cells.iter().enumerate() {
+            let (portfolio, model) = (&portfolios[i / MODELS.len()], MODELS[i % MODELS.len()]);
+            let (status, single) = server.post(
+                "/v1/score",
+                &json!({"model": model, "portfolio": portfolio}),
+            );
+            if status == 200 {
+                prop_assert!(cell["error"].is_null(), "cell {} of {} failed: {}; alone: {}", i, batch, cell, single);
+                for field in ["value", "breakdown", "digest", "unit"] {
+                    prop_assert_eq!(&cell[field], &single[field], "cell {} ({}) of {}: `{}` differs from the single request {}", i, portfolio, batch, field, single);
+                }
+            } else {
+                prop_assert_eq!(&cell["error"]["code"], &single["error"]["code"], "cell {} ({}) of {}; alone: {} {}", i, portfolio, batch, status, single);
+            }
+        }
+    });
 }

@@ -757,3 +757,58 @@ fn memory_and_output_bombs_leave_the_host_rss_bounded() {
     );
     assert_eq!(score(&server, "var-historical", json!({})).0, 200);
 }
+
+#[test]
+fn a_non_finite_score_is_the_models_failure_never_memoized_and_fails_its_cell_alone() {
+    let plugins = plugins_with(&["var-historical"], &["hostile-nonfinite"]);
+    let server = Server::start_with(&["--plugins", plugins.path().to_str().unwrap_or_default()]);
+    let model = "hostile-nonfinite";
+    let cases = [
+        (1, "`value` is NaN"),
+        (2, "`value` is inf"),
+        (3, "breakdown entry `SPX` is NaN"),
+        (4, "breakdown entry `SPX` is -inf"),
+    ];
+    for (misbehave, field) in cases {
+        // Twice: the second answer is computed again, not served from the memo.
+        for _ in 0..2 {
+            let answer = score(&server, model, json!({"misbehave": misbehave}));
+            assert_error(&answer, 500, "model_internal_error", field);
+            let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with(model) && message.contains("portfolio `p`"),
+                "the message names the model and the job: {message}"
+            );
+        }
+    }
+    let jobs = format!(
+        r#"riskhost_model_jobs_total{{model="{model}",version="1.0.0",outcome="internal"}}"#
+    );
+    let metrics = server.get_text("/metrics");
+    assert_eq!(metric(&metrics, &jobs), Some(8.0), "{jobs}\n{metrics}");
+
+    // In a batch, only the hostile model's cells fail.
+    let (status, body) = server.post(
+        "/v1/score/batch",
+        &json!({"models": ["var-historical", model], "params": {"misbehave": 3},
+                "portfolios": [spx(1.0), {"id": "balanced"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let cells = body["results"].as_array().expect("results");
+    assert_eq!(cells.len(), 4, "{body}");
+    for cell in cells {
+        if cell["model"] == model {
+            assert_eq!(cell["error"]["code"], "model_internal_error", "{cell}");
+            let message = cell["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("breakdown entry"), "{message}");
+        } else {
+            assert!(cell["value"].as_f64().is_some_and(f64::is_finite), "{cell}");
+        }
+    }
+    let metrics = server.get_text("/metrics");
+    assert_eq!(metric(&metrics, &jobs), Some(10.0), "{jobs}\n{metrics}");
+
+    // The model still serves sane scores.
+    let (status, body) = score(&server, model, json!({"misbehave": 0}));
+    assert_eq!(status, 200, "{body}");
+}

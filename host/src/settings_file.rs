@@ -107,18 +107,72 @@ fn is_secret(id: &str) -> bool {
         || id == "api_keys"
 }
 
-/// Hides the password of a URL like `postgres://user:pw@host/db`.
+/// Hides the passwords of a connection string: the user-info password of a
+/// URL (`postgres://user:pw@host/db`), and the value of every parameter
+/// whose name says it is a secret (`password`, `sslpassword`, `token`…),
+/// whether a URL query parameter (`?password=pw`) or a PostgreSQL
+/// `key=value` pair (`password=pw`, `password = 'p w'`).
 fn redact_url(value: &str) -> String {
+    // Parameters first, so an `@` in a hidden value cannot pass for the
+    // end of the user info below.
+    let value = redact_parameters(value, value.contains("://"));
     match (value.find("://"), value.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &value[scheme + 3..at];
             match userinfo.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &value[..scheme + 3], &value[at..]),
-                None => value.to_owned(),
+                None => value,
             }
         }
-        _ => value.to_owned(),
+        _ => value,
     }
+}
+
+/// Replaces the value of every `name=value` parameter whose name is a
+/// secret's with `***`. In a URL a value ends at `&` or `#`; in a `key=value`
+/// string at white space, or at its closing quote when it is quoted (with
+/// `\'` escapes), and white space may surround the `=`.
+fn redact_parameters(value: &str, url: bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(eq) = rest.find('=') {
+        let before = rest[..eq].trim_end();
+        let name_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        let name = before[name_start..].to_ascii_lowercase();
+        out.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        if name.is_empty() || !is_secret(&name) {
+            continue;
+        }
+        let secret = if url {
+            rest
+        } else {
+            let trimmed = rest.trim_start();
+            out.push_str(&rest[..rest.len() - trimmed.len()]);
+            trimmed
+        };
+        let end = if url {
+            secret.find(['&', '#']).unwrap_or(secret.len())
+        } else if let Some(quoted) = secret.strip_prefix('\'') {
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(secret.len(), |(i, _)| i + 2)
+        } else {
+            secret.find(char::is_whitespace).unwrap_or(secret.len())
+        };
+        out.push_str("***");
+        rest = &secret[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Prints every setting of `command` (the `serve` command's arguments) with
@@ -194,5 +248,37 @@ mod tests {
         assert!(!is_secret("keys_source"));
         assert!(!is_secret("listen"));
         assert!(!is_secret("trusted_keys"));
+    }
+
+    #[test]
+    fn passwords_in_query_parameters_and_key_value_strings_are_hidden() {
+        for (given, shown) in [
+            (
+                "http://ch:8123/?user=default&password=s3cret&database=risk",
+                "http://ch:8123/?user=default&password=***&database=risk",
+            ),
+            (
+                "postgres://h/db?sslmode=require&password=s3cret#frag",
+                "postgres://h/db?sslmode=require&password=***#frag",
+            ),
+            (
+                "postgres://u:pw@h/db?PASSWORD=p@ss&application_name=riskhost",
+                "postgres://u:***@h/db?PASSWORD=***&application_name=riskhost",
+            ),
+            (
+                "host=127.0.0.1 user=u password=s3cret dbname=test",
+                "host=127.0.0.1 user=u password=*** dbname=test",
+            ),
+            (
+                "host=h password = 'my \\'s3cret\\'' sslpassword=k3y dbname=test",
+                "host=h password = *** sslpassword=*** dbname=test",
+            ),
+            ("host=h user=u dbname=test", "host=h user=u dbname=test"),
+            ("redis://h:6379/?db=2", "redis://h:6379/?db=2"),
+        ] {
+            let got = redact_url(given);
+            assert_eq!(got, shown, "{given}");
+            assert!(!got.contains("s3cret") && !got.contains("k3y"), "{got}");
+        }
     }
 }

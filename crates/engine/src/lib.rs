@@ -493,6 +493,12 @@ impl ModelEngine {
             });
         }
         self.check_output(&results)?;
+        let results = results
+            .into_iter()
+            .zip(jobs)
+            .enumerate()
+            .map(|(index, (result, job))| result.and_then(|score| finite(score, index, job)))
+            .collect();
         Ok(CallOutcome {
             results,
             elapsed: started.elapsed(),
@@ -614,12 +620,9 @@ impl ModelEngine {
                 Metering::Skip,
             )
             .map_err(|e| LoadError::WarmUp(e.to_string()))?;
+        // A non-finite score is already an internal error (`finite`).
         match outcome.results.into_iter().next() {
-            Some(Ok(score)) if score.value.is_finite() => Ok(()),
-            Some(Ok(score)) => Err(LoadError::WarmUp(format!(
-                "the score is {} (not finite)",
-                score.value
-            ))),
+            Some(Ok(_)) => Ok(()),
             Some(Err(e)) => {
                 let (kind, message) = match &e {
                     ModelError::InvalidInput(m) => ("invalid-input", m),
@@ -636,6 +639,35 @@ impl ModelEngine {
             None => Err(LoadError::WarmUp("no result".into())),
         }
     }
+}
+
+/// A score whose value or breakdown entry is not a finite number (NaN,
+/// ±Inf) is the model's internal error on that job: JSON cannot carry it,
+/// and an internal error is never memoized. Every call passes here (served
+/// jobs, the warm-up, `riskhost model test`).
+fn finite(score: Score, index: usize, job: &Job) -> Result<Score, ModelError> {
+    let field = if !score.value.is_finite() {
+        format!("`value` is {}", score.value)
+    } else if let Some(c) = score.breakdown.iter().find(|c| !c.value.is_finite()) {
+        format!(
+            "breakdown entry `{}` is {}",
+            truncate(&c.name, 64).escape_debug(),
+            c.value
+        )
+    } else {
+        return Ok(score);
+    };
+    let job = if job.portfolio.id.is_empty() {
+        format!("job {index} of the call")
+    } else {
+        format!(
+            "job {index} of the call (portfolio `{}`)",
+            truncate(&job.portfolio.id, 128).escape_debug()
+        )
+    };
+    Err(ModelError::Internal(format!(
+        "{field}, not a finite number, in the score of {job}"
+    )))
 }
 
 /// Import name prefixes the sandbox's linker provides: WASI 0.2 and the

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-use crate::api::{ApiError, AppState, ErrorBody};
+use crate::api::{ApiError, ApiPath, AppState, ErrorBody};
 use crate::auth::{Admin, Scorer};
 use riskhost_models::deploy::{DeployError, Deployed, VersionId, VersionsView};
 use riskhost_models::signing::{DetachedSignature, SIGNATURE_HEADER};
@@ -54,14 +54,6 @@ impl From<DeployError> for ApiError {
         };
         ApiError::new(status, code, error.to_string())
     }
-}
-
-fn path_error(rejection: PathRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_path",
-        rejection.body_text(),
-    )
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -117,11 +109,10 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 async fn upload(
     _: Admin,
     State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
-    let Path(name) = name.map_err(path_error)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -177,6 +168,7 @@ async fn upload(
     params(("name" = String, Path, description = "The model's name")),
     responses(
         (status = 200, description = "The model's versions", body = VersionsView),
+        (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -184,9 +176,8 @@ async fn upload(
 async fn versions(
     _: Scorer,
     State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<VersionsView>, ApiError> {
-    let Path(name) = name.map_err(path_error)?;
     Ok(Json(state.models.versions(&name)?))
 }
 
@@ -210,7 +201,7 @@ struct RollbackRequest {
         description = "Optional; empty means the previously active version"),
     responses(
         (status = 200, description = "Rolled back", body = Deployed),
-        (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or a name that does not decode as UTF-8 (`malformed_json`, `invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
         (status = 409, description = "No previous version (`no_previous_version`)", body = ErrorBody),
         (status = 422, description = "Invalid body, or with `--require-signatures` the target version's signature is missing, invalid or untrusted (`invalid_body`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
@@ -220,10 +211,9 @@ struct RollbackRequest {
 async fn rollback(
     _: Admin,
     State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
+    ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Deployed>, ApiError> {
-    let Path(name) = name.map_err(path_error)?;
     let body = body.map_err(body_error)?;
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest { to: None }
@@ -272,6 +262,7 @@ struct Removed {
     params(("name" = String, Path, description = "The model's name"), RemoveQuery),
     responses(
         (status = 200, description = "Unloaded (and purged if asked)", body = Removed),
+        (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         (status = 422, description = "Invalid query (`invalid_query`)", body = ErrorBody),
         crate::openapi::AuthErrors,
@@ -280,10 +271,9 @@ struct Removed {
 async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
+    ApiPath(name): ApiPath<String>,
     query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<Json<Removed>, ApiError> {
-    let Path(name) = name.map_err(path_error)?;
     let Query(query) = query.map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -312,6 +315,34 @@ where
         Json::<T>::from_bytes(&body)
             .map(|Json(v)| ApiJson(v))
             .map_err(ApiError::from)
+    }
+}
+
+/// `Path` whose rejections are JSON errors too: a parameter that does not
+/// decode (`%FF` is not UTF-8) or parse is a 400 `invalid_path`. Every route
+/// with a path parameter takes it through this extractor.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|rejection| {
+                // A route whose parameters do not fit its extractor is a bug (500).
+                let (status, code) = if rejection.status().is_server_error() {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                } else {
+                    (StatusCode::BAD_REQUEST, "invalid_path")
+                };
+                ApiError::new(status, code, rejection.body_text())
+            })
     }
 }
 
@@ -649,21 +680,43 @@ async fn method_not_allowed(request: Request) -> ApiError {
     )
 }
 
-/// Counts and times requests by route, method and status.
+/// The `method` label: one of a fixed set, whatever the client sent (an
+/// extension method is any token, of any length: each would be a series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts and times requests by route, method and status, each label from
+/// a bounded set: the route template (`unmatched` when none matched), the
+/// method (`method_label`) and the status code.
 async fn track_http(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let in_flight = metrics::gauge!("riskhost_http_requests_in_flight");
     in_flight.increment(1.0);
     let response = next.run(request).await;
     in_flight.decrement(1.0);
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
+    let labels = [
+        ("route", route),
+        ("method", method.to_owned()),
+        ("status", status),
+    ];
     metrics::counter!("riskhost_http_requests_total", &labels).increment(1);
     metrics::histogram!("riskhost_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
@@ -712,6 +765,7 @@ async fn purge_cache(
     params(("model" = String, Path, description = "A model name (lower-kebab-case)")),
     responses(
         (status = 200, description = "Purged", body = Purged),
+        (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 422, description = "Not a model name (`invalid_model_name`)", body = ErrorBody),
         (status = 503, description = "The shared tier could not be purged (`cache_unavailable`)", body = ErrorBody,
             headers(("retry-after" = u32, description = "Seconds to wait before retrying"))),
@@ -721,7 +775,7 @@ async fn purge_cache(
 async fn purge_model_cache(
     _admin: crate::auth::Admin,
     State(state): State<Arc<AppState>>,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
 ) -> Result<Json<Purged>, ApiError> {
     let model = riskhost_engine::ModelName::parse(&model).map_err(|e| {
         ApiError::new(

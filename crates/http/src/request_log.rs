@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -150,6 +150,7 @@ fn invalid_query(message: String) -> ApiError {
     params(("id" = String, Path, description = "The portfolio id the scores were recorded under"), HistoryParams),
     responses(
         (status = 200, description = "The recorded scores", body = HistoryResponse),
+        (status = 400, description = "The id does not decode as UTF-8 (`invalid_path`)", body = crate::api::ErrorBody),
         (status = 404, description = "Score events are not recorded (`history_not_configured`)", body = crate::api::ErrorBody),
         (status = 422, description = "Invalid query (`invalid_query`)", body = crate::api::ErrorBody),
         (status = 503, description = "ClickHouse is unavailable (`data_unavailable`)", body = crate::api::ErrorBody,
@@ -160,7 +161,7 @@ fn invalid_query(message: String) -> ApiError {
 pub async fn score_history(
     _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
-    Path(portfolio_id): Path<String>,
+    crate::api::ApiPath(portfolio_id): crate::api::ApiPath<String>,
     params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let Query(params) = params.map_err(|e| {

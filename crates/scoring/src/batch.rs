@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::{JobResult, PreparedJob};
 use super::request::BreakdownEntry;
-use super::{PortfolioInput, ScoreError, ScoringService, overloaded};
+use super::{PortfolioInput, ScoreError, ScoringService, StoredPortfolios, overloaded};
 use riskhost_cache::{CacheTier, CachedScore, score_key};
 use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{ParamError, unit_name};
@@ -255,17 +255,17 @@ impl ScoringService {
         // Stored ones (given by id alone) are fetched in one round trip.
         let stored = self.stored_portfolios(&request.portfolios).await;
         let mut portfolios = Vec::with_capacity(request.portfolios.len());
-        for (index, mut input) in request.portfolios.into_iter().enumerate() {
+        for (index, input) in request.portfolios.into_iter().enumerate() {
             let id = input.id.clone();
-            if let Some(found) = input.id.as_ref().and_then(|id| stored.get(id).cloned()) {
-                input.positions = Some(found);
-            }
-            let prepared = self.prepare_portfolio(input).await.map_err(|e| match e {
-                ScoreError::Portfolio(message) => {
-                    ScoreError::Portfolio(format!("portfolio {index}: {message}"))
-                }
-                other => other,
-            });
+            let prepared = self
+                .prepare_portfolio(input, &stored)
+                .await
+                .map_err(|e| match e {
+                    ScoreError::Portfolio(message) => {
+                        ScoreError::Portfolio(format!("portfolio {index}: {message}"))
+                    }
+                    other => other,
+                });
             portfolios.push((id, prepared));
         }
 
@@ -427,37 +427,17 @@ impl ScoringService {
         Ok(BatchResponse { as_of, results })
     }
 
-    /// Positions of the portfolios given by id alone, in one data-source
-    /// call; empty on any error (each portfolio then asks alone and reports
-    /// its own error).
-    async fn stored_portfolios(
-        &self,
-        inputs: &[PortfolioInput],
-    ) -> std::collections::HashMap<String, Vec<super::PositionInput>> {
+    /// The stored portfolios named by id alone, in one data-source call;
+    /// empty on any error (each portfolio then asks alone and reports its
+    /// own error).
+    async fn stored_portfolios(&self, inputs: &[PortfolioInput]) -> StoredPortfolios {
         let ids: Vec<&str> = inputs
             .iter()
-            .filter(|p| p.positions.is_none())
-            .filter_map(|p| p.id.as_deref())
+            .filter_map(PortfolioInput::stored_id)
             .collect();
         if ids.len() < 2 {
-            return Default::default();
+            return StoredPortfolios::new();
         }
-        match self.market.portfolios(&ids).await {
-            Ok(found) => found
-                .into_iter()
-                .map(|(id, p)| {
-                    let positions = p
-                        .positions
-                        .into_iter()
-                        .map(|x| super::PositionInput {
-                            instrument: x.instrument,
-                            quantity: x.quantity,
-                        })
-                        .collect();
-                    (id, positions)
-                })
-                .collect(),
-            Err(_) => Default::default(),
-        }
+        self.market.portfolios(&ids).await.unwrap_or_default()
     }
 }

@@ -20,6 +20,12 @@ use riskhost_market::{DataError, MarketDataSource, PriceWindow};
 use riskhost_models::registry::ModelEntry;
 use tracing::Instrument as _;
 
+/// The largest gross exposure (Σ |quantity × close|) a job may hold. Far
+/// beyond any real book, and below √f64::MAX (≈ 1.3e154), so that a model
+/// can square valuations (variances, covariances) without overflowing to a
+/// non-finite score.
+pub const MAX_GROSS_EXPOSURE: f64 = 1e150;
+
 /// One (portfolio, model) computation with everything resolved.
 #[derive(Debug, Clone)]
 pub struct PreparedJob {
@@ -60,6 +66,39 @@ impl IndexedWindow {
 
     pub fn as_of(&self) -> NaiveDate {
         self.window.as_of
+    }
+
+    /// Refuses a job whose gross exposure, Σ |quantity| × the largest close
+    /// over the job's own lookback, exceeds [`MAX_GROSS_EXPOSURE`]: no model
+    /// could value it (the request's fault, 422), so it never runs.
+    fn check_exposure(&self, job: &PreparedJob) -> Result<(), ScoreError> {
+        let mut gross = 0.0_f64;
+        // The position that contributes most, to name it.
+        let mut largest: Option<(&CanonicalPosition, f64, f64)> = None;
+        for p in job.positions.iter() {
+            let Some(series) = self.by_instrument.get(&p.instrument) else {
+                continue;
+            };
+            let closes = &self.window.series[*series].closes;
+            // NaN (before an instrument's first close) is ignored by max.
+            let close = closes[closes.len().saturating_sub(job.lookback + 1)..]
+                .iter()
+                .fold(0.0_f64, |max, c| max.max(c.abs()));
+            let exposure = p.quantity.abs() * close;
+            gross += exposure;
+            if largest.is_none_or(|(_, _, e)| exposure > e) {
+                largest = Some((p, close, exposure));
+            }
+        }
+        match largest {
+            Some((p, close, _)) if gross > MAX_GROSS_EXPOSURE => {
+                Err(ScoreError::Portfolio(format!(
+                    "the gross exposure Σ|quantity × close| over the window is {gross:e}, more than the {MAX_GROSS_EXPOSURE:e} a model can value; most of it is the position in {} (quantity {:e}, closes up to {close})",
+                    p.instrument, p.quantity
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The contract's market data and jobs for one call: the union of the
@@ -162,7 +201,15 @@ impl Executor {
             metrics::histogram!("riskhost_data_fetch_duration_seconds", "what" => "price_window")
                 .record(started.elapsed().as_secs_f64());
             match fetched {
-                Ok(window) => return (Some(Arc::new(IndexedWindow::new(window))), errors),
+                Ok(window) => {
+                    let window = IndexedWindow::new(window);
+                    for (job, error) in jobs.iter().zip(errors.iter_mut()) {
+                        if error.is_none() {
+                            *error = window.check_exposure(job).err();
+                        }
+                    }
+                    return (Some(Arc::new(window)), errors);
+                }
                 Err(DataError::UnknownInstruments(unknown)) => {
                     for (job, error) in jobs.iter().zip(errors.iter_mut()) {
                         let held: Vec<String> = job

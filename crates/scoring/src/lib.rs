@@ -16,7 +16,7 @@ pub mod jobs;
 pub mod request;
 pub mod single_flight;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -33,7 +33,7 @@ use riskhost_cache::{
 use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{CallError, ModelEngine, ParamError, unit_name};
 use riskhost_events::{EventSink, NoSink};
-use riskhost_market::{DataError, MarketDataSource};
+use riskhost_market::{DataError, MarketDataSource, StoredPortfolio};
 use riskhost_models::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
 
 /// How an error should be answered; the HTTP layer maps it to a status.
@@ -191,9 +191,9 @@ pub struct ScoringService {
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
-struct PreparedPortfolio {
-    id: Option<String>,
-    positions: Arc<Vec<CanonicalPosition>>,
+pub(crate) struct PreparedPortfolio {
+    pub(crate) id: Option<String>,
+    pub(crate) positions: Arc<Vec<CanonicalPosition>>,
 }
 
 impl ScoringService {
@@ -269,7 +269,9 @@ impl ScoringService {
         let entry = self.registry.resolve(&request.model).await?;
         let description = &entry.model.description;
         let params = description.resolve_params(&request.params)?;
-        let portfolio = self.prepare_portfolio(request.portfolio).await?;
+        let portfolio = self
+            .prepare_portfolio(request.portfolio, &StoredPortfolios::new())
+            .await?;
         let as_of = self.market.resolve_as_of(request.as_of).await?;
         let snapshot = self.market.snapshot();
         let key = score_key(
@@ -397,42 +399,69 @@ impl ScoringService {
     async fn prepare_portfolio(
         &self,
         input: PortfolioInput,
+        prefetched: &StoredPortfolios,
     ) -> Result<PreparedPortfolio, ScoreError> {
-        let limits = self.settings.portfolio_limits;
-        if let Some(id) = &input.id
-            && id.len() > limits.max_id_bytes
-        {
-            return Err(ScoreError::Portfolio(format!(
-                "the portfolio id is {} bytes; the limit is {}",
-                id.len(),
-                limits.max_id_bytes
-            )));
-        }
-        let positions = match (input.positions, &input.id) {
-            (Some(positions), _) => positions,
-            (None, Some(id)) => match self.market.portfolio(id).await? {
-                Some(stored) => stored
-                    .positions
-                    .into_iter()
-                    .map(|p| PositionInput {
-                        instrument: p.instrument,
-                        quantity: p.quantity,
-                    })
-                    .collect(),
-                None => return Err(ScoreError::UnknownPortfolio(id.clone())),
-            },
-            (None, None) => {
-                return Err(ScoreError::Portfolio(
-                    "give `positions`, or the `id` of a stored portfolio".into(),
-                ));
-            }
-        };
-        let positions = request::canonicalize(&positions, limits).map_err(ScoreError::Portfolio)?;
-        Ok(PreparedPortfolio {
-            id: input.id,
-            positions: Arc::new(positions),
-        })
+        prepare_portfolio(
+            &*self.market,
+            input,
+            prefetched,
+            self.settings.portfolio_limits,
+        )
+        .await
     }
+}
+
+/// Stored portfolios a caller fetched ahead, by id (the batch route fetches
+/// all of its requests' in one round trip).
+pub(crate) type StoredPortfolios = HashMap<String, StoredPortfolio>;
+
+/// Resolves and canonicalises a portfolio input by the one rule every path
+/// follows (single and batch requests, `riskhost model test`): inline
+/// `positions` win, even over a stored portfolio of the same `id`; an `id`
+/// alone names a stored portfolio, taken from `prefetched` when the caller
+/// fetched it already, else from the data source.
+pub(crate) async fn prepare_portfolio(
+    market: &dyn MarketDataSource,
+    input: PortfolioInput,
+    prefetched: &StoredPortfolios,
+    limits: PortfolioLimits,
+) -> Result<PreparedPortfolio, ScoreError> {
+    if let Some(id) = &input.id
+        && id.len() > limits.max_id_bytes
+    {
+        return Err(ScoreError::Portfolio(format!(
+            "the portfolio id is {} bytes; the limit is {}",
+            id.len(),
+            limits.max_id_bytes
+        )));
+    }
+    let positions = match input.stored_id() {
+        Some(id) => {
+            let stored = match prefetched.get(id) {
+                Some(found) => found.clone(),
+                None => market
+                    .portfolio(id)
+                    .await?
+                    .ok_or_else(|| ScoreError::UnknownPortfolio(id.to_owned()))?,
+            };
+            stored
+                .positions
+                .into_iter()
+                .map(|p| PositionInput {
+                    instrument: p.instrument,
+                    quantity: p.quantity,
+                })
+                .collect()
+        }
+        None => input.positions.ok_or_else(|| {
+            ScoreError::Portfolio("give `positions`, or the `id` of a stored portfolio".into())
+        })?,
+    };
+    let positions = request::canonicalize(&positions, limits).map_err(ScoreError::Portfolio)?;
+    Ok(PreparedPortfolio {
+        id: input.id,
+        positions: Arc::new(positions),
+    })
 }
 
 fn overloaded(entry: &ModelEntry, source: Overloaded) -> ScoreError {

@@ -38,6 +38,18 @@ pub struct PortfolioInput {
     pub positions: Option<Vec<PositionInput>>,
 }
 
+impl PortfolioInput {
+    /// The stored portfolio this input names: its `id`, when it gives no
+    /// `positions` of its own (inline positions win over a stored portfolio
+    /// of the same id).
+    pub fn stored_id(&self) -> Option<&str> {
+        match (&self.positions, &self.id) {
+            (None, Some(id)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// A quantity of one instrument.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]

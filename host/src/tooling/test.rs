@@ -38,6 +38,7 @@ use riskhost_scoring::jobs::{Executor, PreparedJob, call_determinism};
 use riskhost_scoring::request::canonicalize;
 use riskhost_scoring::{
     PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
+    prepare_portfolio,
 };
 
 /// What `model test` found, as printed with `--json`.
@@ -66,7 +67,7 @@ pub struct PortfolioReport {
     pub error: Option<ErrorReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
-    /// Broken promises (non-determinism, batch dependence, non-finite values).
+    /// Broken promises (non-determinism, batch dependence).
     pub problems: Vec<String>,
 }
 
@@ -201,14 +202,6 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
                 });
             }
             Ok(response) => {
-                if !response.value.is_finite()
-                    || response.breakdown.iter().any(|c| !c.value.is_finite())
-                {
-                    report.problems.push(format!(
-                        "the score or a breakdown entry is not finite (value {}): JSON cannot carry it, clients get null",
-                        response.value
-                    ));
-                }
                 let job = prepare(&*market, &entry, &case.input, &params, response.as_of).await?;
                 report.positions = Some(job.positions.len());
                 let timing =
@@ -318,35 +311,27 @@ async fn prepare(
 ) -> anyhow::Result<PreparedJob> {
     let description = &entry.model.description;
     let params = description.resolve_params(given)?;
-    let positions = match (&input.positions, &input.id) {
-        (Some(positions), _) => positions.clone(),
-        (None, Some(id)) => market
-            .portfolio(id)
-            .await?
-            .with_context(|| format!("unknown portfolio `{id}`"))?
-            .positions
-            .into_iter()
-            .map(|p| PositionInput {
-                instrument: p.instrument,
-                quantity: p.quantity,
-            })
-            .collect(),
-        (None, None) => bail!("the portfolio has neither positions nor an id"),
-    };
-    let positions = canonicalize(&positions, PortfolioLimits::default())
-        .map_err(|e| anyhow::anyhow!("invalid portfolio: {e}"))?;
+    // The portfolio as the server resolved it (`scoring::prepare_portfolio`).
+    let portfolio = prepare_portfolio(
+        market,
+        input.clone(),
+        &Default::default(),
+        PortfolioLimits::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let key = score_key(
         &entry.model.digest,
         &params,
-        &positions,
+        &portfolio.positions,
         &market.snapshot(),
         as_of,
     );
     Ok(PreparedJob {
         key,
-        portfolio_id: input.id.clone(),
+        portfolio_id: portfolio.id,
         lookback: description.lookback_for(&params),
-        positions: Arc::new(positions),
+        positions: portfolio.positions,
         params,
     })
 }
