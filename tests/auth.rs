@@ -160,6 +160,40 @@ fn routes() -> Vec<Route> {
 }
 
 #[test]
+fn the_matrix_covers_every_protected_route() {
+    let matrix = routes();
+    for (method, template, scope) in common::routes::ROUTES {
+        let Some(scope) = scope else { continue };
+        let entries: Vec<&Route> = matrix
+            .iter()
+            .filter(|r| r.method.as_str() == *method && common::routes::matches(template, r.path))
+            .collect();
+        assert_eq!(
+            entries.len(),
+            1,
+            "{method} {template} (scope {scope}) needs exactly one row in the authorization matrix"
+        );
+        assert_eq!(
+            entries[0].admin,
+            *scope == "admin",
+            "{method} {template}: the matrix disagrees with the route list on its scope"
+        );
+    }
+    for r in &matrix {
+        assert!(
+            common::routes::ROUTES
+                .iter()
+                .any(|(m, t, s)| *m == r.method.as_str()
+                    && s.is_some()
+                    && common::routes::matches(t, r.path)),
+            "{} {} is in the matrix but not a protected route of the list",
+            r.method,
+            r.path
+        );
+    }
+}
+
+#[test]
 fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
     // The score key comes from `riskhost key new`, whose printed entry goes
     // into a keys file; the admin key is an [[api_keys]] table of the

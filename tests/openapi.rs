@@ -9,27 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::Server;
+use common::routes::ROUTES;
 use serde_json::{Value, json};
-
-/// Every route riskhost serves, with the scope its key needs (`None`: open).
-/// The one authoritative list: the document must hold exactly these, and
-/// the server must answer each of them.
-const ROUTES: &[(&str, &str, Option<&str>)] = &[
-    ("POST", "/v1/score", Some("score")),
-    ("POST", "/v1/score/batch", Some("score")),
-    ("GET", "/v1/models", Some("score")),
-    ("GET", "/v1/models/{name}/versions", Some("score")),
-    ("GET", "/v1/portfolios/{id}/scores", Some("score")),
-    ("PUT", "/v1/models/{name}", Some("admin")),
-    ("DELETE", "/v1/models/{name}", Some("admin")),
-    ("POST", "/v1/models/{name}/rollback", Some("admin")),
-    ("DELETE", "/v1/cache", Some("admin")),
-    ("DELETE", "/v1/cache/{model}", Some("admin")),
-    ("GET", "/healthz", None),
-    ("GET", "/readyz", None),
-    ("GET", "/metrics", None),
-    ("GET", "/openapi.json", None),
-];
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH"];
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod routes;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
