@@ -191,9 +191,9 @@ pub struct ScoringService {
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
-pub(crate) struct PreparedPortfolio {
-    pub(crate) id: Option<String>,
-    pub(crate) positions: Arc<Vec<CanonicalPosition>>,
+pub struct PreparedPortfolio {
+    pub id: Option<String>,
+    pub positions: Arc<Vec<CanonicalPosition>>,
 }
 
 impl ScoringService {
@@ -420,7 +420,7 @@ pub(crate) type StoredPortfolios = HashMap<String, StoredPortfolio>;
 /// `positions` win, even over a stored portfolio of the same `id`; an `id`
 /// alone names a stored portfolio, taken from `prefetched` when the caller
 /// fetched it already, else from the data source.
-pub(crate) async fn prepare_portfolio(
+pub async fn prepare_portfolio(
     market: &dyn MarketDataSource,
     input: PortfolioInput,
     prefetched: &StoredPortfolios,

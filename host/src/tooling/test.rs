@@ -35,7 +35,6 @@ use riskhost_market::MarketDataSource;
 use riskhost_models::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use riskhost_scoring::batcher::DynamicBatching;
 use riskhost_scoring::jobs::{Executor, PreparedJob, call_determinism};
-use riskhost_scoring::request::canonicalize;
 use riskhost_scoring::{
     PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
     prepare_portfolio,
