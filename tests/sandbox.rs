@@ -199,6 +199,94 @@ fn an_infinite_loop_is_stopped_at_its_deadline_while_others_are_served() {
     assert_contained("hostile-loop", 1, 504, "model_timeout", "deadline", &[]);
 }
 
+/// Epoch interruption cannot stop a guest parked in a host call, so a sleep
+/// or a wait inside WASI must end at the deadline like a loop in wasm does.
+#[test]
+fn a_sleep_or_a_wait_inside_wasi_ends_at_the_deadline() {
+    for (misbehave, attack) in [
+        (1, "a one-minute sleep"),
+        (2, "block forever"),
+        (3, "poll forever"),
+    ] {
+        eprintln!("hostile-wasi: {attack}");
+        assert_contained(
+            "hostile-wasi",
+            misbehave,
+            504,
+            "model_timeout",
+            "deadline",
+            &[],
+        );
+    }
+}
+
+/// Waits that never end, from more callers than the model has slots: every
+/// one ends at its deadline, each freeing its slot for the next, so the
+/// model serves again afterwards and the healthy model is never disturbed.
+#[test]
+fn concurrent_waits_that_never_end_free_the_models_slots_at_the_deadline() {
+    let plugins = plugins_with(&["var-historical"], &["hostile-wasi"]);
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--deadline-ms",
+        "300",
+        "--model-limits",
+        "hostile-wasi:max_concurrent=2,max_queued=4",
+    ]);
+    let traffic = HealthyTraffic::start(&server);
+    let url = server.url("/v1/score");
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(HANG_GUARD)
+                    .build()
+                    .expect("client");
+                // Distinct portfolios, so single-flight does not merge calls.
+                let body = json!({
+                    "model": "hostile-wasi",
+                    "portfolio": spx(1.0 + f64::from(i)),
+                    "params": {"misbehave": 2 + i % 2},
+                });
+                let r = client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .expect("the wait outlived the hang guard");
+                (r.status().as_u16(), r.json::<Value>().unwrap_or_default())
+            })
+        })
+        .collect();
+    for call in calls {
+        let answer = call.join().expect("call thread");
+        assert_error(&answer, 504, "model_timeout", "deadline of 302 ms");
+    }
+    assert!(
+        traffic.finish() > 0,
+        "no healthy request was served meanwhile"
+    );
+    let (status, body) = score(&server, "hostile-wasi", json!({"misbehave": 0}));
+    assert_eq!(status, 200, "the model's slots were not freed: {body}");
+}
+
+/// Every pollable a guest creates is an entry in the host's resource table,
+/// host memory outside the guest's cap; the table is capped in proportion
+/// to the memory cap (16,384 entries under the default 64 MiB).
+#[test]
+fn hoarding_wasi_resources_hits_a_cap_proportional_to_the_memory_cap() {
+    let message = assert_contained(
+        "hostile-wasi",
+        4,
+        500,
+        "model_resource_exhausted",
+        "more than 16384 WASI resources",
+        &[],
+    );
+    eprintln!("{message}");
+}
+
 #[test]
 fn a_memory_bomb_hits_the_memory_cap() {
     assert_contained(
@@ -639,7 +727,7 @@ fn fuel_stops_a_loop_deterministically_and_is_metered() {
 fn a_model_that_hangs_at_load_is_stopped_and_reported_without_blocking_the_others() {
     let plugins = plugins_with(
         &["var-historical", "es-historical"],
-        &["hostile-warmup", "hostile-import"],
+        &["hostile-warmup", "hostile-import", "hostile-sleep-info"],
     );
     let started = Instant::now();
     let server = Server::start_with(&[
@@ -674,6 +762,10 @@ fn a_model_that_hangs_at_load_is_stopped_and_reported_without_blocking_the_other
     let warmup = error_of("hostile-warmup.wasm");
     assert!(warmup.contains("info() failed"), "{warmup}");
     assert!(warmup.contains("deadline of 500 ms"), "{warmup}");
+    // A sleep in info() is a wait inside WASI, beyond epoch interruption.
+    let sleep = error_of("hostile-sleep-info.wasm");
+    assert!(sleep.contains("info() failed"), "{sleep}");
+    assert!(sleep.contains("deadline of 500 ms"), "{sleep}");
     let import = error_of("hostile-import.wasm");
     assert!(import.contains("`evil:net/exfiltrate`"), "{import}");
     assert!(

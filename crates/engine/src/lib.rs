@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use self::limits::{
@@ -87,6 +87,11 @@ pub enum CallError {
     FuelExhausted { budget: u64 },
     #[error("the model overflowed its stack (unbounded recursion?)")]
     StackOverflow,
+    #[error(
+        "the model held more than {limit} WASI resources (streams, pollables, sockets) at once; \
+         the cap is proportional to its memory cap"
+    )]
+    TooManyResources { limit: usize },
     #[error("the model trapped: {0}")]
     Trap(String),
     #[error("the model's output is too large: {0}")]
@@ -105,6 +110,7 @@ impl CallError {
             CallError::MemoryExhausted { .. }
             | CallError::FuelExhausted { .. }
             | CallError::StackOverflow
+            | CallError::TooManyResources { .. }
             | CallError::OutputTooLarge(_) => "model_resource_exhausted",
             CallError::Trap(_) | CallError::ResultCount { .. } => "model_trap",
             CallError::Instantiate(_) => "model_unavailable",
@@ -234,6 +240,7 @@ impl ModelEngine {
 
         let mut linker = Linker::<SandboxState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| sandbox::link_deadline_bounded_poll(&mut linker))
             .map_err(|e| EngineError(format!("cannot link WASI into the sandbox: {e}")))?;
 
         let ticker = EpochTicker::start(engine.clone())
@@ -394,7 +401,12 @@ impl ModelEngine {
         };
         let mut store = Store::new(
             &self.engine,
-            SandboxState::new(determinism, budget.memory_bytes, output),
+            SandboxState::new(
+                determinism,
+                budget.memory_bytes,
+                Instant::now() + budget.deadline,
+                output,
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         let ticks = budget.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
@@ -574,7 +586,11 @@ impl ModelEngine {
             }
             None => {
                 let message = format!("{error:#}");
-                if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+                    CallError::TooManyResources {
+                        limit: sandbox::resource_table_capacity(budget.memory_bytes),
+                    }
+                } else if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                     CallError::Trap(format!(
                         "the model called exit (status {}) instead of returning",
                         exit.0

@@ -182,10 +182,14 @@ impl ModelLimits {
         self.fuel.map(|f| f.for_jobs(jobs))
     }
 
-    /// Host bytes the results of a call of `jobs` jobs may take.
+    /// Host bytes the results of a call of `jobs` jobs may take: the
+    /// per-job allowance, but never more than the model's memory cap, so a
+    /// guest can make the host allocate no more for its answer than it may
+    /// allocate itself (2 MiB × 257 would be 514 MiB under a 64 MiB cap).
     pub fn output_budget(&self, jobs: usize) -> usize {
         self.max_output_bytes_per_job
             .saturating_mul(jobs.saturating_add(1))
+            .min(self.memory_bytes)
     }
 }
 
@@ -435,5 +439,24 @@ mod tests {
         assert_eq!(limits.for_model("x").fuel_for(2), Some(1_020));
         assert_eq!(limits.for_model("big").fuel_for(2), Some(1_200));
         assert_eq!(limits.for_model("x").output_budget(1), 4 << 20);
+    }
+
+    #[test]
+    fn host_memory_a_call_can_cause_is_bounded_by_the_memory_cap() {
+        let mut limits = SandboxLimits::default();
+        limits.add_overrides([parse("small:memory_mib=16").unwrap()]);
+        let default = limits.for_model("x");
+        // A full 256-job chunk: 2 MiB x 257 would be 514 MiB.
+        assert_eq!(default.output_budget(256), 64 << 20);
+        assert_eq!(limits.for_model("small").output_budget(256), 16 << 20);
+        // The WASI resource table: 16,384 entries of at most 256 bytes under
+        // 64 MiB, i.e. 4 MiB of host memory, a sixteenth of the cap.
+        let entries = crate::sandbox::resource_table_capacity(default.memory_bytes);
+        assert_eq!(entries, 16_384);
+        assert_eq!(
+            entries * crate::sandbox::RESOURCE_ENTRY_HOST_BYTES,
+            default.memory_bytes / 16
+        );
+        assert_eq!(crate::sandbox::resource_table_capacity(1 << 20), 1024);
     }
 }

@@ -6,17 +6,26 @@
 //! stream seeded from the request's content, so a model built by a toolchain
 //! that imports all of WASI still loads, and its scores stay reproducible and
 //! memoizable. Output is captured into bounded buffers and logged by the host.
+//!
+//! Epoch interruption only stops a guest while its own code runs, so every
+//! WASI call that can wait is bounded here by the call's deadline as well:
+//! `wasi:io/poll` is linked in a version whose waits end at the deadline with
+//! the same trap an epoch interrupt raises. docs/sandbox.md lists, import by
+//! import, why nothing else the sandbox links can wait.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
+use wasmtime::Trap;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::p2::bindings::io::poll as async_poll;
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
@@ -26,6 +35,9 @@ pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// When the call's deadline passes in real time: where every wait
+    /// inside a WASI call ends.
+    deadline: Instant,
 }
 
 impl WasiView for SandboxState {
@@ -50,6 +62,7 @@ impl SandboxState {
     pub fn new(
         determinism: Determinism,
         memory_limit_bytes: usize,
+        deadline: Instant,
         output: &CapturedOutput,
     ) -> Self {
         let mut builder = WasiCtxBuilder::new();
@@ -67,11 +80,104 @@ impl SandboxState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(resource_table_capacity(memory_limit_bytes));
         SandboxState {
             wasi: builder.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(memory_limit_bytes),
+            deadline,
         }
+    }
+}
+
+/// Host memory per WASI resource-table entry, counted generously (the entry,
+/// its boxed payload and its child set): what one guest-created stream,
+/// pollable or socket costs the host outside the guest's memory cap.
+pub const RESOURCE_ENTRY_HOST_BYTES: usize = 256;
+
+/// The most WASI resources a call may hold at once: what fits in 1/16 of the
+/// model's memory cap at [`RESOURCE_ENTRY_HOST_BYTES`] each (16,384 under
+/// the default 64 MiB), never fewer than 1,024. wasmtime's own default is a
+/// million, i.e. hundreds of MiB of host memory whatever the cap.
+pub fn resource_table_capacity(memory_limit_bytes: usize) -> usize {
+    (memory_limit_bytes / 16 / RESOURCE_ENTRY_HOST_BYTES).max(1024)
+}
+
+/// Replaces wasmtime-wasi's `wasi:io/poll` in `linker` (which must already
+/// hold the rest of WASI) with one whose waits end at the call's deadline.
+///
+/// wasmtime-wasi's synchronous `poll` and `pollable.block` wait in real time
+/// for as long as their pollables take, and epoch interruption cannot reach
+/// a guest parked in the host: a `subscribe-duration` of 30 s held a call
+/// with a 1 s deadline for 30 s, and a pollable that never fires held the
+/// model's call slots forever. Every wait a guest can start passes through
+/// these two functions (streams' blocking calls wait on the same readiness,
+/// and the only streams the sandbox hands out are always ready).
+pub fn link_deadline_bounded_poll(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let linked = sync_poll::add_to_linker::<SandboxState, DeadlineBoundedPoll>(linker, |state| {
+        BoundedWaits {
+            table: &mut state.table,
+            deadline: state.deadline,
+        }
+    });
+    linker.allow_shadowing(false);
+    linked
+}
+
+struct DeadlineBoundedPoll;
+
+impl HasData for DeadlineBoundedPoll {
+    type Data<'a> = BoundedWaits<'a>;
+}
+
+/// The resource table of a call with the instant its waits must end.
+struct BoundedWaits<'a> {
+    table: &'a mut ResourceTable,
+    deadline: Instant,
+}
+
+impl BoundedWaits<'_> {
+    /// Runs `wait` on the host's runtime until it ends or the deadline
+    /// passes. A passed deadline is the trap an epoch interrupt raises, so
+    /// the call fails exactly as a model computing past its deadline does.
+    fn until_deadline<T>(
+        deadline: Instant,
+        wait: impl Future<Output = wasmtime::Result<T>>,
+    ) -> wasmtime::Result<T> {
+        wasmtime_wasi::runtime::in_tokio(async move {
+            match tokio::time::timeout_at(deadline.into(), wait).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(wasmtime::Error::new(Trap::Interrupt)),
+            }
+        })
+    }
+}
+
+impl sync_poll::Host for BoundedWaits<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        let deadline = self.deadline;
+        Self::until_deadline(deadline, async_poll::Host::poll(self.table, pollables))
+    }
+}
+
+impl sync_poll::HostPollable for BoundedWaits<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        // Checks readiness without waiting for it.
+        wasmtime_wasi::runtime::in_tokio(async_poll::HostPollable::ready(self.table, pollable))
+    }
+
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        let deadline = self.deadline;
+        Self::until_deadline(
+            deadline,
+            async_poll::HostPollable::block(self.table, pollable),
+        )
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(self.table, pollable)
     }
 }
 

@@ -98,16 +98,17 @@ pub fn treatment(name: &str) -> (Treatment, &'static str) {
         );
     }
     match interface {
-        "wasi:io/error" | "wasi:io/poll" | "wasi:io/streams" => {
-            (Treatment::Provided, "stream and polling plumbing")
-        }
+        "wasi:io/error" | "wasi:io/poll" | "wasi:io/streams" => (
+            Treatment::Provided,
+            "stream and polling plumbing; every wait ends at the call's deadline",
+        ),
         "wasi:clocks/wall-clock" => (
             Treatment::Virtualised,
             "frozen at midnight UTC of the request's as-of date",
         ),
         "wasi:clocks/monotonic-clock" => (
             Treatment::Virtualised,
-            "frozen: time does not advance inside a call",
+            "frozen for reads; a sleep waits in real time, at most until the deadline",
         ),
         "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => (
             Treatment::Virtualised,
