@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::db::{ChDatabase, DedicatedPostgres, PgSchema, ch_url, psql, riskhost_db, wait_until};
-use common::{Server, assert_error};
+use common::{Server, assert_error, plugins_with};
 use serde_json::{Value, json};
 
 const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
@@ -244,6 +244,29 @@ fn a_price_change_in_postgres_changes_the_snapshot_and_the_score() {
         &schema.name,
     ]);
     assert_eq!(version(), before);
+    // An instrument update moves the version too, unless nothing differs.
+    let rename = |name: &str| {
+        psql(
+            &schema.url,
+            &format!(
+                "UPDATE {}.instruments SET name = {name} WHERE id = 'TLT'",
+                schema.name
+            ),
+        )
+    };
+    rename("name");
+    assert_eq!(
+        version(),
+        before,
+        "an update that changes nothing keeps the version"
+    );
+    rename("'renamed'");
+    let renamed = version();
+    assert_ne!(
+        renamed, before,
+        "an instrument update bumps the data version"
+    );
+    let before = renamed;
 
     let server = pg_server(&schema, &["--data-version-ttl-ms", "100"]);
     let request = json!({"model": "var-historical", "portfolio": {"id": "single-spx"}, "params": {"lookback_days": 20}});
@@ -270,6 +293,176 @@ fn a_price_change_in_postgres_changes_the_snapshot_and_the_score() {
         },
     );
     assert_ne!(changed["value"], first["value"], "{changed}");
+}
+
+/// A score's memo key and its price window come from one snapshot: under a
+/// stream of price updates, every answer (computed or memoized, single or
+/// batch) equals the score recomputed on the data of the snapshot it names.
+///
+/// The model values the portfolio (`hostile-loop` behaving: Σ |q × close|),
+/// and the updater commits a new SPX close every few milliseconds, equal to
+/// the data version it creates, so the close of every version is known and
+/// each answer can be checked exactly.
+#[test]
+fn every_score_under_price_updates_matches_the_data_of_its_snapshot() {
+    let schema = PgSchema::new("pin");
+    riskhost_db(&[
+        "seed",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+    ]);
+    let plugins = plugins_with(&[], &["hostile-loop"]);
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--data-source",
+        "postgres",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+        "--data-version-ttl-ms",
+        "0",
+        "--events",
+        "none",
+    ]);
+    let (url, name) = (schema.url.clone(), schema.name.clone());
+    let last_date = psql(
+        &url,
+        &format!("SELECT max(date) FROM {name}.prices WHERE instrument = 'SPX'"),
+    );
+    let first_version: u64 = psql(&url, &format!("SELECT version FROM {name}.data_version"))
+        .parse()
+        .expect("a version number");
+    let first_close: f64 = psql(
+        &url,
+        &format!(
+            "SELECT close FROM {name}.prices WHERE instrument = 'SPX' AND date = '{last_date}'"
+        ),
+    )
+    .parse()
+    .expect("a close");
+    // The trigger bumps the version once per statement, so the close an
+    // update writes (the version plus one) is the close of the version it makes.
+    let close_of = |version: u64| {
+        if version == first_version {
+            first_close
+        } else {
+            version as f64
+        }
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let updater = {
+        let (done, url, name, last_date) =
+            (done.clone(), url.clone(), name.clone(), last_date.clone());
+        std::thread::spawn(move || {
+            psql(
+                &url,
+                &format!(
+                    "DO $$ BEGIN FOR i IN 1..500 LOOP
+                       UPDATE {name}.prices SET close = (SELECT version + 1 FROM {name}.data_version)
+                        WHERE instrument = 'SPX' AND date = '{last_date}';
+                       COMMIT;
+                       PERFORM pg_sleep(0.003);
+                     END LOOP; END $$"
+                ),
+            );
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let spx = |q: f64| json!({"positions": [{"instrument": "SPX", "quantity": q}]});
+    let answers: Vec<(f64, Value)> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..4)
+            .map(|reader| {
+                let (server, done, spx) = (&server, &done, &spx);
+                scope.spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut n = 0u32;
+                    while !done.load(Ordering::SeqCst) || n < 20 {
+                        n += 1;
+                        // Few distinct portfolios per version, so many
+                        // answers come from the memo.
+                        let q = f64::from(1 + (n + reader) % 6);
+                        if n.is_multiple_of(4) {
+                            let request =
+                                json!({"models": ["hostile-loop"], "portfolios": [spx(q)]});
+                            let (status, body) = server.post("/v1/score/batch", &request);
+                            assert_eq!(status, 200, "{body}");
+                            let mut cell = body["results"][0].clone();
+                            if cell["error"]["code"] == "data_unavailable" {
+                                continue;
+                            }
+                            cell["snapshot"] = body["snapshot"].clone();
+                            seen.push((q, cell));
+                        } else {
+                            let request = json!({"model": "hostile-loop", "portfolio": spx(q)});
+                            let (status, body) = server.post("/v1/score", &request);
+                            if status == 503 {
+                                // The data moved on every attempt: allowed, never wrong.
+                                assert_eq!(body["error"]["code"], "data_unavailable", "{body}");
+                                continue;
+                            }
+                            assert_eq!(status, 200, "{body}");
+                            seen.push((q, body));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .flat_map(|r| r.join().expect("reader"))
+            .collect()
+    });
+    updater.join().expect("updater");
+
+    let last_version: u64 = psql(&url, &format!("SELECT version FROM {name}.data_version"))
+        .parse()
+        .expect("a version number");
+    let (mut cached, mut wrong) = (0, Vec::new());
+    for (q, answer) in &answers {
+        let snapshot = answer["snapshot"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no snapshot: {answer}"));
+        let version: u64 = snapshot
+            .rsplit('.')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("snapshot {snapshot} names no version"));
+        assert!(
+            (first_version..=last_version).contains(&version),
+            "{snapshot}"
+        );
+        let close = close_of(version);
+        if answer["cached"] == true {
+            cached += 1;
+        }
+        if answer["value"].as_f64() != Some(q * close) {
+            wrong.push(format!(
+                "{q} SPX at {snapshot}: {} (expected {})",
+                answer["value"],
+                q * close
+            ));
+        }
+    }
+    eprintln!(
+        "{} answers over {} data versions ({cached} from the memo), {} wrong",
+        answers.len(),
+        last_version - first_version + 1,
+        wrong.len()
+    );
+    assert!(cached > 0, "no answer came from the memo");
+    assert!(
+        last_version > first_version + 2,
+        "the data did not change under the requests"
+    );
+    assert!(
+        wrong.is_empty(),
+        "scores computed on other data than their snapshot: {wrong:#?}"
+    );
 }
 
 #[test]

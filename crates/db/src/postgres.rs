@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "api keys",
         include_str!("../migrations/0002_api_keys.sql"),
     ),
+    (
+        3,
+        "instrument updates move the data version",
+        include_str!("../migrations/0003_instrument_updates.sql"),
+    ),
 ];
 
 /// Connection and pool settings.

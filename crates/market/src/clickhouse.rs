@@ -287,10 +287,14 @@ impl MarketDataSource for ClickHouseSource {
         instruments: &[&str],
         as_of: NaiveDate,
         lookback_returns: usize,
+        snapshot: &SnapshotId,
     ) -> Result<PriceWindow, DataError> {
-        let mut meta = self.meta.get(self).await?;
+        let meta = self.meta.get(self).await?;
+        if meta.version != snapshot.version {
+            return Err(DataError::moved(snapshot, &meta.version));
+        }
         let db = self.wh.database();
-        for _ in 0..3 {
+        {
             let span = meta.span(instruments, as_of, lookback_returns)?;
             let dates = &meta.calendar[span.start..=span.end];
             let (first, last) = (ch_date(dates[0]), ch_date(dates[dates.len() - 1]));
@@ -327,15 +331,20 @@ impl MarketDataSource for ClickHouseSource {
                     close: r.close,
                 })
                 .collect();
-            match assemble_window(instruments, dates, as_of, observations) {
-                Ok(window) => return Ok(window),
-                // A date the cached calendar lacks: the data changed.
-                Err(_) => meta = self.meta.reload(self, true).await?,
+            // ClickHouse has no transaction spanning the calendar and the
+            // window, so the version is probed again after the read: a
+            // window is served only if the data did not move under it (one
+            // `system.parts` query while nothing changed).
+            let assembled = assemble_window(instruments, dates, as_of, observations);
+            let now = self.probe_version().await?;
+            match assembled {
+                Ok(window) if now == meta.version => Ok(window),
+                _ => {
+                    let now = self.meta.reload(self, true).await?;
+                    Err(DataError::moved(snapshot, &now.version))
+                }
             }
         }
-        Err(DataError::Unavailable(
-            "the market data kept changing while a price window was read; retry".into(),
-        ))
     }
 
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError> {

@@ -173,7 +173,14 @@ impl MarketDataSource for EmbeddedSource {
         instruments: &[&str],
         as_of: NaiveDate,
         lookback_returns: usize,
+        snapshot: &SnapshotId,
     ) -> Result<PriceWindow, DataError> {
+        // The table never changes, but a snapshot of another source must
+        // not be served from it either.
+        let own = self.snapshot();
+        if *snapshot != own {
+            return Err(DataError::moved(snapshot, &own.version));
+        }
         self.table.window(instruments, as_of, lookback_returns)
     }
 
@@ -322,14 +329,14 @@ mod tests {
                 .is_client_error()
         );
         let w = s
-            .price_window(&["TLT", "SPX"], d(2018, 12, 31), 250)
+            .price_window(&["TLT", "SPX"], d(2018, 12, 31), 250, &s.snapshot())
             .await
             .unwrap();
         assert_eq!(w.dates.len(), 251);
         assert_eq!(w.series[0].instrument, "TLT");
         assert_eq!(w.series[1].closes.len(), 251);
         assert!(
-            s.price_window(&["NOPE"], d(2018, 12, 31), 5)
+            s.price_window(&["NOPE"], d(2018, 12, 31), 5, &s.snapshot())
                 .await
                 .unwrap_err()
                 .is_client_error()

@@ -49,11 +49,19 @@ pub trait MarketDataSource: Send + Sync + 'static {
     ///
     /// `as_of` must be a trading date (from [`MarketDataSource::resolve_as_of`]);
     /// the window holds up to `lookback_returns + 1` dates ending at it.
+    ///
+    /// The window is cut from exactly the data of `snapshot`, the snapshot
+    /// the caller read with [`MarketDataSource::snapshot`] and put in its
+    /// memo keys. A source whose data has moved on answers
+    /// [`DataError::SnapshotMoved`] instead of a window of newer data, so a
+    /// score is never stored under the key of a snapshot it was not computed
+    /// on; the caller pins the new snapshot and asks again.
     async fn price_window(
         &self,
         instruments: &[&str],
         as_of: NaiveDate,
         lookback_returns: usize,
+        snapshot: &SnapshotId,
     ) -> Result<PriceWindow, DataError>;
 
     /// A stored portfolio's positions by id (None if unknown).
@@ -151,6 +159,21 @@ pub enum DataError {
     /// A backend that is down (e.g. a database source).
     #[error("market data unavailable: {0}")]
     Unavailable(String),
+
+    /// The data changed after the caller pinned its snapshot: a window of
+    /// the pinned snapshot can no longer be read.
+    #[error("the market data moved from snapshot {pinned} to {now} while it was read")]
+    SnapshotMoved { pinned: String, now: String },
+}
+
+impl DataError {
+    /// The error for a window asked of `pinned` when the data is at `now`.
+    pub fn moved(pinned: &SnapshotId, now: &str) -> DataError {
+        DataError::SnapshotMoved {
+            pinned: pinned.to_string(),
+            now: format!("{}@{now}", pinned.source),
+        }
+    }
 }
 
 impl From<riskhost_db::DbError> for DataError {
@@ -172,7 +195,8 @@ impl DataError {
             | DataError::Csv { .. }
             | DataError::Invalid(_)
             | DataError::Io(_)
-            | DataError::Unavailable(_) => false,
+            | DataError::Unavailable(_)
+            | DataError::SnapshotMoved { .. } => false,
         }
     }
 }

@@ -414,23 +414,25 @@ impl MarketDataSource for PostgresSource {
         instruments: &[&str],
         as_of: NaiveDate,
         lookback_returns: usize,
+        snapshot: &SnapshotId,
     ) -> Result<PriceWindow, DataError> {
-        let mut meta = self.meta.get(self).await?;
-        // The data may change between reading the calendar and the window;
-        // the window query reports the version it saw, and a mismatch
-        // reloads the calendar and asks again.
-        for _ in 0..3 {
-            if let Some(window) = self
-                .fetch_window(&meta, instruments, as_of, lookback_returns)
-                .await?
-            {
-                return Ok(window);
-            }
-            meta = self.meta.reload(self, true).await?;
+        let meta = self.meta.get(self).await?;
+        if meta.version != snapshot.version {
+            return Err(DataError::moved(snapshot, &meta.version));
         }
-        Err(DataError::Unavailable(
-            "the market data kept changing while a price window was read; retry".into(),
-        ))
+        // The window query reports the version it read in the same
+        // statement, so a change between the calendar and the window is
+        // seen: the cached calendar is reloaded for the caller's next pin.
+        match self
+            .fetch_window(&meta, instruments, as_of, lookback_returns)
+            .await?
+        {
+            Some(window) => Ok(window),
+            None => {
+                let now = self.meta.reload(self, true).await?;
+                Err(DataError::moved(snapshot, &now.version))
+            }
+        }
     }
 
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError> {

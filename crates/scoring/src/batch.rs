@@ -16,12 +16,15 @@ use chrono::NaiveDate;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::jobs::{JobResult, PreparedJob};
+use super::jobs::{DataPin, JobResult, PreparedJob, SNAPSHOT_ATTEMPTS};
 use super::request::BreakdownEntry;
-use super::{PortfolioInput, ScoreError, ScoringService, StoredPortfolios, overloaded};
+use super::{
+    PortfolioInput, PreparedPortfolio, ScoreError, ScoringService, StoredPortfolios, overloaded,
+};
 use riskhost_cache::{CacheTier, CachedScore, score_key};
 use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{ParamError, unit_name};
+use riskhost_market::DataError;
 use riskhost_models::registry::ModelEntry;
 
 /// Bounds on one batch request.
@@ -64,6 +67,9 @@ pub struct BatchRequest {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct BatchResponse {
     pub as_of: NaiveDate,
+    /// The market-data snapshot (`source@version`) every cell was scored
+    /// on: one per batch.
+    pub snapshot: String,
     pub results: Vec<BatchCell>,
 }
 
@@ -244,13 +250,6 @@ impl ScoringService {
         }) {
             return Err(BatchError::UnusedParam(unused.clone()));
         }
-        let as_of = self
-            .market
-            .resolve_as_of(request.as_of)
-            .await
-            .map_err(ScoreError::from)?;
-        let snapshot = self.market.snapshot();
-
         // Portfolios: errors are per portfolio, reported in each of its cells.
         // Stored ones (given by id alone) are fetched in one round trip.
         let stored = self.stored_portfolios(&request.portfolios).await;
@@ -269,11 +268,82 @@ impl ScoringService {
             portfolios.push((id, prepared));
         }
 
+        // One snapshot for the whole batch, pinned again if the data moves
+        // while its windows are read.
+        let mut attempt = 0;
+        let (pin, cells) = loop {
+            attempt += 1;
+            let as_of = self
+                .market
+                .resolve_as_of(request.as_of)
+                .await
+                .map_err(ScoreError::from)?;
+            let pin = DataPin {
+                as_of,
+                snapshot: self.market.snapshot(),
+            };
+            match self.score_cells(&models, &portfolios, &pin).await {
+                Some(cells) => break (pin, cells),
+                None if attempt < SNAPSHOT_ATTEMPTS => {
+                    metrics::counter!("riskhost_snapshot_repins_total", "route" => "batch")
+                        .increment(1);
+                }
+                None => {
+                    let moved = ScoreError::from(DataError::Unavailable(format!(
+                        "the market data changed {SNAPSHOT_ATTEMPTS} times while the batch was \
+                         read; retry"
+                    )));
+                    let cells = (0..portfolios.len() * models.len())
+                        .map(|_| Some(CellOutcome::failed(&moved)))
+                        .collect();
+                    break (pin, cells);
+                }
+            }
+        };
+        let (as_of, snapshot) = (pin.as_of, pin.snapshot);
+
+        let per_portfolio = models.len();
+        let results = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| {
+                let (portfolio_index, model_index) = (i / per_portfolio, i % per_portfolio);
+                BatchCell {
+                    portfolio_index,
+                    portfolio_id: portfolios[portfolio_index].0.clone(),
+                    model: models[model_index].0.model.name().to_owned(),
+                    outcome: outcome.unwrap_or_else(|| {
+                        CellOutcome::failed(&ScoreError::Internal(
+                            "the cell was never computed".into(),
+                        ))
+                    }),
+                }
+            })
+            .collect::<Vec<_>>();
+        let events = crate::events::batch(&results, &models, as_of, started.elapsed(), &snapshot);
+        self.events.record(events);
+        Ok(BatchResponse {
+            as_of,
+            snapshot: snapshot.to_string(),
+            results,
+        })
+    }
+
+    /// Scores every cell of a batch on the data of `pin`: memo lookups, one
+    /// window for the misses, the calls. `None` when the data moved before
+    /// the window was read (nothing was computed or stored).
+    async fn score_cells(
+        &self,
+        models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
+        portfolios: &[(Option<String>, Result<PreparedPortfolio, ScoreError>)],
+        pin: &DataPin,
+    ) -> Option<Vec<Option<CellOutcome>>> {
+        let limits = self.settings.batch;
         // Every cell, its memo key, and one memo lookup for all of them.
         let mut cells: Vec<Option<CellOutcome>> =
             Vec::with_capacity(portfolios.len() * models.len());
         let mut jobs: Vec<Option<(usize, PreparedJob)>> = Vec::with_capacity(cells.capacity());
-        for (id, prepared) in &portfolios {
+        for (id, prepared) in portfolios {
             for (model_index, (entry, params, lookback)) in models.iter().enumerate() {
                 match prepared {
                     Err(error) => {
@@ -285,8 +355,8 @@ impl ScoringService {
                             &entry.model.digest,
                             params,
                             &portfolio.positions,
-                            &snapshot,
-                            as_of,
+                            &pin.snapshot,
+                            pin.as_of,
                         );
                         cells.push(None);
                         jobs.push(Some((
@@ -334,7 +404,10 @@ impl ScoringService {
                 .iter()
                 .filter_map(|c| jobs[*c].as_ref().map(|(_, j)| j))
                 .collect();
-            let (window, errors) = self.executor.prefetch(as_of, &miss_jobs).await;
+            let (window, errors) = self.executor.prefetch(pin, &miss_jobs).await;
+            if errors.iter().flatten().any(ScoreError::is_snapshot_moved) {
+                return None;
+            }
             let mut runnable: Vec<usize> = Vec::with_capacity(misses.len());
             for (cell, error) in misses.iter().zip(errors) {
                 match error {
@@ -403,28 +476,7 @@ impl ScoringService {
                 }
             }
         }
-
-        let per_portfolio = models.len();
-        let results = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, outcome)| {
-                let (portfolio_index, model_index) = (i / per_portfolio, i % per_portfolio);
-                BatchCell {
-                    portfolio_index,
-                    portfolio_id: portfolios[portfolio_index].0.clone(),
-                    model: models[model_index].0.model.name().to_owned(),
-                    outcome: outcome.unwrap_or_else(|| {
-                        CellOutcome::failed(&ScoreError::Internal(
-                            "the cell was never computed".into(),
-                        ))
-                    }),
-                }
-            })
-            .collect::<Vec<_>>();
-        let events = crate::events::batch(&results, &models, as_of, started.elapsed(), &snapshot);
-        self.events.record(events);
-        Ok(BatchResponse { as_of, results })
+        Some(cells)
     }
 
     /// The stored portfolios named by id alone, in one data-source call;

@@ -16,12 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::ScoreError;
-use super::jobs::{Executor, JobResult, PreparedJob};
+use super::jobs::{DataPin, Executor, JobResult, PreparedJob};
 use riskhost_models::registry::{ModelEntry, Overloaded};
 
 /// Settings of the dynamic batcher.
@@ -52,7 +51,7 @@ impl DynamicBatching {
 }
 
 struct Pending {
-    as_of: NaiveDate,
+    pin: DataPin,
     job: PreparedJob,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
@@ -96,7 +95,7 @@ impl Batchers {
     pub async fn submit(
         &self,
         entry: &Arc<ModelEntry>,
-        as_of: NaiveDate,
+        pin: DataPin,
         job: PreparedJob,
     ) -> JobResult {
         entry
@@ -105,7 +104,7 @@ impl Batchers {
             .map_err(|source| super::overloaded(entry, source))?;
         let (reply, answer) = oneshot::channel();
         let mut pending = Pending {
-            as_of,
+            pin,
             job,
             enqueued: Instant::now(),
             reply,
@@ -274,18 +273,21 @@ async fn run_groups(
             .record(p.enqueued.elapsed().as_secs_f64());
     }
     metrics::histogram!("riskhost_dynamic_batch_size", "model" => model).record(batch.len() as f64);
-    batch.sort_by_key(|p| p.as_of);
-    // One call per as-of date; they share the slot one after the other.
+    batch.sort_by(|a, b| {
+        (a.pin.as_of, &a.pin.snapshot.version).cmp(&(b.pin.as_of, &b.pin.snapshot.version))
+    });
+    // One call per pin (as-of date and snapshot: jobs keyed on different
+    // data never share a window); they share the slot one after the other.
     let slot = Arc::new(slot);
     while !batch.is_empty() {
-        let as_of = batch[0].as_of;
+        let pin = batch[0].pin.clone();
         let split = batch
             .iter()
-            .position(|p| p.as_of != as_of)
+            .position(|p| p.pin != pin)
             .unwrap_or(batch.len());
         let group: Vec<Pending> = batch.drain(..split).collect();
         let jobs: Vec<&PreparedJob> = group.iter().map(|p| &p.job).collect();
-        let (window, errors) = executor.prefetch(as_of, &jobs).await;
+        let (window, errors) = executor.prefetch(&pin, &jobs).await;
         let mut runnable = Vec::new();
         let mut waiting = Vec::new();
         for (p, error) in group.into_iter().zip(errors) {

@@ -16,7 +16,7 @@ use riskhost_engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
 };
 use riskhost_engine::{Determinism, ModelEngine};
-use riskhost_market::{DataError, MarketDataSource, PriceWindow};
+use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId};
 use riskhost_models::registry::ModelEntry;
 use tracing::Instrument as _;
 
@@ -25,6 +25,20 @@ use tracing::Instrument as _;
 /// can square valuations (variances, covariances) without overflowing to a
 /// non-finite score.
 pub const MAX_GROSS_EXPOSURE: f64 = 1e150;
+
+/// The data a request is scored on: its valuation date and the market-data
+/// snapshot its memo keys name. Windows are fetched at the pin only, so a
+/// score is always computed on the data its key says (a source that moved
+/// on answers [`DataError::SnapshotMoved`], and the request pins again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPin {
+    pub as_of: NaiveDate,
+    pub snapshot: SnapshotId,
+}
+
+/// How often a request re-pins when its snapshot moves while it is scored:
+/// only a source updated faster than a window can be read exhausts it.
+pub const SNAPSHOT_ATTEMPTS: usize = 3;
 
 /// One (portfolio, model) computation with everything resolved.
 #[derive(Debug, Clone)]
@@ -167,7 +181,7 @@ impl Executor {
     /// rest proceed; any other data error fails every job.
     pub async fn prefetch(
         &self,
-        as_of: NaiveDate,
+        pin: &DataPin,
         jobs: &[&PreparedJob],
     ) -> (Option<Arc<IndexedWindow>>, Vec<Option<ScoreError>>) {
         let mut errors: Vec<Option<ScoreError>> = vec![None; jobs.len()];
@@ -190,11 +204,11 @@ impl Executor {
                 source = %self.market.snapshot().source,
                 instruments = instruments.len(),
                 lookback,
-                %as_of,
+                as_of = %pin.as_of,
             );
             let fetched = self
                 .market
-                .price_window(&instruments, as_of, lookback)
+                .price_window(&instruments, pin.as_of, lookback, &pin.snapshot)
                 .instrument(span.clone())
                 .await;
             span.in_scope(|| tracing::debug!(ok = fetched.is_ok(), "market data fetched"));

@@ -26,14 +26,14 @@ pub use request::{
 };
 
 use batcher::Batchers;
-use jobs::{Executor, PreparedJob};
+use jobs::{DataPin, Executor, PreparedJob};
 use riskhost_cache::{
     CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey, score_key,
 };
 use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{CallError, ModelEngine, ParamError, unit_name};
 use riskhost_events::{EventSink, NoSink};
-use riskhost_market::{DataError, MarketDataSource, StoredPortfolio};
+use riskhost_market::{DataError, MarketDataSource, SnapshotId, StoredPortfolio};
 use riskhost_models::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
 
 /// How an error should be answered; the HTTP layer maps it to a status.
@@ -104,7 +104,7 @@ impl ScoreError {
             ScoreError::Data(e) => match e.as_ref() {
                 DataError::UnknownInstruments(_) => "unknown_instrument",
                 DataError::AsOfOutOfRange { .. } => "as_of_out_of_range",
-                DataError::Unavailable(_) => "data_unavailable",
+                DataError::Unavailable(_) | DataError::SnapshotMoved { .. } => "data_unavailable",
                 _ => "data_error",
             },
             ScoreError::ModelInvalidInput { .. } => "model_invalid_input",
@@ -114,6 +114,12 @@ impl ScoreError {
             ScoreError::Overloaded { .. } => "overloaded",
             ScoreError::Internal(_) => "internal_error",
         }
+    }
+
+    /// Whether the data moved under the request's pin: the request pins
+    /// the new snapshot and runs again.
+    pub fn is_snapshot_moved(&self) -> bool {
+        matches!(self, ScoreError::Data(e) if matches!(e.as_ref(), DataError::SnapshotMoved { .. }))
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -252,33 +258,78 @@ impl ScoringService {
             request.params.clone(),
             request.as_of,
         );
-        let result = self.score_unrecorded(request).await;
+        let (result, snapshot) = self.score_unrecorded(request).await;
         let asked = events::Asked {
             model: &model,
             portfolio_id: id.as_deref(),
             params: &params,
             as_of,
         };
-        let snapshot = self.market.snapshot();
+        // A request that failed before it pinned a snapshot is recorded
+        // against the one the source serves now.
+        let snapshot = snapshot.unwrap_or_else(|| self.market.snapshot());
         let event = events::single(asked, &result, started.elapsed(), &snapshot);
         self.events.record(vec![event]);
         result
     }
 
-    async fn score_unrecorded(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
-        let entry = self.registry.resolve(&request.model).await?;
+    /// Scores a request, pinning a snapshot again (up to
+    /// [`jobs::SNAPSHOT_ATTEMPTS`] times) when the data moves under it.
+    /// Also answers the snapshot the answer was computed on, once pinned.
+    async fn score_unrecorded(
+        &self,
+        request: ScoreRequest,
+    ) -> (Result<ScoreResponse, ScoreError>, Option<SnapshotId>) {
+        let prepared = async {
+            let entry = self.registry.resolve(&request.model).await?;
+            let params = entry.model.description.resolve_params(&request.params)?;
+            let portfolio = self
+                .prepare_portfolio(request.portfolio, &StoredPortfolios::new())
+                .await?;
+            Ok::<_, ScoreError>((entry, params, portfolio))
+        };
+        let (entry, params, portfolio) = match prepared.await {
+            Ok(prepared) => prepared,
+            Err(error) => return (Err(error), None),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pin = match self.market.resolve_as_of(request.as_of).await {
+                Ok(as_of) => DataPin {
+                    as_of,
+                    snapshot: self.market.snapshot(),
+                },
+                Err(error) => return (Err(error.into()), None),
+            };
+            let result = self
+                .score_pinned(&entry, params.clone(), &portfolio, &pin)
+                .await;
+            match result {
+                Err(error) if error.is_snapshot_moved() && attempt < jobs::SNAPSHOT_ATTEMPTS => {
+                    metrics::counter!("riskhost_snapshot_repins_total", "route" => "score")
+                        .increment(1);
+                }
+                result => return (result, Some(pin.snapshot)),
+            }
+        }
+    }
+
+    /// Scores a prepared request on exactly the data of `pin`.
+    async fn score_pinned(
+        &self,
+        entry: &Arc<ModelEntry>,
+        params: Vec<f64>,
+        portfolio: &PreparedPortfolio,
+        pin: &DataPin,
+    ) -> Result<ScoreResponse, ScoreError> {
         let description = &entry.model.description;
-        let params = description.resolve_params(&request.params)?;
-        let portfolio = self
-            .prepare_portfolio(request.portfolio, &StoredPortfolios::new())
-            .await?;
-        let as_of = self.market.resolve_as_of(request.as_of).await?;
-        let snapshot = self.market.snapshot();
+        let as_of = pin.as_of;
         let key = score_key(
             &entry.model.digest,
             &params,
             &portfolio.positions,
-            &snapshot,
+            &pin.snapshot,
             as_of,
         );
         let named_params = description
@@ -293,6 +344,7 @@ impl ScoringService {
             digest: entry.model.digest.clone(),
             portfolio_id: portfolio.id.clone(),
             as_of,
+            snapshot: pin.snapshot.to_string(),
             value: score.value,
             unit: unit_name(score.unit),
             breakdown: score
@@ -315,7 +367,7 @@ impl ScoringService {
                 // Concurrent identical misses share one computation.
                 let (computed, role) = self
                     .flights
-                    .run(key, self.compute(&entry, params, &portfolio, as_of, key))
+                    .run(key, self.compute(entry, params, portfolio, pin, key))
                     .await;
                 if role == single_flight::Role::Follower {
                     metrics::counter!("riskhost_cache_coalesced_total", "model" => name.to_owned())
@@ -339,7 +391,7 @@ impl ScoringService {
         entry: &Arc<ModelEntry>,
         params: Vec<f64>,
         portfolio: &PreparedPortfolio,
-        as_of: NaiveDate,
+        pin: &DataPin,
         key: ScoreKey,
     ) -> Computed {
         // A flight that ended between our lookup and our flight has filled it.
@@ -353,7 +405,7 @@ impl ScoringService {
             positions: portfolio.positions.clone(),
             params,
         };
-        let outcome = match self.run_one(entry, as_of, job).await {
+        let outcome = match self.run_one(entry, pin, job).await {
             Ok(score) => Ok(score),
             Err(error) => Err(error.into_model_error()?),
         };
@@ -371,13 +423,13 @@ impl ScoringService {
     async fn run_one(
         &self,
         entry: &Arc<ModelEntry>,
-        as_of: NaiveDate,
+        pin: &DataPin,
         job: PreparedJob,
     ) -> Result<bindings::Score, ScoreError> {
         if self.settings.dynamic.enabled() {
-            return self.batchers.submit(entry, as_of, job).await;
+            return self.batchers.submit(entry, pin.clone(), job).await;
         }
-        let (window, mut errors) = self.executor.prefetch(as_of, &[&job]).await;
+        let (window, mut errors) = self.executor.prefetch(pin, &[&job]).await;
         if let Some(Some(error)) = errors.pop() {
             return Err(error);
         }

@@ -77,6 +77,10 @@ pub struct ScoreResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub portfolio_id: Option<String>,
     pub as_of: NaiveDate,
+    /// The market-data snapshot (`source@version`) the score was computed
+    /// on, the one its memo key names: what a replay must read.
+    #[cfg_attr(feature = "schema", schema(example = "postgres@3f9c2a61b0d4.42"))]
+    pub snapshot: String,
     pub value: f64,
     /// `currency_amount`, `ratio`, `probability`, …
     #[cfg_attr(feature = "schema", schema(value_type = String, example = "currency_amount"))]

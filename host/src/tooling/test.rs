@@ -34,7 +34,7 @@ use riskhost_engine::{Determinism, ModelEngine, unit_name};
 use riskhost_market::MarketDataSource;
 use riskhost_models::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use riskhost_scoring::batcher::DynamicBatching;
-use riskhost_scoring::jobs::{Executor, PreparedJob, call_determinism};
+use riskhost_scoring::jobs::{DataPin, Executor, PreparedJob, call_determinism};
 use riskhost_scoring::{
     PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
     prepare_portfolio,
@@ -341,7 +341,11 @@ async fn call_inputs(
     jobs: &[&PreparedJob],
     as_of: NaiveDate,
 ) -> anyhow::Result<(MarketData, Vec<Job>, Determinism)> {
-    let (window, errors) = executor.prefetch(as_of, jobs).await;
+    let pin = DataPin {
+        as_of,
+        snapshot: executor.market.snapshot(),
+    };
+    let (window, errors) = executor.prefetch(&pin, jobs).await;
     if let Some(error) = errors.into_iter().flatten().next() {
         bail!("cannot fetch prices again: {error}");
     }
