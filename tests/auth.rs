@@ -497,6 +497,102 @@ fn over_the_concurrency_limit_requests_are_shed_and_slow_ones_time_out() {
     });
 }
 
+/// The key queries PostgreSQL has answered, from `/metrics`.
+fn key_queries(server: &Server) -> f64 {
+    server
+        .get_text("/metrics")
+        .lines()
+        .find(|l| {
+            l.starts_with("riskhost_db_query_duration_seconds_count")
+                && l.contains("query=\"api_key\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Online guessing is throttled per address: once the burst of failed
+/// authentications is spent, every further attempt with a key gets 429 and
+/// `Retry-After` before any lookup, so a flood of new unknown ids costs
+/// PostgreSQL a handful of queries, and the admin token cannot be guessed
+/// at line rate either.
+#[test]
+fn failed_authentications_are_throttled_per_address_before_any_lookup() {
+    let schema = PgSchema::new("guess");
+    let admin_token = "the-one-admin-secret";
+    let server = Server::start(&[
+        "--keys-source",
+        "postgres",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+        "--anonymous-scoring=false",
+        "--admin-token",
+        admin_token,
+        "--auth-failures-per-minute",
+        "6",
+        "--auth-failure-burst",
+        "5",
+    ]);
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let guess = format!("Bearer guess{i}.{}", "0".repeat(64));
+        let (status, body, headers) = send(&server, Method::GET, "/v1/models", None, Some(&guess));
+        match status {
+            401 => assert_eq!(body["error"]["code"], "invalid_key", "{body}"),
+            429 => {
+                assert_eq!(body["error"]["code"], "too_many_auth_failures", "{body}");
+                assert!(
+                    headers.contains_key("retry-after"),
+                    "429 without Retry-After"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == 401).count();
+    eprintln!("40 unknown ids: {refused} looked up and refused, the rest throttled");
+    assert!((5..=7).contains(&refused), "{statuses:?}");
+    assert!(
+        key_queries(&server) <= 7.0,
+        "{} key queries",
+        key_queries(&server)
+    );
+
+    // The admin token, guessed from another server's fresh budget.
+    drop(server);
+    let server = Server::start(&[
+        "--anonymous-scoring=false",
+        "--admin-token",
+        admin_token,
+        "--auth-failures-per-minute",
+        "6",
+        "--auth-failure-burst",
+        "5",
+    ]);
+    let guesses: Vec<u16> = (0..20)
+        .map(|i| {
+            let guess = format!("Bearer guessed-admin-secret-{i}");
+            send(&server, Method::DELETE, "/v1/cache", None, Some(&guess)).0
+        })
+        .collect();
+    let throttled = guesses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        throttled + guesses.iter().filter(|s| **s == 401).count(),
+        20,
+        "{guesses:?}"
+    );
+    assert!(throttled >= 13, "{guesses:?}");
+    // Throttled means throttled: the right token waits out the address's wait too.
+    let right = format!("Bearer {admin_token}");
+    assert_eq!(
+        send(&server, Method::DELETE, "/v1/cache", None, Some(&right)).0,
+        429
+    );
+}
+
 #[test]
 fn keys_in_postgres_are_looked_up_cached_and_revocable() {
     let schema = PgSchema::new("keys");

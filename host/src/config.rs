@@ -554,6 +554,14 @@ pub struct AuthArgs {
     /// Requests a caller may send at once after being idle.
     #[arg(long, env = "RISKHOST_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// Failed authentications (unknown key, wrong secret or admin token,
+    /// malformed header) per minute of one client address; past it the
+    /// address gets 429 before any key lookup. 0 turns it off.
+    #[arg(long, env = "RISKHOST_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
+    pub auth_failures_per_minute: u32,
+    /// Failures one address may make at once before it is throttled.
+    #[arg(long, env = "RISKHOST_AUTH_FAILURE_BURST", default_value_t = 10)]
+    pub auth_failure_burst: u32,
 }
 
 /// Where `serve` looks keys up.

@@ -134,6 +134,8 @@ pub async fn authenticator(args: &ServeArgs) -> anyhow::Result<riskhost_auth::Au
     let rates = Arc::new(RateLimits::new(RateSettings {
         per_minute: args.auth.rate_limit_per_minute,
         burst: args.auth.rate_limit_burst,
+        failures_per_minute: args.auth.auth_failures_per_minute,
+        failure_burst: args.auth.auth_failure_burst,
     }));
     rates.spawn_upkeep(Duration::from_secs(60));
     tracing::info!(keys = %source.describe(), rate_per_minute = args.auth.rate_limit_per_minute, burst = args.auth.rate_limit_burst, "API keys");

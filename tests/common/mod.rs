@@ -100,7 +100,7 @@ impl Server {
     /// a fresh `--data-dir` of its own unless `args` give one,
     /// `--anonymous-scoring` unless `args` set it (most suites score
     /// without keys; tests/auth.rs passes `--anonymous-scoring=false`), and
-    /// no rate limit unless `args` set one.
+    /// no rate limit and no failed-authentication budget unless `args` set one.
     pub fn start_with(args: &[&str]) -> Server {
         Self::launch(args, None)
     }
@@ -124,6 +124,10 @@ impl Server {
         // Load-bearing suites send thousands of requests from one address.
         if !args.iter().any(|a| a.starts_with("--rate-limit")) {
             command.args(["--rate-limit-per-minute", "0"]);
+        }
+        // The auth suites send hundreds of wrong keys on purpose.
+        if !args.iter().any(|a| a.starts_with("--auth-failure")) {
+            command.args(["--auth-failures-per-minute", "0"]);
         }
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());

@@ -43,6 +43,10 @@ pub enum AuthError {
     /// Over the caller's rate (429).
     #[error("too many requests from this caller; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u32 },
+    /// Too many failed authentications from this address (429); refused
+    /// before the key is looked up.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs} s")]
+    TooManyFailures { retry_after_secs: u32 },
     /// The key store cannot answer (503).
     #[error("{0}")]
     Unavailable(String),
@@ -56,6 +60,7 @@ impl AuthError {
             AuthError::InvalidKey => "invalid_key",
             AuthError::Forbidden { .. } => "forbidden",
             AuthError::RateLimited { .. } => "rate_limited",
+            AuthError::TooManyFailures { .. } => "too_many_auth_failures",
             AuthError::Unavailable(_) => "auth_unavailable",
         }
     }
@@ -138,6 +143,12 @@ impl Authenticator {
                 "this route needs an API key: send `Authorization: Bearer <id>.<secret>`",
             ));
         };
+        self.rates.check_failures(client).map_err(|wait| {
+            metrics::counter!("riskhost_auth_failures_total", "reason" => "throttled").increment(1);
+            AuthError::TooManyFailures {
+                retry_after_secs: wait.secs(),
+            }
+        })?;
         let token = std::str::from_utf8(value)
             .ok()
             .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
@@ -145,6 +156,7 @@ impl Authenticator {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         let Some((token, id)) = token.and_then(|t| keys::token_id(t).map(|id| (t, id))) else {
+            self.rates.record_failure(client);
             return Err(AuthError::Unauthenticated(
                 "malformed Authorization header: expected `Authorization: Bearer <id>.<secret>`",
             ));
@@ -161,6 +173,7 @@ impl Authenticator {
             }
         };
         let Some(key) = key.filter(|_| verified) else {
+            self.rates.record_failure(client);
             metrics::counter!("riskhost_auth_failures_total", "reason" => "invalid_key")
                 .increment(1);
             tracing::info!(key_id = %id, "request with an unknown key or a wrong secret refused");

@@ -2,7 +2,10 @@
 //! of `--postgres-schema` (migration `0002_api_keys.sql`), read through a
 //! short in-process cache so a request does not cost a query. Misses are
 //! cached too, so a flood of one unknown id costs one query per TTL; a
-//! revocation takes effect within `--keys-cache-ttl-ms`.
+//! revocation takes effect within `--keys-cache-ttl-ms`. Lookups hold at
+//! most a quarter of the pool's connections at once, so a flood of new
+//! unknown ids (which the per-address failure budget also throttles) can
+//! never starve the market-data queries sharing the pool.
 //!
 //! Keys from configuration (`--admin-token`, `--api-key`) are consulted
 //! first, so an operator keeps a way in while the database is down.
@@ -21,6 +24,13 @@ pub struct PostgresKeys {
     configured: StaticKeys,
     cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
     select: String,
+    /// Connections key lookups may hold at once.
+    lookups: tokio::sync::Semaphore,
+}
+
+/// The share of the pool key lookups may hold: a quarter, at least one.
+pub fn lookup_connections(pool_size: usize) -> usize {
+    (pool_size / 4).max(1)
 }
 
 impl PostgresKeys {
@@ -31,8 +41,10 @@ impl PostgresKeys {
              WHERE id = $1 AND revoked_at IS NULL",
             pool.schema()
         );
+        let lookups = tokio::sync::Semaphore::new(lookup_connections(pool.settings().pool_size));
         PostgresKeys {
             pool,
+            lookups,
             configured,
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -85,6 +97,15 @@ impl KeySource for PostgresKeys {
         if let Some(key) = self.configured.get(id).await? {
             return Ok(Some(key));
         }
+        if let Some(cached) = self.cache.get(id) {
+            return Ok(cached);
+        }
+        let _connection = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|_| KeyError::Unavailable("the key store is shutting down".into()))?;
+        // Another lookup of the same id may have finished while this waited.
         if let Some(cached) = self.cache.get(id) {
             return Ok(cached);
         }

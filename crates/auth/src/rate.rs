@@ -1,5 +1,7 @@
 //! Limits that keep one client from exhausting the host: per-key and
-//! per-address rate limits (token buckets from `governor`), and the global
+//! per-address rate limits (token buckets from `governor`), a per-address
+//! budget of failed authentications (so keys and the admin token cannot be
+//! guessed online, and unknown ids cannot flood the key store), and the global
 //! concurrency limit and request timeout (tower layers: load shedding, not an
 //! unbounded queue).
 //!
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -27,6 +29,11 @@ pub struct RateSettings {
     pub per_minute: u32,
     /// Requests a caller may send at once after being idle.
     pub burst: u32,
+    /// Failed authentications (unknown key, wrong secret, malformed header)
+    /// per minute of one client address; 0 turns the budget off.
+    pub failures_per_minute: u32,
+    /// Failures one address may make at once before it is throttled.
+    pub failure_burst: u32,
 }
 
 /// The token buckets: one per key (keys may have their own rate) and one per
@@ -35,6 +42,11 @@ pub struct RateLimits {
     settings: RateSettings,
     per_key: Mutex<HashMap<String, (Quota, Arc<DefaultDirectRateLimiter>)>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Failed authentications per address.
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses out of failures, until when: their requests with an
+    /// `Authorization` header are refused before any key lookup.
+    throttled: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
 }
 
@@ -63,6 +75,9 @@ impl RateLimits {
             settings,
             per_key: Mutex::new(HashMap::new()),
             per_ip: quota(settings.per_minute, settings.burst).map(RateLimiter::keyed),
+            failures: quota(settings.failures_per_minute, settings.failure_burst)
+                .map(RateLimiter::keyed),
+            throttled: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
         }
     }
@@ -112,6 +127,36 @@ impl RateLimits {
         }
     }
 
+    /// Whether `ip` may try to authenticate now: `Err` while it is out of
+    /// failures. Checked before the key lookup, so a throttled address costs
+    /// the key store nothing.
+    pub fn check_failures(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let Ok(throttled) = self.throttled.lock() else {
+            return Ok(());
+        };
+        match throttled.get(&ip) {
+            Some(until) => match until.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => Err(RetryAfter(wait)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `ip`. Once its budget is spent
+    /// the address is throttled until a failure would be allowed again.
+    pub fn record_failure(&self, ip: IpAddr) {
+        let Some(failures) = &self.failures else {
+            return;
+        };
+        if let Err(not_until) = failures.check_key(&ip) {
+            let wait = not_until.wait_time_from(self.clock.now());
+            if let Ok(mut throttled) = self.throttled.lock() {
+                throttled.insert(ip, Instant::now() + wait);
+            }
+        }
+    }
+
     /// Forgets the buckets of addresses that are full again, so memory
     /// follows the number of recent clients, not of all clients ever.
     pub fn spawn_upkeep(self: &Arc<Self>, every: Duration) {
@@ -122,18 +167,59 @@ impl RateLimits {
                 let Some(limits) = limits.upgrade() else {
                     return;
                 };
-                if let Some(per_ip) = &limits.per_ip {
-                    per_ip.retain_recent();
-                    per_ip.shrink_to_fit();
+                for keyed in [&limits.per_ip, &limits.failures].into_iter().flatten() {
+                    keyed.retain_recent();
+                    keyed.shrink_to_fit();
+                }
+                if let Ok(mut throttled) = limits.throttled.lock() {
+                    let now = Instant::now();
+                    throttled.retain(|_, until| *until > now);
                 }
             }
         });
     }
 }
 
+impl RateSettings {
+    /// No limit of any kind.
+    pub fn off() -> RateSettings {
+        RateSettings {
+            per_minute: 0,
+            burst: 0,
+            failures_per_minute: 0,
+            failure_burst: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_out_of_failures_is_throttled_alone_until_its_bucket_refills() {
+        let limits = RateLimits::new(RateSettings {
+            failures_per_minute: 60,
+            failure_burst: 3,
+            ..RateSettings::off()
+        });
+        let (guesser, other): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        for _ in 0..3 {
+            assert!(limits.check_failures(guesser).is_ok());
+            limits.record_failure(guesser);
+        }
+        assert!(
+            limits.check_failures(guesser).is_ok(),
+            "the burst is not spent yet"
+        );
+        limits.record_failure(guesser);
+        let wait = limits.check_failures(guesser).expect_err("throttled");
+        assert!(
+            wait.0 <= Duration::from_secs(1) && wait.secs() == 1,
+            "{wait:?}"
+        );
+        assert!(limits.check_failures(other).is_ok());
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
@@ -148,6 +234,7 @@ mod tests {
         let limits = RateLimits::new(RateSettings {
             per_minute: 60,
             burst: 2,
+            ..RateSettings::off()
         });
         let own = RateOverride::default();
         assert!(limits.check_key("a", own).is_ok());
@@ -170,8 +257,8 @@ mod tests {
     #[test]
     fn zero_turns_rate_limiting_off() {
         let limits = RateLimits::new(RateSettings {
-            per_minute: 0,
             burst: 1,
+            ..RateSettings::off()
         });
         for _ in 0..100 {
             assert!(limits.check_key("a", RateOverride::default()).is_ok());

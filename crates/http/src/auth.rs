@@ -79,7 +79,8 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidKey => ApiError::new(StatusCode::UNAUTHORIZED, code, message)
                 .with_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""),
             AuthError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
-            AuthError::RateLimited { retry_after_secs } => {
+            AuthError::RateLimited { retry_after_secs }
+            | AuthError::TooManyFailures { retry_after_secs } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
                     .with_retry_after(retry_after_secs)
             }
