@@ -155,6 +155,83 @@ fn every_score_is_recorded_across_a_clickhouse_outage() {
     );
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A rejected request still records what it asked for, but never more than
+/// a prefix and a hash of each field: megabytes of model name or portfolio
+/// id cost the spool a few hundred bytes, and legitimate events are kept.
+#[test]
+fn oversized_names_and_ids_are_recorded_bounded_and_crowd_out_nothing() {
+    let data_dir = TempDir::new("events-bounded");
+    let data = data_dir.path().to_string_lossy().into_owned();
+    // No ClickHouse listens there: every event goes to the spool.
+    let server = Server::start(&[
+        "--clickhouse-url",
+        "http://127.0.0.1:9",
+        "--clickhouse-timeout-ms",
+        "500",
+        "--events-flush-ms",
+        "50",
+        "--events-spool-max-mib",
+        "16",
+        "--data-dir",
+        &data,
+    ]);
+    let huge = "x".repeat(6 << 20);
+    let (status, _) = server.post(
+        "/v1/score",
+        &json!({"model": huge, "portfolio": {"id": "tech"}}),
+    );
+    assert!((400..500).contains(&status), "{status}");
+    let (status, _) = server.post(
+        "/v1/score",
+        &json!({"model": "var-historical", "portfolio": {"id": huge, "positions": [{"instrument": "SPX", "quantity": 1}]}}),
+    );
+    assert!((400..500).contains(&status), "{status}");
+    let (status, body) = server.post(
+        "/v1/score/batch",
+        &json!({"models": ["var-historical", "es-historical"],
+                "portfolios": [{"id": "y".repeat(20 << 20), "positions": [{"instrument": "SPX", "quantity": 1}]}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let echoed = body["results"][0]["portfolio_id"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        echoed.len() <= 256 && echoed.contains("#blake3:"),
+        "{echoed}"
+    );
+    for i in 0..20 {
+        let (status, body) = server.post(
+            "/v1/score",
+            &json!({"model": "var-historical", "portfolio": {"id": format!("ok-{i}"), "positions": [{"instrument": "SPX", "quantity": 1 + i}]}}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until("every event is spooled", Duration::from_secs(60), || {
+        metric(&server, "riskhost_events_spooled_total") >= 24.0
+    });
+    let spooled = dir_bytes(&data_dir.path().join("spool"));
+    eprintln!("24 events, 32 MiB of names and ids asked for: {spooled} bytes spooled");
+    assert_eq!(
+        metric(&server, "riskhost_events_failed_total"),
+        0.0,
+        "events were lost"
+    );
+    assert!(spooled < 64 << 10, "{spooled} bytes spooled");
+}
+
 #[test]
 fn buffered_events_are_flushed_on_graceful_shutdown() {
     let ch = ChDatabase::new(&ch_url(), "shutdown");

@@ -627,6 +627,10 @@ pub struct EventArgs {
     /// Events held in memory; beyond it they go straight to the spool file.
     #[arg(long, env = "RISKHOST_EVENTS_QUEUE", default_value_t = 100_000)]
     pub events_queue: usize,
+    /// Bytes of events held in memory, in MiB; beyond it, too, they go
+    /// straight to the spool file.
+    #[arg(long, env = "RISKHOST_EVENTS_QUEUE_MAX_MIB", default_value_t = 64)]
+    pub events_queue_max_mib: u64,
     /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
     #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
     pub events_spool_max_mib: u64,
@@ -640,6 +644,7 @@ impl EventArgs {
             batch: self.events_batch,
             flush_every: Duration::from_millis(self.events_flush_ms),
             queue: self.events_queue,
+            queue_max_bytes: self.events_queue_max_mib << 20,
             spool_max_bytes: self.events_spool_max_mib << 20,
             data_dir: data_dir.to_path_buf(),
         }

@@ -185,6 +185,7 @@ enum Message {
 #[derive(Default)]
 struct Counters {
     queued: AtomicU64,
+    queued_bytes: AtomicU64,
 }
 
 /// The ClickHouse event sink.
@@ -193,6 +194,7 @@ pub struct ClickHouseSink {
     counters: Arc<Counters>,
     spool: Arc<Mutex<Spool>>,
     queue_max: u64,
+    queue_max_bytes: u64,
     wh: Warehouse,
     table: String,
 }
@@ -258,6 +260,7 @@ impl ClickHouseSink {
             counters,
             spool,
             queue_max: args.queue.max(1) as u64,
+            queue_max_bytes: args.queue_max_bytes.max(1),
             wh,
             table: args.table.clone(),
         }))
@@ -267,6 +270,11 @@ impl ClickHouseSink {
     pub fn table(&self) -> &str {
         &self.table
     }
+}
+
+/// What `events` count against the queue's byte bound.
+fn queued_bytes(events: &[ScoreEvent]) -> u64 {
+    events.iter().map(|e| e.approx_bytes() as u64).sum()
 }
 
 fn spill(spool: &Mutex<Spool>, events: &[ScoreEvent]) {
@@ -295,19 +303,33 @@ impl EventSink for ClickHouseSink {
             return;
         }
         let n = events.len() as u64;
+        let bytes = queued_bytes(&events);
         let queued = self.counters.queued.fetch_add(n, Ordering::AcqRel) + n;
-        if queued > self.queue_max {
-            // Memory is bounded: past the queue, events go to disk now.
+        let held = self
+            .counters
+            .queued_bytes
+            .fetch_add(bytes, Ordering::AcqRel)
+            + bytes;
+        if queued > self.queue_max || held > self.queue_max_bytes {
+            // Memory is bounded, in events and in bytes: past either bound,
+            // events go to disk now.
             self.counters.queued.fetch_sub(n, Ordering::AcqRel);
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::AcqRel);
             spill(&self.spool, &events);
             return;
         }
         metrics::gauge!("riskhost_events_queued").set(queued as f64);
+        metrics::gauge!("riskhost_events_queued_bytes").set(held as f64);
         if let Err(mpsc::error::SendError(Message::Events(events))) =
             self.tx.send(Message::Events(events))
         {
             // The writer is gone (shutdown): keep the events on disk.
             self.counters.queued.fetch_sub(n, Ordering::AcqRel);
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::AcqRel);
             spill(&self.spool, &events);
         }
     }
@@ -507,13 +529,20 @@ impl Writer {
         }
     }
 
-    fn take(&self, n: usize) {
+    fn take(&self, events: &[ScoreEvent]) {
+        let (n, bytes) = (events.len() as u64, queued_bytes(events));
         let left = self
             .counters
             .queued
-            .fetch_sub(n as u64, Ordering::AcqRel)
-            .saturating_sub(n as u64);
+            .fetch_sub(n, Ordering::AcqRel)
+            .saturating_sub(n);
+        let held = self
+            .counters
+            .queued_bytes
+            .fetch_sub(bytes, Ordering::AcqRel)
+            .saturating_sub(bytes);
         metrics::gauge!("riskhost_events_queued").set(left as f64);
+        metrics::gauge!("riskhost_events_queued_bytes").set(held as f64);
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
@@ -536,7 +565,7 @@ impl Writer {
             let mut flush_now = false;
             match message {
                 Some(Message::Events(events)) => {
-                    self.take(events.len());
+                    self.take(&events);
                     buffer.extend(events);
                 }
                 Some(Message::Flush(done)) => {

@@ -98,9 +98,84 @@ pub struct ScoreEvent {
     pub key_id: String,
 }
 
+/// The most bytes a score event records in one string field. A request can
+/// name a model or a portfolio far longer than any valid one (validation
+/// rejects it, and the rejection is still recorded), so every field is cut
+/// to this before an event is queued, spooled or written.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Bytes of a cut value kept verbatim, so the row still says what it was.
+const KEPT_PREFIX_BYTES: usize = 64;
+
+/// `value` itself if it fits in [`MAX_FIELD_BYTES`], else its first 64
+/// bytes (at a character boundary), `…`, and `#blake3:` with 16 hex digits
+/// of the whole value: recognisable, comparable, and small.
+pub fn bounded_field(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_FIELD_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut end = KEPT_PREFIX_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let hash = blake3::hash(value.as_bytes()).to_hex();
+    std::borrow::Cow::Owned(format!("{}…#blake3:{}", &value[..end], &hash[..16]))
+}
+
+/// Memory an event takes besides its strings (numbers, string headers).
+const EVENT_FIXED_BYTES: usize = 16 * 24;
+
 impl ScoreEvent {
     pub fn timestamp(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_micros(self.ts_us).unwrap_or_default()
+    }
+
+    fn strings_mut(&mut self) -> [&mut String; 11] {
+        [
+            &mut self.request_id,
+            &mut self.portfolio_id,
+            &mut self.model,
+            &mut self.version,
+            &mut self.digest,
+            &mut self.params_hash,
+            &mut self.unit,
+            &mut self.error_code,
+            &mut self.path,
+            &mut self.snapshot,
+            &mut self.key_id,
+        ]
+    }
+
+    fn strings(&self) -> [&String; 11] {
+        [
+            &self.request_id,
+            &self.portfolio_id,
+            &self.model,
+            &self.version,
+            &self.digest,
+            &self.params_hash,
+            &self.unit,
+            &self.error_code,
+            &self.path,
+            &self.snapshot,
+            &self.key_id,
+        ]
+    }
+
+    /// The event with every string field cut by [`bounded_field`]. Every
+    /// producer calls it, so no sink ever holds an unbounded event.
+    pub fn bounded(mut self) -> Self {
+        for field in self.strings_mut() {
+            if let std::borrow::Cow::Owned(cut) = bounded_field(field) {
+                *field = cut;
+            }
+        }
+        self
+    }
+
+    /// Bytes the event holds in memory, near enough to bound a queue by.
+    pub fn approx_bytes(&self) -> usize {
+        EVENT_FIXED_BYTES + self.strings().iter().map(|s| s.len()).sum::<usize>()
     }
 }
 
@@ -233,6 +308,9 @@ pub struct EventSettings {
     pub flush_every: Duration,
     /// Events held in memory; beyond it they go straight to the spool file.
     pub queue: usize,
+    /// Bytes of events held in memory (see [`ScoreEvent::approx_bytes`]);
+    /// beyond it, too, they go straight to the spool file.
+    pub queue_max_bytes: u64,
     /// Largest spool on disk, in bytes; beyond it events are dropped and counted.
     pub spool_max_bytes: u64,
     /// Folder of local state; the spool lives in `spool/` under it.
@@ -242,6 +320,46 @@ pub struct EventSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_fields_are_cut_to_a_prefix_and_a_hash() {
+        let short = "var-historical";
+        assert_eq!(bounded_field(short), short);
+        let huge = "é".repeat(3 << 20);
+        let cut = bounded_field(&huge);
+        assert!(cut.len() <= MAX_FIELD_BYTES, "{}", cut.len());
+        assert!(
+            cut.starts_with(&"é".repeat(32)) && cut.contains("…#blake3:"),
+            "{cut}"
+        );
+        let other = format!("{huge}x");
+        assert_ne!(
+            bounded_field(&other),
+            cut,
+            "the hash tells long values apart"
+        );
+        let event = ScoreEvent {
+            ts_us: 0,
+            request_id: huge.clone(),
+            portfolio_id: huge.clone(),
+            model: huge,
+            version: String::new(),
+            digest: String::new(),
+            params_hash: String::new(),
+            as_of: None,
+            value: None,
+            unit: String::new(),
+            cached: false,
+            latency_us: 0,
+            error_code: "unknown_model".into(),
+            path: "single".into(),
+            snapshot: String::new(),
+            key_id: String::new(),
+        }
+        .bounded();
+        assert!(event.approx_bytes() < 2048, "{}", event.approx_bytes());
+        assert_eq!(event.error_code, "unknown_model");
+    }
 
     #[test]
     fn params_hash_ignores_order_and_sees_values() {

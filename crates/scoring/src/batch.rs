@@ -255,7 +255,12 @@ impl ScoringService {
         let stored = self.stored_portfolios(&request.portfolios).await;
         let mut portfolios = Vec::with_capacity(request.portfolios.len());
         for (index, input) in request.portfolios.into_iter().enumerate() {
-            let id = input.id.clone();
+            // Echoed in every cell of the portfolio and recorded once per
+            // model: an id far over the limit (rejected below) is cut first.
+            let id = input
+                .id
+                .as_deref()
+                .map(|id| riskhost_events::bounded_field(id).into_owned());
             let prepared = self
                 .prepare_portfolio(input, &stored)
                 .await

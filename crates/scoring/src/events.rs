@@ -10,7 +10,9 @@ use chrono::NaiveDate;
 
 use crate::batch::{BatchCell, CellOutcome};
 use crate::{ScoreError, ScoreResponse};
-use riskhost_events::{ScoreEvent, current_key_id, current_request_id, now_us, params_hash};
+use riskhost_events::{
+    ScoreEvent, bounded_field, current_key_id, current_request_id, now_us, params_hash,
+};
 use riskhost_market::SnapshotId;
 use riskhost_models::registry::ModelEntry;
 
@@ -37,8 +39,9 @@ pub fn single(
     let base = ScoreEvent {
         ts_us: now_us(),
         request_id: current_request_id(),
-        portfolio_id: asked.portfolio_id.unwrap_or_default().to_owned(),
-        model: asked.model.to_owned(),
+        // What the caller asked for may be far longer than anything valid.
+        portfolio_id: bounded_field(asked.portfolio_id.unwrap_or_default()).into_owned(),
+        model: bounded_field(asked.model).into_owned(),
         version: String::new(),
         digest: String::new(),
         params_hash: params_hash(asked.params.iter().map(|(k, v)| (k.as_str(), *v))),
@@ -52,7 +55,7 @@ pub fn single(
         snapshot: snapshot.to_string(),
         key_id: current_key_id(),
     };
-    match result {
+    let event = match result {
         Ok(r) => ScoreEvent {
             model: r.model.clone(),
             version: r.version.clone(),
@@ -68,7 +71,8 @@ pub fn single(
             error_code: e.code().to_owned(),
             ..base
         },
-    }
+    };
+    event.bounded()
 }
 
 /// One event per cell of a batch; `models` in request order with their
@@ -131,7 +135,7 @@ pub fn batch(
                 }
                 CellOutcome::Error { error } => event.error_code = error.code.to_owned(),
             }
-            event
+            event.bounded()
         })
         .collect()
 }
