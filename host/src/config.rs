@@ -634,6 +634,14 @@ pub struct EventArgs {
     /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
     #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
     pub events_spool_max_mib: u64,
+    /// Append every event to the local spool and fsync it (one fsync shared
+    /// by concurrent requests) before the request is answered, so a crash
+    /// loses none; ClickHouse is then fed from the spool every
+    /// --events-flush-ms. Off: events wait in memory until written.
+    #[arg(long, env = "RISKHOST_EVENTS_DURABLE", num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub events_durable: bool,
 }
 
 impl EventArgs {
@@ -647,6 +655,7 @@ impl EventArgs {
             queue_max_bytes: self.events_queue_max_mib << 20,
             spool_max_bytes: self.events_spool_max_mib << 20,
             data_dir: data_dir.to_path_buf(),
+            durable: self.events_durable,
         }
     }
 }

@@ -10,6 +10,12 @@
 //! keep order) and the writer replays it oldest segment first, backing off
 //! from 0.5 s to 30 s between attempts, until it is empty.
 //!
+//! In durable mode (`--events-durable`) the spool is the log: `record`
+//! appends every event to it and waits for a [`GroupCommit`] fsync before the
+//! request is answered, and the writer replays the spool into ClickHouse every
+//! `--events-flush-ms`. One fsync covers every append made while the
+//! previous one ran, so concurrent requests share it.
+//!
 //! The table (created at start or once ClickHouse first answers) is
 //! `MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (portfolio_id, model, ts)`
 //! with LowCardinality strings; servers from 20.1 also get codecs. 18.16
@@ -188,9 +194,91 @@ struct Counters {
     queued_bytes: AtomicU64,
 }
 
+/// Group commit of the spool: appends take a ticket; one task fsyncs
+/// whatever was appended since its last sync and then releases every ticket
+/// up to the last one it covered.
+struct GroupCommit {
+    /// The last ticket handed out (taken under the spool's lock, so ticket
+    /// order is file order).
+    appended: AtomicU64,
+    /// The last ticket on disk.
+    synced: tokio::sync::watch::Sender<u64>,
+    wake: tokio::sync::Notify,
+}
+
+impl GroupCommit {
+    fn new() -> Arc<GroupCommit> {
+        Arc::new(GroupCommit {
+            appended: AtomicU64::new(0),
+            synced: tokio::sync::watch::channel(0).0,
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Waits until `ticket` is on disk.
+    async fn wait(&self, ticket: u64) {
+        self.wake.notify_one();
+        let mut synced = self.synced.subscribe();
+        // Err only if the committer is gone, i.e. at shutdown.
+        let _ = synced.wait_for(|s| *s >= ticket).await;
+    }
+
+    /// Syncs until the sink goes away; every pass covers all appends made
+    /// before it started.
+    async fn run(self: Arc<Self>, spool: std::sync::Weak<Mutex<Spool>>) {
+        loop {
+            if self.appended.load(Ordering::Acquire) <= *self.synced.borrow() {
+                self.wake.notified().await;
+            }
+            let Some(spool) = spool.upgrade() else {
+                return;
+            };
+            let target = match spool.lock() {
+                Ok(mut spool) => {
+                    let covered = self.appended.load(Ordering::Acquire);
+                    spool.sync_target().map(|t| (covered, t))
+                }
+                Err(_) => return,
+            };
+            drop(spool);
+            let covered = match target {
+                Ok((covered, target)) => {
+                    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        if let Some(file) = target.file {
+                            file.sync_data()?;
+                        }
+                        if let Some(dir) = target.dir {
+                            dir.sync_all()?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Err(e) = synced {
+                        metrics::counter!("riskhost_events_sync_failures_total").increment(1);
+                        tracing::error!("cannot fsync the event spool: {e}");
+                    }
+                    covered
+                }
+                Err(e) => {
+                    metrics::counter!("riskhost_events_sync_failures_total").increment(1);
+                    tracing::error!("cannot fsync the event spool: {e}");
+                    self.appended.load(Ordering::Acquire)
+                }
+            };
+            // Released even after a failed sync (counted and logged above):
+            // a request must not hang on a broken disk.
+            self.synced.send_replace(covered);
+            metrics::counter!("riskhost_events_group_commits_total").increment(1);
+        }
+    }
+}
+
 /// The ClickHouse event sink.
 pub struct ClickHouseSink {
     tx: mpsc::UnboundedSender<Message>,
+    /// Set in durable mode.
+    commit: Option<Arc<GroupCommit>>,
     counters: Arc<Counters>,
     spool: Arc<Mutex<Spool>>,
     queue_max: u64,
@@ -203,6 +291,8 @@ struct Writer {
     wh: Warehouse,
     table: String,
     table_ready: bool,
+    /// Durable mode: the spool is the log, replayed every `flush_every`.
+    durable: bool,
     batch_max: usize,
     flush_every: Duration,
     spool: Arc<Mutex<Spool>>,
@@ -244,6 +334,7 @@ impl ClickHouseSink {
             wh: wh.clone(),
             table: args.table.clone(),
             table_ready: false,
+            durable: args.durable,
             batch_max: args.batch.max(1),
             flush_every: args.flush_every.max(Duration::from_millis(1)),
             spool: spool.clone(),
@@ -255,8 +346,13 @@ impl ClickHouseSink {
             tracing::warn!("score events will be spooled until ClickHouse answers: {e}");
         }
         tokio::spawn(writer.run(rx));
+        let commit = args.durable.then(GroupCommit::new);
+        if let Some(commit) = &commit {
+            tokio::spawn(commit.clone().run(Arc::downgrade(&spool)));
+        }
         Ok(Arc::new(ClickHouseSink {
             tx,
+            commit,
             counters,
             spool,
             queue_max: args.queue.max(1) as u64,
@@ -298,8 +394,33 @@ fn spill(spool: &Mutex<Spool>, events: &[ScoreEvent]) {
 
 #[async_trait::async_trait]
 impl EventSink for ClickHouseSink {
-    fn record(&self, events: Vec<ScoreEvent>) {
+    async fn record(&self, events: Vec<ScoreEvent>) {
         if events.is_empty() {
+            return;
+        }
+        if let Some(commit) = &self.commit {
+            let ticket = match self.spool.lock() {
+                Ok(mut spool) => {
+                    let n = events.len() as u64;
+                    match spool.append(&events) {
+                        Ok(()) => {
+                            metrics::counter!("riskhost_events_spooled_total").increment(n);
+                            metrics::gauge!("riskhost_events_spool_pending")
+                                .set(spool.pending() as f64);
+                            Some(commit.appended.fetch_add(1, Ordering::AcqRel) + 1)
+                        }
+                        Err(e) => {
+                            metrics::counter!("riskhost_events_failed_total").increment(n);
+                            tracing::error!(events = n, "score events lost: {e}");
+                            None
+                        }
+                    }
+                }
+                Err(_) => None,
+            };
+            if let Some(ticket) = ticket {
+                commit.wait(ticket).await;
+            }
             return;
         }
         let n = events.len() as u64;
@@ -550,7 +671,9 @@ impl Writer {
         let mut waiting: VecDeque<oneshot::Sender<()>> = VecDeque::new();
         let mut deadline = Instant::now() + self.flush_every;
         loop {
-            let wake = if self.spool_pending() {
+            // Durable mode replays the spool once per interval, in inserts
+            // of everything appended meanwhile, not as fast as it grows.
+            let wake = if self.spool_pending() && !self.durable {
                 deadline.min(self.retry_at.max(Instant::now()))
             } else {
                 deadline

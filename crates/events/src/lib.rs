@@ -247,8 +247,10 @@ pub enum HistoryError {
 /// Where score events go.
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    /// Takes events without blocking; never fails the request.
-    fn record(&self, events: Vec<ScoreEvent>);
+    /// Takes events; never fails the request. Returns once the events are
+    /// as safe as the sink promises: handed to its writer (at once), or, in
+    /// the ClickHouse sink's durable mode, fsynced in the local spool.
+    async fn record(&self, events: Vec<ScoreEvent>);
     /// Writes or spools everything recorded so far, waiting at most `timeout`.
     async fn flush(&self, timeout: Duration);
     /// A portfolio's recorded scores, oldest first.
@@ -261,7 +263,7 @@ pub struct NoSink;
 
 #[async_trait::async_trait]
 impl EventSink for NoSink {
-    fn record(&self, _events: Vec<ScoreEvent>) {}
+    async fn record(&self, _events: Vec<ScoreEvent>) {}
     async fn flush(&self, _timeout: Duration) {}
     async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
         Err(HistoryError::NotConfigured)
@@ -274,7 +276,7 @@ pub struct LogSink;
 
 #[async_trait::async_trait]
 impl EventSink for LogSink {
-    fn record(&self, events: Vec<ScoreEvent>) {
+    async fn record(&self, events: Vec<ScoreEvent>) {
         for e in events {
             tracing::debug!(
                 target: "riskhost::events",
@@ -315,6 +317,10 @@ pub struct EventSettings {
     pub spool_max_bytes: u64,
     /// Folder of local state; the spool lives in `spool/` under it.
     pub data_dir: std::path::PathBuf,
+    /// Every event is appended to the spool and fsynced (group commit)
+    /// before its request is answered, so a crash loses none; the writer
+    /// then replays the spool into ClickHouse every `flush_every`.
+    pub durable: bool,
 }
 
 #[cfg(test)]

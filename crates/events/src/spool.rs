@@ -31,12 +31,22 @@ pub struct Spool {
     pending: u64,
     bytes: u64,
     max_bytes: u64,
+    /// A segment file was created since the last [`Spool::sync_target`].
+    created: bool,
 }
 
 struct Active {
     seq: u64,
     writer: BufWriter<File>,
     events: usize,
+}
+
+/// What an fsync must cover for everything appended so far to be on disk.
+pub struct SyncTarget {
+    /// The active segment (a second handle on it), if there is one.
+    pub file: Option<File>,
+    /// The spool folder, when a segment was created since the last sync.
+    pub dir: Option<File>,
 }
 
 impl Spool {
@@ -69,6 +79,7 @@ impl Spool {
             pending,
             bytes,
             max_bytes,
+            created: false,
         })
     }
 
@@ -113,6 +124,7 @@ impl Spool {
                 .append(true)
                 .open(self.path(seq))?;
             self.segments.push_back(seq);
+            self.created = true;
             self.active = Some(Active {
                 seq,
                 writer: BufWriter::new(file),
@@ -128,6 +140,23 @@ impl Spool {
         self.bytes += lines.len() as u64;
         self.pending += events.len() as u64;
         Ok(())
+    }
+
+    /// What to fsync so that every append so far survives a crash of the
+    /// machine, not only of the process: closed segments were synced when
+    /// they closed, so the active one and, after a new segment appeared,
+    /// the folder's entry for it.
+    pub fn sync_target(&mut self) -> std::io::Result<SyncTarget> {
+        let file = match &self.active {
+            Some(active) => Some(active.writer.get_ref().try_clone()?),
+            None => None,
+        };
+        let dir = if std::mem::take(&mut self.created) {
+            Some(File::open(&self.dir)?)
+        } else {
+            None
+        };
+        Ok(SyncTarget { file, dir })
     }
 
     /// Closes the active segment (so it can be replayed), syncing it to disk.

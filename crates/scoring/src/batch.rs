@@ -326,7 +326,7 @@ impl ScoringService {
             })
             .collect::<Vec<_>>();
         let events = crate::events::batch(&results, &models, as_of, started.elapsed(), &snapshot);
-        self.events.record(events);
+        self.events.record(events).await;
         Ok(BatchResponse {
             as_of,
             snapshot: snapshot.to_string(),

@@ -269,7 +269,7 @@ impl ScoringService {
         // against the one the source serves now.
         let snapshot = snapshot.unwrap_or_else(|| self.market.snapshot());
         let event = events::single(asked, &result, started.elapsed(), &snapshot);
-        self.events.record(vec![event]);
+        self.events.record(vec![event]).await;
         result
     }
 

@@ -179,7 +179,7 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
+pub fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
     let outcome = ctx.rt.block_on(crate::loadgen::run(target, plan))?;
     if outcome.ok == 0 {
         bail!(

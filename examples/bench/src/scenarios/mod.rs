@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod batching;
 pub mod compute;
+pub mod events;
 pub mod hotswap;
 pub mod http;
 pub mod memory;
@@ -80,6 +81,11 @@ pub const ALL: &[Scenario] = &[
         key: "memory",
         name: "8. resident memory",
         run: memory::run,
+    },
+    Scenario {
+        key: "events",
+        name: "9. score events: in memory vs durable",
+        run: events::run,
     },
     Scenario {
         key: "sizes",
