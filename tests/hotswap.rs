@@ -729,6 +729,147 @@ fn the_directory_loads_new_files_swaps_changed_ones_and_unloads_removed_ones() {
     assert!(active_digest(&keep, "es-historical").is_some());
 }
 
+/// Whether `name` was unloaded at some point, by its activation log.
+fn was_unloaded(server: &Server, name: &str) -> bool {
+    let (_, body) = server.get(&format!("/v1/models/{name}/versions"));
+    body["history"]
+        .as_array()
+        .is_some_and(|h| h.iter().any(|a| a["digest"].is_null()))
+}
+
+/// Waits until the watcher has handled everything done to `dir` so far: it
+/// handles changes in order, so once a later invalid marker file is
+/// reported (and, removed, no longer is), what came before is done.
+fn watcher_caught_up(server: &Server, dir: &Path, n: usize) {
+    // Past the debounce window, so the marker is a pass of its own.
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("zz-marker-{n}.wasm");
+    write_file(&dir.join(&marker), b"not a component");
+    wait_until("the marker to be reported", Duration::from_secs(30), || {
+        failure_of(server, &marker).is_some()
+    });
+    std::fs::remove_file(dir.join(&marker)).expect("remove marker");
+    wait_until("the marker's removal", Duration::from_secs(30), || {
+        failure_of(server, &marker).is_none()
+    });
+}
+
+#[test]
+fn renaming_or_copying_a_plugin_file_keeps_its_model_served() {
+    let dir = TempDir::new("rename-plugins");
+    let file = |name: &str| dir.path().join(name);
+    let mut versions = Versions::default();
+    let (a, a_digest) = versions.make(0);
+    let (b, b_digest) = versions.make(1);
+    write_file(&file("versioned.wasm"), &a);
+    let server = Server::start_with(&[
+        "--plugins",
+        dir.path().to_str().unwrap_or_default(),
+        "--admin-token",
+        TOKEN,
+    ]);
+    let served = |model: &str| active_digest(&server, model);
+    assert_eq!(served("versioned").as_deref(), Some(a_digest.as_str()));
+    let still_served = |when: &str| {
+        assert_eq!(
+            served("versioned").as_deref(),
+            Some(a_digest.as_str()),
+            "{when}"
+        );
+        assert!(
+            !was_unloaded(&server, "versioned"),
+            "{when}: the model was unloaded on the way"
+        );
+    };
+
+    // To a name sorting first (the new name is handled before the old
+    // name's removal), then to one sorting last (the removal first).
+    std::fs::rename(file("versioned.wasm"), file("a-versioned.wasm")).expect("rename");
+    watcher_caught_up(&server, dir.path(), 1);
+    still_served("renamed to a-versioned.wasm");
+    std::fs::rename(file("a-versioned.wasm"), file("z-versioned.wasm")).expect("rename");
+    watcher_caught_up(&server, dir.path(), 2);
+    still_served("renamed to z-versioned.wasm");
+    let (status, body) = score(&server, "versioned", 0.0);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["digest"], a_digest.as_str());
+
+    // Of two copies, removing one unloads nothing.
+    std::fs::copy(file("z-versioned.wasm"), file("copy.wasm")).expect("copy");
+    watcher_caught_up(&server, dir.path(), 3);
+    std::fs::remove_file(file("z-versioned.wasm")).expect("remove");
+    watcher_caught_up(&server, dir.path(), 4);
+    still_served("one of two copies removed");
+
+    // Another version in another file becomes active; removing that file
+    // while copy.wasm still provides the model activates nothing: the
+    // active version keeps serving.
+    publish_atomically(&file("other.wasm"), &b);
+    wait_until(
+        "the other version to swap in",
+        Duration::from_secs(30),
+        || served("versioned").as_deref() == Some(b_digest.as_str()),
+    );
+    std::fs::remove_file(file("other.wasm")).expect("remove");
+    watcher_caught_up(&server, dir.path(), 5);
+    assert_eq!(
+        served("versioned").as_deref(),
+        Some(b_digest.as_str()),
+        "a removal while another file provides the model changes nothing"
+    );
+    assert!(!was_unloaded(&server, "versioned"));
+
+    // Removing the last file that provides the model unloads it.
+    std::fs::remove_file(file("copy.wasm")).expect("remove");
+    wait_until("the model to unload", Duration::from_secs(30), || {
+        served("versioned").is_none()
+    });
+    let (_, body) = server.get("/v1/models");
+    assert_eq!(body["failures"], json!([]), "{body}");
+}
+
+#[test]
+fn a_file_renamed_while_stopped_provides_its_model_at_start_up() {
+    let store = TempDir::new("rename-store");
+    let dir = TempDir::new("rename-stopped-plugins");
+    let (a, a_digest) = Versions::default().make(0);
+    write_file(&dir.path().join("versioned.wasm"), &a);
+    let start = || {
+        Server::start_with(&[
+            "--plugins",
+            dir.path().to_str().unwrap_or_default(),
+            "--data-dir",
+            store.path().to_str().unwrap_or_default(),
+        ])
+    };
+    let server = start();
+    assert_eq!(
+        active_digest(&server, "versioned").as_deref(),
+        Some(a_digest.as_str())
+    );
+    drop(server);
+
+    std::fs::rename(
+        dir.path().join("versioned.wasm"),
+        dir.path().join("a-versioned.wasm"),
+    )
+    .expect("rename");
+    let server = start();
+    let (_, body) = server.get("/v1/models");
+    assert_eq!(
+        active_digest(&server, "versioned").as_deref(),
+        Some(a_digest.as_str()),
+        "the renamed file still provides the model: {body}"
+    );
+    assert_eq!(body["failures"], json!([]), "{body}");
+    drop(server);
+
+    // With the last file providing it gone, the model is unloaded.
+    std::fs::remove_file(dir.path().join("a-versioned.wasm")).expect("remove");
+    let server = start();
+    assert_eq!(active_digest(&server, "versioned"), None);
+}
+
 #[test]
 fn delete_unloads_and_rollback_brings_the_model_back() {
     let dir = TempDir::new("delete-plugins");

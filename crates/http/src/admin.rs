@@ -49,6 +49,8 @@ impl From<DeployError> for ApiError {
             }
             DeployError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_model_version"),
             DeployError::NoPrevious(_) => (StatusCode::CONFLICT, "no_previous_version"),
+            DeployError::VersionRemoved { .. } => (StatusCode::CONFLICT, "version_removed"),
+            DeployError::TargetChanged { .. } => (StatusCode::CONFLICT, "rollback_target_changed"),
             DeployError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };
@@ -100,6 +102,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         (status = 200, description = "Already the active version", body = Deployed),
         (status = 400, description = "Unreadable body or path (`unreadable_body`, `invalid_path`)", body = ErrorBody),
         (status = 413, description = "Larger than `--max-component-mib` (`body_too_large`)", body = ErrorBody),
+        (status = 409, description = "The model was purged while the version was being deployed; nothing changed (`version_removed`)", body = ErrorBody),
         (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
         (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
         (status = 500, description = "The store failed (`store_error`)", body = ErrorBody),
@@ -203,7 +206,7 @@ struct RollbackRequest {
         (status = 200, description = "Rolled back", body = Deployed),
         (status = 400, description = "Malformed JSON, or a name that does not decode as UTF-8 (`malformed_json`, `invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
-        (status = 409, description = "No previous version (`no_previous_version`)", body = ErrorBody),
+        (status = 409, description = "No previous version (`no_previous_version`), or a concurrent change made the rollback moot: the target was purged (`version_removed`) or is no longer the version `to` or \"previous\" names (`rollback_target_changed`); nothing changed", body = ErrorBody),
         (status = 422, description = "Invalid body, or with `--require-signatures` the target version's signature is missing, invalid or untrusted (`invalid_body`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
         crate::openapi::AuthErrors,
     )

@@ -11,7 +11,12 @@
 //!
 //! Activations are serialised (one at a time) so the active versions in
 //! memory and in the store's `state.json` never disagree; compilation is not,
-//! so two models can compile at once.
+//! so two models can compile at once. Because resolving a version and
+//! compiling it happen outside the change lock, everything that makes a
+//! version live or loaded re-validates under the lock ([`ModelManager`]'s
+//! `revalidate`): the version must still be stored (a purge may have landed
+//! meanwhile) and, for a rollback, still be the target the caller named.
+//! Otherwise nothing changes and the caller gets a conflict.
 //!
 //! Compiled code is cached per (digest, engine compatibility key) in the
 //! store: a restart or a rollback to an evicted version deserializes instead
@@ -60,6 +65,18 @@ pub enum DeployError {
     NoPrevious(String),
     #[error("model `{0}` is not loaded")]
     NotLoaded(String),
+    #[error(
+        "version {digest} of model `{name}` was removed while it was being made active or loaded; nothing was changed"
+    )]
+    VersionRemoved { name: String, digest: String },
+    #[error(
+        "the rollback target of model `{name}` changed while the rollback was prepared (it was {was}, now it is {now}); nothing was changed: roll back again"
+    )]
+    TargetChanged {
+        name: String,
+        was: String,
+        now: String,
+    },
     #[error("the model store failed: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -127,6 +144,17 @@ pub struct VersionView {
     pub active: bool,
     /// Whether its compiled code is in memory (active or on standby).
     pub loaded: bool,
+}
+
+/// What an activation must still hold under the change lock, beyond its
+/// version being stored.
+#[derive(Debug, Clone, Copy)]
+enum Expect<'a> {
+    /// Nothing more: the bytes name their version (deploys).
+    Stored,
+    /// A rollback: `to` (or, without it, the previous version) must still
+    /// name this version.
+    RollbackTarget(Option<&'a str>),
 }
 
 /// Deploys versions into the registry and the store.
@@ -273,7 +301,9 @@ impl ModelManager {
             self.check_name(expected, &record.name, &source)?;
             self.check_signature(&digest, record.signature.clone(), &source)
                 .map_err(|e| self.refuse(&source, &digest, e))?;
-            return self.activate_stored(&record, &source, started).await;
+            return self
+                .activate_stored(&record, &source, started, Expect::Stored)
+                .await;
         }
         let prepared = self.prepare(bytes, &digest, source, signature).await?;
         self.check_name(expected, prepared.name(), &prepared.source)?;
@@ -350,7 +380,9 @@ impl ModelManager {
             .await
             .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
         let entry = Arc::new(self.entry(model, source.clone()));
-        let deployed = self.switch(entry.clone(), &source, started).await?;
+        let deployed = self
+            .switch(entry.clone(), &source, started, Expect::Stored)
+            .await?;
         self.write_artifact_later(entry);
         Ok(deployed)
     }
@@ -372,6 +404,7 @@ impl ModelManager {
         record: &VersionRecord,
         by: &str,
         started: Instant,
+        expect: Expect<'_>,
     ) -> Result<Deployed, DeployError> {
         // Also for a version still in memory: a rollback to an unsigned
         // version is refused while signatures are required.
@@ -380,7 +413,30 @@ impl ModelManager {
             Some(entry) => entry,
             None => self.load_stored(&record.digest).await?,
         };
-        self.switch(entry, by, started).await
+        self.switch(entry, by, started, expect).await
+    }
+
+    /// Whether `digest` may still become active or loaded. Called under the
+    /// change lock, which every removal holds, so what it checks stays true
+    /// until the caller's change is done.
+    fn revalidate(&self, name: &str, digest: &str, expect: Expect<'_>) -> Result<(), DeployError> {
+        if self.store.get(digest).is_none() {
+            return Err(DeployError::VersionRemoved {
+                name: name.to_owned(),
+                digest: digest.to_owned(),
+            });
+        }
+        if let Expect::RollbackTarget(to) = expect {
+            let now = self.rollback_target(name, to)?;
+            if now != digest {
+                return Err(DeployError::TargetChanged {
+                    name: name.to_owned(),
+                    was: digest.to_owned(),
+                    now,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Persists and performs one change of a model's active version.
@@ -389,10 +445,15 @@ impl ModelManager {
         entry: Arc<ModelEntry>,
         by: &str,
         started: Instant,
+        expect: Expect<'_>,
     ) -> Result<Deployed, DeployError> {
         let name = entry.model.name().to_owned();
         let digest = entry.model.digest.clone();
         let _one_change_at_a_time = self.changes.lock().await;
+        if let Err(error) = self.revalidate(&name, &digest, expect) {
+            tracing::warn!(model = %name, %digest, by = %by, %error, "activation refused");
+            return Err(error);
+        }
         let current = self.registry.active().get(&name).cloned();
         let previous = current.as_ref().map(|c| VersionId {
             version: c.model.version().to_owned(),
@@ -494,7 +555,15 @@ impl ModelManager {
         let started = Instant::now();
         let active = self.store.active_all();
         for (name, digest) in &active {
-            match self.load_stored(digest).await {
+            let loaded = self.load_stored(digest).await;
+            // Admin calls are answered while this runs: one that changed the
+            // model meanwhile wins over the state read before it.
+            let _one_change_at_a_time = self.changes.lock().await;
+            if self.store.active(name).as_deref() != Some(digest.as_str()) {
+                tracing::info!(model = %name, %digest, "the model changed while it was restored; not restored");
+                continue;
+            }
+            match loaded {
                 Ok(entry) => {
                     record_active(name, None, Some(&entry));
                     self.registry.activate(entry);
@@ -521,10 +590,21 @@ impl ModelManager {
     /// semver), or without `to` to the previously active version.
     pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Deployed, DeployError> {
         let started = Instant::now();
+        let digest = self.rollback_target(name, to)?;
+        let record = self
+            .store
+            .get(&digest)
+            .ok_or_else(|| StoreError::Missing(digest.clone()))?;
+        self.activate_stored(&record, "api:rollback", started, Expect::RollbackTarget(to))
+            .await
+    }
+
+    /// The digest a rollback of `name` to `to` goes to now.
+    fn rollback_target(&self, name: &str, to: Option<&str>) -> Result<String, DeployError> {
         if self.store.versions_of(name).is_empty() {
             return Err(DeployError::UnknownModel(name.to_owned()));
         }
-        let digest = match to {
+        Ok(match to {
             Some(pin) => {
                 self.store
                     .find(name, pin)
@@ -538,12 +618,19 @@ impl ModelManager {
                 .store
                 .previous(name)
                 .ok_or_else(|| DeployError::NoPrevious(name.to_owned()))?,
-        };
-        let record = self
-            .store
-            .get(&digest)
-            .ok_or_else(|| StoreError::Missing(digest.clone()))?;
-        self.activate_stored(&record, "api:rollback", started).await
+        })
+    }
+
+    /// Loads a stored version for a pinned reference and keeps it on
+    /// standby. The store check and the insertion happen under the change
+    /// lock, which a purge holds while it deletes the versions and clears
+    /// the standby set, so a purged version is never loaded again.
+    async fn load_on_standby(&self, digest: &str) -> Result<Arc<ModelEntry>, DeployError> {
+        let entry = self.load_stored(digest).await?;
+        let _one_change_at_a_time = self.changes.lock().await;
+        self.revalidate(entry.model.name(), digest, Expect::Stored)?;
+        self.registry.keep_on_standby(entry.clone());
+        Ok(entry)
     }
 
     /// Stops serving `name`. With `purge`, its stored versions and compiled
@@ -668,11 +755,209 @@ impl VersionLoader for StoreLoader {
         manager.store.find(name, pin).map(|r| r.digest)
     }
 
-    async fn load(&self, digest: &str) -> Result<Arc<ModelEntry>, String> {
+    async fn load_on_standby(&self, digest: &str) -> Result<Arc<ModelEntry>, String> {
         let manager = self
             .0
             .upgrade()
             .ok_or_else(|| "the server is shutting down".to_owned())?;
-        manager.load_stored(digest).await.map_err(|e| e.to_string())
+        manager
+            .load_on_standby(digest)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Activations racing removals, in a fixed order: on the current-thread
+    //! runtime of `#[tokio::test]`, spawned tasks first run in spawn order,
+    //! so the task spawned first has resolved its version and is loading it
+    //! on a blocking thread when the purge spawned after it takes the change
+    //! lock. No sleeps, no timing.
+
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use riskhost_engine::SandboxLimits;
+
+    /// A build of the `versioned` test model (`tests/plugins/build.sh`).
+    fn test_model(build: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/plugins/dist")
+            .join(format!("versioned-{build}.wasm"));
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run tests/plugins/build.sh (tests/run.sh does) first",
+                path.display()
+            )
+        })
+    }
+
+    /// A scratch data dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            Scratch(std::env::temp_dir().join(format!(
+                "riskhost-deploy-{tag}-{}-{nanos}",
+                std::process::id()
+            )))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn manager(engine: &Arc<ModelEngine>, store: &Arc<ModelStore>) -> Arc<ModelManager> {
+        ModelManager::new(
+            engine.clone(),
+            Arc::new(ModelRegistry::new()),
+            store.clone(),
+            DeploySettings {
+                bulkhead: BulkheadLimits {
+                    max_concurrent: 1,
+                    max_queued: 1,
+                },
+                // Every load compiles: the window the races need.
+                artifact_cache: false,
+                signatures: Arc::new(SignaturePolicy::default()),
+            },
+        )
+    }
+
+    /// A store holding versions A (1.0.0) and B (2.0.0, active) of
+    /// `versioned`, and a manager over it that, as after a restart, has
+    /// only B in memory. Returns the manager and A's digest.
+    async fn two_versions(root: &Path) -> (Arc<ModelManager>, String) {
+        let engine = Arc::new(ModelEngine::new(SandboxLimits::default()).expect("engine"));
+        let store = Arc::new(ModelStore::open(root).expect("store"));
+        let first = manager(&engine, &store);
+        let a = first
+            .install(test_model("a"), "test:a".into(), Some("versioned"), None)
+            .await
+            .expect("install A")
+            .digest;
+        first
+            .install(test_model("b"), "test:b".into(), Some("versioned"), None)
+            .await
+            .expect("install B");
+        drop(first);
+        let manager = manager(&engine, &store);
+        manager.restore().await;
+        assert!(manager.registry().loaded(&a).is_none(), "A is not loaded");
+        (manager, a)
+    }
+
+    fn purge(manager: &Arc<ModelManager>) -> tokio::task::JoinHandle<Result<(), String>> {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .remove("versioned", true, "test:purge")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_rollback_racing_a_purge_activates_nothing() {
+        let root = Scratch::new("rollback-purge");
+        let (manager, a) = two_versions(&root.0).await;
+        let rollback = {
+            let (manager, a) = (manager.clone(), a.clone());
+            tokio::spawn(async move { manager.rollback("versioned", Some(&a)).await })
+        };
+        let purged = purge(&manager).await.expect("purge task");
+        assert_eq!(purged, Ok(()), "the purge succeeds");
+        let rolled_back = rollback.await.expect("rollback task");
+
+        let serving = manager
+            .registry()
+            .active()
+            .get("versioned")
+            .map(|e| e.model.digest.clone());
+        assert_eq!(
+            serving, None,
+            "a purged version is served; the rollback answered {rolled_back:?}"
+        );
+        assert!(manager.store().versions_of("versioned").is_empty());
+        assert_eq!(manager.store().active("versioned"), None);
+        assert!(manager.store().history("versioned").is_empty());
+        let error = rolled_back.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains(&a) && error.contains("removed"),
+            "the rollback fails naming the removed version: {error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rollback_whose_target_changed_meanwhile_activates_nothing() {
+        let root = Scratch::new("rollback-delete");
+        let (manager, a) = two_versions(&root.0).await;
+        // "The previous version" is A now; after the delete it is B.
+        let rollback = {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.rollback("versioned", None).await })
+        };
+        let delete = {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.remove("versioned", false, "test:delete").await })
+        };
+        assert!(
+            delete.await.expect("delete task").is_ok(),
+            "the delete succeeds"
+        );
+        let rolled_back = rollback.await.expect("rollback task");
+
+        let serving = manager
+            .registry()
+            .active()
+            .get("versioned")
+            .map(|e| e.model.digest.clone());
+        assert_eq!(
+            serving, None,
+            "the rollback went to A after all: {rolled_back:?}"
+        );
+        assert_eq!(manager.store().active("versioned"), None);
+        assert!(
+            matches!(&rolled_back, Err(DeployError::TargetChanged { was, .. }) if *was == a),
+            "{rolled_back:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_load_racing_a_purge_keeps_nothing_loaded() {
+        let root = Scratch::new("pin-purge");
+        let (manager, a) = two_versions(&root.0).await;
+        let pinned = {
+            let (registry, pin) = (manager.registry().clone(), format!("versioned@{a}"));
+            tokio::spawn(async move {
+                registry
+                    .resolve(&pin)
+                    .await
+                    .map(|e| e.model.digest.clone())
+                    .map_err(|e| e.to_string())
+            })
+        };
+        let purged = purge(&manager).await.expect("purge task");
+        assert_eq!(purged, Ok(()), "the purge succeeds");
+        let pinned = pinned.await.expect("pin task");
+
+        assert!(
+            manager.registry().loaded(&a).is_none(),
+            "the purged version {a} is loaded again; the pin answered {pinned:?}"
+        );
+        let error = pinned.err().unwrap_or_default();
+        assert!(
+            error.contains("removed"),
+            "the pin fails naming the removal: {error:?}"
+        );
     }
 }

@@ -211,8 +211,10 @@ pub trait VersionLoader: Send + Sync + 'static {
     /// The digest of the stored version of `name` that `pin` (`1.2.0` or
     /// `sha256:…`) names, if there is one.
     fn find(&self, name: &str, pin: &str) -> Option<String>;
-    /// Loads and validates a stored version, off the async runtime.
-    async fn load(&self, digest: &str) -> Result<Arc<ModelEntry>, String>;
+    /// Loads and validates a stored version, off the async runtime, and
+    /// keeps it on standby, atomically with respect to removals: a version
+    /// purged meanwhile is an error and is not kept.
+    async fn load_on_standby(&self, digest: &str) -> Result<Arc<ModelEntry>, String>;
 }
 
 /// How many non-active versions stay loaded by default.
@@ -392,17 +394,16 @@ impl ModelRegistry {
         if let Some(entry) = on_standby(&digest) {
             return Ok(entry);
         }
-        let entry =
-            loader
-                .load(&digest)
-                .await
-                .map_err(|error| ResolveError::VersionUnavailable {
-                    name: name.to_owned(),
-                    pin: pin.to_owned(),
-                    error,
-                })?;
+        // The loader puts it on standby itself: inserting here, after its
+        // check, would let a purge slip in between.
+        let entry = loader.load_on_standby(&digest).await.map_err(|error| {
+            ResolveError::VersionUnavailable {
+                name: name.to_owned(),
+                pin: pin.to_owned(),
+                error,
+            }
+        })?;
         tracing::info!(model = %name, digest = %digest, "loaded a pinned version from the store");
-        self.standby.insert(digest, entry.clone());
         Ok(entry)
     }
 

@@ -14,8 +14,13 @@
 //! which are ignored) and rename it into place, which is atomic.
 //!
 //! The watcher remembers what each file last provided (digest and model), so
-//! a touch or an event storm reloads nothing, and a removed file unloads its
-//! model only while that model still serves the removed file's version.
+//! a touch or an event storm reloads nothing. A model is unloaded only when
+//! the directory made its active version live (the removed file held it, or
+//! the file that activated it is gone) and no file left in the directory
+//! provides the model: renaming or copying a file keeps its model served,
+//! whatever order the events come in, and so does a restart after a rename.
+//! When the files left provide another version of the model, the active
+//! version keeps serving: a removal never activates anything.
 //!
 //! A model's signature is the file `NAME.wasm.sig` beside `NAME.wasm`
 //! (`signing.rs`). A change of either file re-evaluates the model, so the
@@ -295,9 +300,6 @@ impl Watcher {
         if files.is_empty() {
             tracing::warn!(dir = %self.dir.display(), "the plugins directory holds no .wasm files");
         }
-        if self.settings.unload_on_delete {
-            self.unload_models_of_files_removed_while_stopped().await;
-        }
         let mut provided: HashMap<String, PathBuf> = HashMap::new();
         for path in files {
             let source = source_of(&path);
@@ -347,6 +349,10 @@ impl Watcher {
                 }
             };
             self.files.insert(path, state);
+        }
+        // After every file is known, so a renamed file counts, whatever its name.
+        if self.settings.unload_on_delete {
+            self.unload_models_of_files_removed_while_stopped().await;
         }
     }
 
@@ -399,28 +405,108 @@ impl Watcher {
     }
 
     /// A model made active by a file that is gone now is unloaded, as if the
-    /// removal had been seen.
-    async fn unload_models_of_files_removed_while_stopped(&self) {
-        let store = self.manager.store();
-        for name in store.active_all().keys() {
-            let by = store
-                .history(name)
-                .last()
-                .map(|a| a.by.clone())
-                .unwrap_or_default();
-            let Some(path) = by.strip_prefix("file:").map(PathBuf::from) else {
+    /// removal had been seen, unless another file provides it (a rename
+    /// while stopped).
+    async fn unload_models_of_files_removed_while_stopped(&mut self) {
+        let active = self.manager.store().active_all();
+        for name in active.keys() {
+            self.unload_if_unprovided(name, None).await;
+        }
+    }
+
+    /// The file of this directory that made `model`'s active version live,
+    /// if that file is gone.
+    fn activated_by_a_gone_file(&self, model: &str) -> Option<PathBuf> {
+        let by = self.manager.store().history(model).last()?.by.clone();
+        let path = PathBuf::from(by.strip_prefix("file:")?);
+        (path.parent() == Some(self.dir.as_path()) && !path.exists()).then_some(path)
+    }
+
+    /// A file in the directory that still provides `model`: one known to
+    /// hold a version of it, or one not handled yet (the new name of a
+    /// rename whose event is still queued) holding `active`, its active
+    /// version, or another stored version of it.
+    async fn provider_of(&mut self, model: &str, active: &str) -> Option<PathBuf> {
+        let known: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|(_, state)| state.model.as_deref() == Some(model))
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in known {
+            if fingerprint(&path).await.is_some() {
+                return Some(path);
+            }
+        }
+        let unknown: Vec<PathBuf> = self
+            .component_files()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|path| !self.files.contains_key(path))
+            .collect();
+        for path in unknown {
+            let Some((_, digest)) = self.read(&path, true).await else {
                 continue;
             };
-            if path.parent() == Some(self.dir.as_path()) && !path.exists() {
-                tracing::info!(model = %name, file = %path.display(), "the model's file was removed while stopped; unloading");
-                if let Err(error) = self
-                    .manager
-                    .remove(name, false, &format!("file-removed:{}", path.display()))
-                    .await
-                {
-                    tracing::warn!(model = %name, %error, "cannot unload");
-                }
+            if digest == active {
+                // Known from now on, so its own event changes nothing.
+                let signature = read_signature(&path).await;
+                self.files.insert(
+                    path.clone(),
+                    FileState {
+                        digest,
+                        signature,
+                        model: Some(model.to_owned()),
+                    },
+                );
+                return Some(path);
             }
+            if self
+                .manager
+                .store()
+                .get(&digest)
+                .is_some_and(|record| record.name == model)
+            {
+                return Some(path);
+            }
+        }
+        None
+    }
+
+    /// Unloads `model` when the directory made its active version live (the
+    /// file just `removed` held it, with that digest, or the file that
+    /// activated it is gone) and no file in the directory provides the model
+    /// any more. A version made live since by an upload or a rollback is not
+    /// the directory's to unload.
+    async fn unload_if_unprovided(&mut self, model: &str, removed: Option<(&Path, &str)>) {
+        let registry = self.manager.registry().clone();
+        let Some(active) = registry.active().get(model).map(|e| e.model.digest.clone()) else {
+            return;
+        };
+        let held_by_removed = removed.is_some_and(|(_, digest)| digest == active);
+        let by_gone_file = self.activated_by_a_gone_file(model);
+        let Some(file) = removed
+            .filter(|_| held_by_removed)
+            .map(|(path, _)| path.to_owned())
+            .or(by_gone_file)
+        else {
+            if let Some((path, _)) = removed {
+                tracing::info!(file = %path.display(), %model, "file removed; the model keeps its active version, which came from elsewhere");
+            }
+            return;
+        };
+        if let Some(other) = self.provider_of(model, &active).await {
+            tracing::info!(file = %file.display(), %model, provider = %other.display(),
+                "the model's file is gone, but another file provides the model; it keeps its active version");
+            return;
+        }
+        tracing::info!(file = %file.display(), %model, "the model's file is gone and no other file provides it; unloading");
+        if let Err(error) = self
+            .manager
+            .remove(model, false, &format!("file-removed:{}", file.display()))
+            .await
+        {
+            tracing::warn!(%model, %error, "cannot unload the model of a removed file");
         }
     }
 
@@ -580,29 +666,19 @@ impl Watcher {
     }
 
     async fn on_removed(&mut self, path: &Path) {
-        let registry = self.manager.registry().clone();
-        registry.clear_failure(&source_of(path));
+        self.manager.registry().clear_failure(&source_of(path));
         let Some(state) = self.files.remove(path) else {
             return;
         };
         let Some(model) = state.model else {
             return;
         };
-        let serves_this_file = registry
-            .active()
-            .get(&model)
-            .is_some_and(|e| e.model.digest == state.digest);
-        if !self.settings.unload_on_delete || !serves_this_file {
+        if !self.settings.unload_on_delete {
             tracing::info!(file = %path.display(), %model, "file removed; the model keeps its active version");
             return;
         }
-        if let Err(error) = self
-            .manager
-            .remove(&model, false, &format!("file-removed:{}", path.display()))
-            .await
-        {
-            tracing::warn!(%model, %error, "cannot unload the model of a removed file");
-        }
+        self.unload_if_unprovided(&model, Some((path, &state.digest)))
+            .await;
     }
 }
 
