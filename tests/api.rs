@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, TempDir, assert_error, plugins_dir, workspace};
+use common::{Server, TempDir, assert_error, plugins_dir, sample_portfolio, workspace};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> String {
@@ -13,14 +13,6 @@ fn fixture(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
-}
-
-fn sample_portfolio(name: &str) -> Value {
-    let path = workspace()
-        .join("examples/portfolios")
-        .join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read portfolio"))
-        .expect("parse portfolio")
 }
 
 fn breakdown_sum(body: &Value) -> f64 {

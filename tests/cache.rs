@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, workspace};
+use common::db::free_port;
+use common::{Server, sample_portfolio};
 use serde_json::{Value, json};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/";
@@ -54,23 +54,6 @@ fn redis_flags_with_timeout(url: &str, prefix: &str, timeout_ms: u32) -> Vec<Str
 fn start(flags: &[String]) -> Server {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Server::start(&flags)
-}
-
-fn sample_portfolio(name: &str) -> Value {
-    let path = workspace()
-        .join("examples/portfolios")
-        .join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read portfolio"))
-        .expect("parse portfolio")
-}
-
-/// A metric's value, if the line exists.
-fn metric(server: &Server, line_prefix: &str) -> Option<f64> {
-    let text = server.get_text("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn delete(server: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -121,18 +104,12 @@ fn replicas_share_scores_and_model_errors_through_redis() {
     assert_eq!(status, 422);
     assert_eq!(error_on_b, error_on_a);
     assert_eq!(
-        metric(
-            &b,
-            "riskhost_model_call_duration_seconds_count{model=\"var-historical\""
-        ),
+        b.metric("riskhost_model_call_duration_seconds_count{model=\"var-historical\""),
         None,
         "B ran the model though A had stored both outcomes"
     );
     assert_eq!(
-        metric(
-            &b,
-            r#"riskhost_cache_lookups_total{model="var-historical",tier="l2",result="hit"}"#
-        ),
+        b.metric(r#"riskhost_cache_lookups_total{model="var-historical",tier="l2",result="hit"}"#),
         Some(2.0)
     );
 
@@ -143,7 +120,7 @@ fn replicas_share_scores_and_model_errors_through_redis() {
         keys.iter()
             .all(|k| k.len() == prefix.len() + ":v1:var-historical:".len() + 64)
     );
-    assert_eq!(metric(&a, "riskhost_cache_breaker_state"), Some(0.0));
+    assert_eq!(a.metric("riskhost_cache_breaker_state"), Some(0.0));
 }
 
 #[test]
@@ -209,21 +186,14 @@ fn purge_endpoints_need_the_admin_token_and_empty_both_tiers() {
 }
 
 /// The test models, built by `tests/plugins/build.sh` (which `tests/run.sh` runs first).
-fn test_plugins_dir() -> String {
-    let dir = workspace().join("tests/plugins/dist");
-    assert!(
-        dir.join("slow-exposure.wasm").is_file(),
-        "{}/slow-exposure.wasm is missing: run tests/plugins/build.sh (tests/run.sh does)",
-        dir.display()
-    );
-    dir.to_string_lossy().into_owned()
-}
-
 #[test]
 fn concurrent_identical_misses_run_the_model_once() {
     let prefix = prefix("flight");
     let mut flags = redis_flags(SHARED_REDIS, &prefix);
-    flags.extend(["--plugins".to_owned(), test_plugins_dir()]);
+    flags.extend([
+        "--plugins".to_owned(),
+        common::test_plugins_dir().to_string_lossy().into_owned(),
+    ]);
     flags.extend(["--deadline-ms".to_owned(), "20000".to_owned()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start_with(&flags);
@@ -251,8 +221,7 @@ fn concurrent_identical_misses_run_the_model_once() {
         assert_eq!(body["value"], answers[0].1["value"]);
     }
     assert_eq!(
-        metric(
-            &server,
+        server.metric(
             r#"riskhost_model_call_duration_seconds_count{model="slow-exposure",version="1.0.0"}"#
         ),
         Some(1.0),
@@ -260,11 +229,9 @@ fn concurrent_identical_misses_run_the_model_once() {
     );
     // Each of the other 31 either waited for the leader or came late enough
     // to hit the memo; which, depends on the scheduler.
-    let coalesced = metric(
-        &server,
-        r#"riskhost_cache_coalesced_total{model="slow-exposure"}"#,
-    )
-    .unwrap_or(0.0);
+    let coalesced = server
+        .metric(r#"riskhost_cache_coalesced_total{model="slow-exposure"}"#)
+        .unwrap_or(0.0);
     let hits = answers.iter().filter(|(_, b)| b["cached"] == true).count() as f64;
     eprintln!("single-flight: {coalesced} coalesced, {hits} memo hits");
     assert_eq!(coalesced + hits, (herd - 1) as f64);
@@ -334,13 +301,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// What the stream of requests saw.
@@ -447,11 +407,10 @@ fn scoring_survives_redis_dying_or_hanging_and_caching_resumes_when_it_returns()
                 .count();
             assert!(errors > 0, "no Redis error of kind {kind} was counted");
         }
-        assert_eq!(metric(server, "riskhost_cache_breaker_state"), Some(0.0));
+        assert_eq!(server.metric("riskhost_cache_breaker_state"), Some(0.0));
     }
     assert!(
-        metric(
-            &b,
+        b.metric(
             r#"riskhost_cache_lookups_total{model="var-parametric",tier="l2",result="bypass"}"#
         )
         .unwrap_or(0.0)

@@ -36,16 +36,6 @@ fn count(ch: &ChDatabase, filter: &str) -> Option<u64> {
     .and_then(|t| t.parse().ok())
 }
 
-fn metric(server: &Server, name: &str) -> f64 {
-    server
-        .get_text("/metrics")
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Sends `n` single requests (a third of them repeats, so cached) and one
 /// batch of 5 portfolios × 2 models; returns how many scores were served.
 fn traffic(server: &Server, tag: &str, n: usize) -> u64 {
@@ -92,7 +82,10 @@ fn every_score_is_recorded_across_a_clickhouse_outage() {
     // The request path does not notice: every score is served.
     served += traffic(&server, "during", 30);
     wait_until("events are spooled", Duration::from_secs(60), || {
-        metric(&server, "riskhost_events_spooled_total") >= 40.0
+        server
+            .metric("riskhost_events_spooled_total")
+            .unwrap_or(0.0)
+            >= 40.0
     });
     // History needs ClickHouse: a clear 503 while it is down.
     assert_error(
@@ -109,10 +102,20 @@ fn every_score_is_recorded_across_a_clickhouse_outage() {
         Duration::from_secs(120),
         || count(&ch, "") == Some(served),
     );
-    assert_eq!(metric(&server, "riskhost_events_spool_pending"), 0.0);
-    assert_eq!(metric(&server, "riskhost_events_failed_total"), 0.0);
     assert_eq!(
-        metric(&server, "riskhost_events_written_total") as u64,
+        server
+            .metric("riskhost_events_spool_pending")
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        server.metric("riskhost_events_failed_total").unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        server
+            .metric("riskhost_events_written_total")
+            .unwrap_or(0.0) as u64,
         served
     );
     // Exactly once: each request id of the outage appears once.
@@ -220,12 +223,15 @@ fn oversized_names_and_ids_are_recorded_bounded_and_crowd_out_nothing() {
         assert_eq!(status, 200, "{body}");
     }
     wait_until("every event is spooled", Duration::from_secs(60), || {
-        metric(&server, "riskhost_events_spooled_total") >= 24.0
+        server
+            .metric("riskhost_events_spooled_total")
+            .unwrap_or(0.0)
+            >= 24.0
     });
     let spooled = dir_bytes(&data_dir.path().join("spool"));
     eprintln!("24 events, 32 MiB of names and ids asked for: {spooled} bytes spooled");
     assert_eq!(
-        metric(&server, "riskhost_events_failed_total"),
+        server.metric("riskhost_events_failed_total").unwrap_or(0.0),
         0.0,
         "events were lost"
     );

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, TempDir, active_digest, assert_error, digest, failure_of, plugins_dir, wait_until,
-    with_custom_section, workspace,
+    Server, TempDir, active_digest, admin_request, answer, assert_error, digest, failure_of,
+    plugins_dir, put_model, rollback, wait_until, with_custom_section, workspace, write_file,
 };
 use serde_json::{Value, json};
 
@@ -66,50 +66,6 @@ fn score(server: &Server, model: &str, offset: f64) -> (u16, Value) {
         "/v1/score",
         &json!({"model": model, "portfolio": spx(), "params": {"offset": offset}}),
     )
-}
-
-fn admin(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-) -> reqwest::blocking::RequestBuilder {
-    server
-        .client
-        .request(method, server.url(path))
-        .bearer_auth(TOKEN)
-}
-
-fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
-    let response = response.expect("request failed");
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(Value::Null))
-}
-
-fn put_model(server: &Server, name: &str, bytes: Vec<u8>) -> (u16, Value) {
-    answer(
-        admin(server, reqwest::Method::PUT, &format!("/v1/models/{name}"))
-            .header("content-type", "application/wasm")
-            .body(bytes)
-            .send(),
-    )
-}
-
-fn rollback(server: &Server, name: &str, body: Option<Value>) -> (u16, Value) {
-    let request = admin(
-        server,
-        reqwest::Method::POST,
-        &format!("/v1/models/{name}/rollback"),
-    );
-    answer(match body {
-        Some(b) => request.json(&b).send(),
-        None => request.send(),
-    })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::File::create(path).expect("create");
-    file.write_all(bytes).expect("write");
-    file.sync_all().expect("sync");
 }
 
 /// Publishes the recommended way: a hidden temporary name, then a rename.
@@ -373,14 +329,14 @@ fn swaps_under_load_lose_no_request_and_serve_the_new_version_at_once() {
         let live = swaps.last().map(|(d, _)| d.clone()).unwrap_or_default();
         if i % 5 == 0 {
             let half = bytes[..bytes.len() / 2].to_vec();
-            let (status, body) = put_model(&server, "versioned", half);
+            let (status, body) = put_model(&server, TOKEN, "versioned", half, None);
             assert_error(&(status, body), 422, "invalid_model", "");
-            let (status, body) = put_model(&server, "var-historical", bytes.clone());
+            let (status, body) = put_model(&server, TOKEN, "var-historical", bytes.clone(), None);
             assert_error(&(status, body), 422, "model_name_mismatch", "versioned");
             assert_eq!(active_digest(&server, "versioned"), Some(live.clone()));
         }
         let sent = Instant::now();
-        let (status, body) = put_model(&server, "versioned", bytes);
+        let (status, body) = put_model(&server, TOKEN, "versioned", bytes, None);
         let done = Instant::now();
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["digest"], d.as_str());
@@ -445,21 +401,21 @@ fn rollback_restores_the_previous_versions_exact_outputs() {
     assert_eq!(before["digest"], a_digest.as_str());
     assert_eq!(before["cached"], false);
 
-    let (status, body) = put_model(&server, "versioned", b.clone());
+    let (status, body) = put_model(&server, TOKEN, "versioned", b.clone(), None);
     assert_eq!(status, 201, "{body}");
     let (_, during) = score(&server, "versioned", 1234.5);
     assert_eq!(during["digest"], b_digest.as_str());
     assert_eq!(during["version"], "2.0.0");
     assert_ne!(during["value"], before["value"]);
     // Putting the live version again changes nothing.
-    let (status, body) = put_model(&server, "versioned", b);
+    let (status, body) = put_model(&server, TOKEN, "versioned", b, None);
     assert_eq!(
         (status, body["changed"].clone()),
         (200, json!(false)),
         "{body}"
     );
 
-    let (status, body) = rollback(&server, "versioned", None);
+    let (status, body) = rollback(&server, TOKEN, "versioned", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["digest"], a_digest.as_str());
     assert_eq!(body["previous"]["digest"], b_digest.as_str());
@@ -470,26 +426,26 @@ fn rollback_restores_the_previous_versions_exact_outputs() {
     assert_eq!(after["breakdown"], before["breakdown"]);
 
     // A rollback without a target toggles; a target is a digest or a semver.
-    let (_, body) = rollback(&server, "versioned", None);
+    let (_, body) = rollback(&server, TOKEN, "versioned", None);
     assert_eq!(body["digest"], b_digest.as_str());
-    let (_, body) = rollback(&server, "versioned", Some(json!({"to": "1.0.0"})));
+    let (_, body) = rollback(&server, TOKEN, "versioned", Some(json!({"to": "1.0.0"})));
     assert_eq!(body["digest"], a_digest.as_str());
-    let (_, body) = rollback(&server, "versioned", Some(json!({"to": b_digest})));
+    let (_, body) = rollback(&server, TOKEN, "versioned", Some(json!({"to": b_digest})));
     assert_eq!(body["digest"], b_digest.as_str());
     assert_error(
-        &rollback(&server, "versioned", Some(json!({"to": "9.9.9"}))),
+        &rollback(&server, TOKEN, "versioned", Some(json!({"to": "9.9.9"}))),
         404,
         "unknown_model_version",
         "9.9.9",
     );
     assert_error(
-        &rollback(&server, "versioned", Some(json!({"to": 3}))),
+        &rollback(&server, TOKEN, "versioned", Some(json!({"to": 3}))),
         422,
         "invalid_body",
         "",
     );
     assert_error(
-        &rollback(&server, "nope", None),
+        &rollback(&server, TOKEN, "nope", None),
         404,
         "unknown_model",
         "nope",
@@ -567,9 +523,9 @@ fn pinned_versions_restarts_and_the_artifact_cache() {
     };
 
     let (server, cold) = start("true");
-    assert_eq!(put_model(&server, "versioned", b).0, 201);
+    assert_eq!(put_model(&server, TOKEN, "versioned", b, None).0, 201);
     // Same semver as a, another digest: still a new active version.
-    assert_eq!(put_model(&server, "versioned", a2).0, 201);
+    assert_eq!(put_model(&server, TOKEN, "versioned", a2, None).0, 201);
     let (_, by_a) = score(&server, "versioned@1.0.0", 1.0);
     assert_eq!(
         by_a["digest"],
@@ -882,8 +838,15 @@ fn delete_unloads_and_rollback_brings_the_model_back() {
         "--admin-token",
         TOKEN,
     ]);
-    let (status, body) =
-        answer(admin(&server, reqwest::Method::DELETE, "/v1/models/versioned").send());
+    let (status, body) = answer(
+        admin_request(
+            &server,
+            TOKEN,
+            reqwest::Method::DELETE,
+            "/v1/models/versioned",
+        )
+        .send(),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["unloaded"]["digest"], a_digest.as_str());
     assert_error(
@@ -898,11 +861,18 @@ fn delete_unloads_and_rollback_brings_the_model_back() {
         "unknown_model",
         "versioned",
     );
-    let (status, body) =
-        answer(admin(&server, reqwest::Method::DELETE, "/v1/models/versioned").send());
+    let (status, body) = answer(
+        admin_request(
+            &server,
+            TOKEN,
+            reqwest::Method::DELETE,
+            "/v1/models/versioned",
+        )
+        .send(),
+    );
     assert_error(&(status, body), 404, "unknown_model", "versioned");
 
-    let (status, body) = rollback(&server, "versioned", None);
+    let (status, body) = rollback(&server, TOKEN, "versioned", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         score(&server, "versioned", 0.0).1["digest"],
@@ -910,8 +880,9 @@ fn delete_unloads_and_rollback_brings_the_model_back() {
     );
 
     let (status, body) = answer(
-        admin(
+        admin_request(
             &server,
+            TOKEN,
             reqwest::Method::DELETE,
             "/v1/models/versioned?purge=true",
         )
@@ -958,7 +929,7 @@ fn the_admin_routes_need_the_admin_token() {
     }
     assert_error(
         &answer(
-            admin(&server, reqwest::Method::PUT, "/v1/models/versioned")
+            admin_request(&server, TOKEN, reqwest::Method::PUT, "/v1/models/versioned")
                 .header("content-type", "text/plain")
                 .body(test_model("a"))
                 .send(),
@@ -996,11 +967,11 @@ fn uploads_may_be_larger_than_other_bodies_up_to_the_component_limit() {
         "--max-body-bytes",
         "65536",
     ]);
-    let (status, body) = put_model(&server, "versioned", model);
+    let (status, body) = put_model(&server, TOKEN, "versioned", model, None);
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["name"], "versioned");
     assert_eq!(body["version"], "1.0.0");
-    let (status, body) = put_model(&server, "versioned", vec![0u8; 512 << 10]);
+    let (status, body) = put_model(&server, TOKEN, "versioned", vec![0u8; 512 << 10], None);
     assert_error(
         &(status, body),
         422,

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{
-    Server, TempDir, active_digest, assert_error, binary, digest, failure_of, wait_until,
-    with_custom_section, workspace,
+    Server, TempDir, active_digest, answer, assert_error, binary, digest, failure_of, put_model,
+    rollback, wait_until, with_custom_section, workspace, write_file,
 };
 use serde_json::{Value, json};
 
@@ -106,47 +105,12 @@ fn tampered(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn write_file(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::File::create(path).expect("create");
-    file.write_all(bytes).expect("write");
-    file.sync_all().expect("sync");
-}
-
 fn spx() -> Value {
     json!({"id": "spx", "positions": [{"instrument": "SPX", "quantity": 10}]})
 }
 
 fn score(server: &Server, model: &str) -> (u16, Value) {
     server.post("/v1/score", &json!({"model": model, "portfolio": spx()}))
-}
-
-fn put_model(server: &Server, name: &str, bytes: Vec<u8>, signature: Option<&str>) -> (u16, Value) {
-    let mut request = server
-        .client
-        .put(server.url(&format!("/v1/models/{name}")))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/wasm");
-    if let Some(signature) = signature {
-        request = request.header("x-riskhost-signature", signature);
-    }
-    answer(request.body(bytes).send())
-}
-
-fn rollback(server: &Server, name: &str, to: &str) -> (u16, Value) {
-    answer(
-        server
-            .client
-            .post(server.url(&format!("/v1/models/{name}/rollback")))
-            .bearer_auth(TOKEN)
-            .json(&json!({"to": to}))
-            .send(),
-    )
-}
-
-fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
-    let response = response.expect("request failed");
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(Value::Null))
 }
 
 /// The header value of a signature: the base64 of its `.sig` file.
@@ -474,10 +438,17 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
     let server = start(false);
     let sig_s = signed_by(&s, &key);
     assert_eq!(
-        put_model(&server, "versioned", s.clone(), Some(&header(&sig_s))).0,
+        put_model(
+            &server,
+            TOKEN,
+            "versioned",
+            s.clone(),
+            Some(&header(&sig_s))
+        )
+        .0,
         201
     );
-    let (status, body) = put_model(&server, "versioned", u.clone(), None);
+    let (status, body) = put_model(&server, TOKEN, "versioned", u.clone(), None);
     assert_eq!(status, 201, "{body}");
     assert_eq!(score(&server, "versioned").1["digest"], digest(&u).as_str());
     drop(server);
@@ -489,11 +460,21 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
     let failure = failure_of(&server, "store:versioned").unwrap_or_default();
     assert!(failure.contains("unsigned"), "{failure}");
     // The signed version can be rolled back to; the unsigned one cannot.
-    let (status, body) = rollback(&server, "versioned", &digest(&s));
+    let (status, body) = rollback(
+        &server,
+        TOKEN,
+        "versioned",
+        Some(json!({"to": &digest(&s)})),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(score(&server, "versioned").1["digest"], digest(&s).as_str());
     assert_error(
-        &rollback(&server, "versioned", &digest(&u)),
+        &rollback(
+            &server,
+            TOKEN,
+            "versioned",
+            Some(json!({"to": &digest(&u)})),
+        ),
         422,
         "signature_missing",
         "unsigned",
@@ -511,19 +492,25 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
     let n = version("b", "upload-new");
     let sig_n = signed_by(&n, &key);
     assert_error(
-        &put_model(&server, "versioned", n.clone(), None),
+        &put_model(&server, TOKEN, "versioned", n.clone(), None),
         422,
         "signature_missing",
         "x-riskhost-signature",
     );
     assert_error(
-        &put_model(&server, "versioned", n.clone(), Some("not base64!")),
+        &put_model(&server, TOKEN, "versioned", n.clone(), Some("not base64!")),
         422,
         "signature_invalid",
         "base64",
     );
     assert_error(
-        &put_model(&server, "versioned", tampered(&n), Some(&header(&sig_n))),
+        &put_model(
+            &server,
+            TOKEN,
+            "versioned",
+            tampered(&n),
+            Some(&header(&sig_n)),
+        ),
         422,
         "signature_invalid",
         "changed after it was signed",
@@ -531,6 +518,7 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
     assert_error(
         &put_model(
             &server,
+            TOKEN,
             "versioned",
             n.clone(),
             Some(&header(&signed_by(&n, &stranger))),
@@ -540,7 +528,13 @@ fn uploads_carry_their_signature_and_the_store_rechecks_it_at_restart_and_rollba
         "not a trusted publisher",
     );
     assert_eq!(active_digest(&server, "versioned"), Some(digest(&s)));
-    let (status, body) = put_model(&server, "versioned", n.clone(), Some(&header(&sig_n)));
+    let (status, body) = put_model(
+        &server,
+        TOKEN,
+        "versioned",
+        n.clone(),
+        Some(&header(&sig_n)),
+    );
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["previous"]["digest"], digest(&s).as_str());
     assert_eq!(score(&server, "versioned").1["digest"], digest(&n).as_str());

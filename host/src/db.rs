@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use riskhost_db::clickhouse::Warehouse;
-use riskhost_events::clickhouse::create_table_sql;
 use riskhost_market::sample::sample_instrument_info;
 use riskhost_market::{PriceTable, StoredPortfolio, sample_portfolios};
 
@@ -38,19 +37,8 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
         riskhost_market::clickhouse::create_tables(&wh).await?;
-        let version = wh.server_version().await?;
-        riskhost_db::clickhouse::validate_name("table", &args.events_table)?;
-        let ddl = create_table_sql(wh.database(), &args.events_table, version);
-        let client = if version.low_cardinality_is_experimental() {
-            wh.bare_client()
-                .clone()
-                .with_setting("allow_experimental_low_cardinality_type", "1")
-        } else {
-            wh.bare_client().clone()
-        };
-        wh.timed("create_events_table", client.query(&ddl).execute())
-            .await?;
-        riskhost_events::clickhouse::add_missing_columns(&wh, &client, &args.events_table).await?;
+        let version =
+            riskhost_events::clickhouse::create_events_table(&wh, &args.events_table).await?;
         println!(
             "ClickHouse {version} database {}: market and {} tables ready",
             wh.database(),

@@ -93,7 +93,6 @@ impl DataArgs {
             wait_timeout: Duration::from_millis(self.postgres_wait_timeout_ms),
             connect_timeout: Duration::from_millis(self.postgres_connect_timeout_ms),
             statement_timeout: Duration::from_millis(self.postgres_statement_timeout_ms.max(1)),
-            version_ttl: self.version_ttl(),
         })
     }
 
@@ -151,7 +150,7 @@ pub async fn open_source(
         DataSourceKind::Embedded => return embedded(),
         DataSourceKind::Postgres => {
             let pool = open_postgres(args.require_postgres()?, Duration::from_secs(30)).await?;
-            Arc::new(PostgresSource::new(pool))
+            Arc::new(PostgresSource::new(pool, args.version_ttl()))
         }
         DataSourceKind::Clickhouse => {
             let wh = Warehouse::new(args.require_clickhouse()?)?;

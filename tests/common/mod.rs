@@ -409,3 +409,99 @@ fn leb128(mut n: usize, out: &mut Vec<u8>) {
         out.push(byte | 0x80);
     }
 }
+
+/// The status and JSON body of an answer (`Null` when the body is not JSON).
+pub fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
+    let response = response.expect("request failed");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+/// A request to `path` carrying the admin `token`.
+pub fn admin_request(
+    server: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::blocking::RequestBuilder {
+    server
+        .client
+        .request(method, server.url(path))
+        .bearer_auth(token)
+}
+
+/// `PUT /v1/models/{name}`: uploads a component, with its signature header
+/// (`x-riskhost-signature`) when given.
+pub fn put_model(
+    server: &Server,
+    token: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    signature: Option<&str>,
+) -> (u16, Value) {
+    let mut request = admin_request(
+        server,
+        token,
+        reqwest::Method::PUT,
+        &format!("/v1/models/{name}"),
+    )
+    .header("content-type", "application/wasm");
+    if let Some(signature) = signature {
+        request = request.header("x-riskhost-signature", signature);
+    }
+    answer(request.body(bytes).send())
+}
+
+/// `POST /v1/models/{name}/rollback`, with `body` (`{"to": …}`) or none
+/// (back to the previous version).
+pub fn rollback(server: &Server, token: &str, name: &str, body: Option<Value>) -> (u16, Value) {
+    let request = admin_request(
+        server,
+        token,
+        reqwest::Method::POST,
+        &format!("/v1/models/{name}/rollback"),
+    );
+    answer(match body {
+        Some(b) => request.json(&b).send(),
+        None => request.send(),
+    })
+}
+
+/// Writes `bytes` to `path` and syncs them, so a watcher sees whole files.
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).expect("create");
+    file.write_all(bytes).expect("write");
+    file.sync_all().expect("sync");
+}
+
+/// One of the sample portfolios of `examples/portfolios/`, as JSON.
+pub fn sample_portfolio(name: &str) -> Value {
+    let path = workspace()
+        .join("examples/portfolios")
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read portfolio"))
+        .expect("parse portfolio")
+}
+
+/// The value of the first sample in a Prometheus text exposition whose line
+/// starts with `series` where a series may end: before its labels, between
+/// labels, or before the value. `riskhost_events_queued` does not match
+/// `riskhost_events_queued_bytes 3`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.chars().next())
+                .is_some_and(|c| matches!(c, ' ' | '{' | ',' | '}'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Server {
+    /// [`metric_value`] of this server's `/metrics` now.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.get_text("/metrics"), series)
+    }
+}

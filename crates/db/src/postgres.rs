@@ -49,8 +49,6 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// Server-side limit of one statement (`statement_timeout`).
     pub statement_timeout: Duration,
-    /// How long a read data version is trusted before it is re-checked.
-    pub version_ttl: Duration,
 }
 
 /// Checks a schema name; it is interpolated into SQL, so the rule is strict.
@@ -353,7 +351,6 @@ mod tests {
                 wait_timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
                 statement_timeout: Duration::from_secs(1),
-                version_ttl: Duration::from_secs(1),
             },
         )
         .unwrap_err();

@@ -23,7 +23,7 @@
 //! microseconds within the second) on every version, which keeps one row
 //! layout for all. Columns added later (`key_id`) are added to an existing
 //! table with `ALTER TABLE … ADD COLUMN` after a look at `system.columns`
-//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`add_missing_columns`].
+//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`].
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -38,7 +38,7 @@ use tracing::Instrument as _;
 
 use super::spool::Spool;
 use super::{EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
-use riskhost_db::DbError as DataError;
+use riskhost_db::DbError;
 use riskhost_db::clickhouse::{ServerVersion, Warehouse, validate_name};
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -109,7 +109,7 @@ struct HistoryRow {
 }
 
 /// The events table's DDL for a server version.
-pub fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String {
+fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String {
     let codecs = version.has_codecs();
     let c = |codec: &str| {
         if codecs {
@@ -154,11 +154,37 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFA
 
 /// Brings a table made by an older riskhost up to the current columns.
 /// `client` must carry the LowCardinality setting on servers that need it.
-pub async fn add_missing_columns(
+/// Creates the database and the events `table` if missing, in the layout of
+/// the server's version, and adds the columns a table made by an older
+/// riskhost lacks: what the writer does at start and `riskhost db migrate`
+/// does on demand. Answers the server's version.
+pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVersion, DbError> {
+    validate_name("table", table)?;
+    let version = wh.server_version().await?;
+    let db = wh.database();
+    wh.execute(
+        "create_database",
+        &format!("CREATE DATABASE IF NOT EXISTS {db}"),
+    )
+    .await?;
+    let ddl = create_table_sql(db, table, version);
+    let client = wh.bare_client().clone();
+    let client = if version.low_cardinality_is_experimental() {
+        client.with_setting("allow_experimental_low_cardinality_type", "1")
+    } else {
+        client
+    };
+    wh.timed("create_events_table", client.query(&ddl).execute())
+        .await?;
+    add_missing_columns(wh, &client, table).await?;
+    Ok(version)
+}
+
+async fn add_missing_columns(
     wh: &Warehouse,
     client: &clickhouse::Client,
     table: &str,
-) -> Result<(), DataError> {
+) -> Result<(), DbError> {
     let db = wh.database();
     let present: Vec<String> = wh
         .timed(
@@ -310,11 +336,11 @@ impl ClickHouseSink {
     pub async fn start(
         wh: Warehouse,
         args: &EventSettings,
-    ) -> Result<Arc<ClickHouseSink>, DataError> {
+    ) -> Result<Arc<ClickHouseSink>, DbError> {
         validate_name("table", &args.table)?;
         let spool_dir = args.data_dir.join("spool");
         let spool = Spool::open(&spool_dir, args.spool_max_bytes).map_err(|e| {
-            DataError::Invalid(format!(
+            DbError::Invalid(format!(
                 "cannot open the event spool in {}: {e}",
                 spool_dir.display()
             ))
@@ -536,35 +562,17 @@ impl EventSink for ClickHouseSink {
 }
 
 impl Writer {
-    async fn ensure_table(&mut self) -> Result<(), DataError> {
+    async fn ensure_table(&mut self) -> Result<(), DbError> {
         if self.table_ready {
             return Ok(());
         }
-        let version = self.wh.server_version().await?;
-        let db = self.wh.database();
-        self.wh
-            .execute(
-                "create_database",
-                &format!("CREATE DATABASE IF NOT EXISTS {db}"),
-            )
-            .await?;
-        let ddl = create_table_sql(db, &self.table, version);
-        let client = self.wh.bare_client().clone();
-        let client = if version.low_cardinality_is_experimental() {
-            client.with_setting("allow_experimental_low_cardinality_type", "1")
-        } else {
-            client
-        };
-        self.wh
-            .timed("create_events_table", client.query(&ddl).execute())
-            .await?;
-        add_missing_columns(&self.wh, &client, &self.table).await?;
-        tracing::info!(%version, table = %format!("{db}.{}", self.table), codecs = version.has_codecs(), "score events table ready");
+        let version = create_events_table(&self.wh, &self.table).await?;
+        tracing::info!(%version, table = %format!("{}.{}", self.wh.database(), self.table), codecs = version.has_codecs(), "score events table ready");
         self.table_ready = true;
         Ok(())
     }
 
-    async fn insert(&mut self, events: &[ScoreEvent]) -> Result<(), DataError> {
+    async fn insert(&mut self, events: &[ScoreEvent]) -> Result<(), DbError> {
         self.ensure_table().await?;
         let client = self.wh.client();
         let table = self.table.clone();

@@ -206,13 +206,13 @@ fn version_string(epoch: &str, version: i64) -> String {
 }
 
 impl PostgresSource {
-    /// A source over `pool`; the schema must be migrated (see [`migrate`]).
-    pub fn new(pool: PgPool) -> PostgresSource {
-        let ttl = pool.settings().version_ttl;
+    /// A source over `pool`, trusting a read data version for `version_ttl`
+    /// before it checks it again; the schema must be migrated (see [`migrate`]).
+    pub fn new(pool: PgPool, version_ttl: std::time::Duration) -> PostgresSource {
         let sql = Queries::new(&pool.schema());
         PostgresSource {
             pool,
-            meta: MetaCache::new(ttl),
+            meta: MetaCache::new(version_ttl),
             sql,
         }
     }
