@@ -454,14 +454,11 @@ impl ScoringService {
                         // Scores and the model's own (deterministic) errors are
                         // memoized as the policy allows; failed calls never.
                         let outcome = match result {
-                            Ok(score) => Ok(score),
-                            Err(error) => match error.into_model_error() {
-                                Ok(model_error) => Err(model_error),
-                                Err(other) => {
-                                    cells[cell] = Some(CellOutcome::failed(&other));
-                                    continue;
-                                }
-                            },
+                            Ok(outcome) => outcome,
+                            Err(failure) => {
+                                cells[cell] = Some(CellOutcome::failed(&failure));
+                                continue;
+                            }
                         };
                         let memo = Arc::new(CachedScore { outcome });
                         cells[cell] = Some(CellOutcome::memoized(&entry, &memo.outcome, None));

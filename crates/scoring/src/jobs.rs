@@ -172,8 +172,15 @@ impl IndexedWindow {
     }
 }
 
-/// The outcome of one job.
-pub type JobResult = Result<bindings::Score, ScoreError>;
+/// What the model answered for one job: a score or its own error. Both are
+/// deterministic in the job, so the memo may keep either (per policy).
+pub type ModelOutcome = Result<bindings::Score, ModelError>;
+
+/// The outcome of one job: the model's answer, or why there is none (the
+/// call failed, the data was unavailable, …), which is never memoized. The
+/// model's error stays a `ModelError` until a response is written, so it is
+/// converted once, there.
+pub type JobResult = Result<ModelOutcome, ScoreError>;
 
 impl Executor {
     /// Fetches one window for all `jobs` (union of instruments, longest
@@ -346,7 +353,7 @@ fn call_once(
                     Err(ModelError::Internal(_)) => "internal",
                 };
                 metrics::counter!("riskhost_model_jobs_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "outcome" => outcome).increment(1);
-                result.map_err(|e| ScoreError::from_model_error(name, e))
+                Ok(result)
             })
             .collect()),
         Err(error) => {

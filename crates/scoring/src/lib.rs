@@ -143,19 +143,6 @@ impl ScoreError {
         }
     }
 
-    /// The model's own error this is, given back unchanged; any other error
-    /// (a failed call, missing data…) is returned as is.
-    pub fn into_model_error(self) -> Result<ModelError, ScoreError> {
-        match self {
-            ScoreError::ModelInvalidInput { message, .. } => Ok(ModelError::InvalidInput(message)),
-            ScoreError::InsufficientData { message, .. } => {
-                Ok(ModelError::InsufficientData(message))
-            }
-            ScoreError::ModelInternal { message, .. } => Ok(ModelError::Internal(message)),
-            other => Err(other),
-        }
-    }
-
     fn from_model_error(model: &str, error: ModelError) -> Self {
         let model = model.to_owned();
         match error {
@@ -405,10 +392,7 @@ impl ScoringService {
             positions: portfolio.positions.clone(),
             params,
         };
-        let outcome = match self.run_one(entry, pin, job).await {
-            Ok(score) => Ok(score),
-            Err(error) => Err(error.into_model_error()?),
-        };
+        let outcome = self.run_one(entry, pin, job).await?;
         let name = entry.model.name();
         let memo = Arc::new(CachedScore { outcome });
         if let Some(ttl) = self.settings.cache.ttl_for(name, &memo.outcome) {
@@ -425,7 +409,7 @@ impl ScoringService {
         entry: &Arc<ModelEntry>,
         pin: &DataPin,
         job: PreparedJob,
-    ) -> Result<bindings::Score, ScoreError> {
+    ) -> jobs::JobResult {
         if self.settings.dynamic.enabled() {
             return self.batchers.submit(entry, pin.clone(), job).await;
         }
