@@ -16,8 +16,19 @@ use riskhost_scoring::{PortfolioInput, ScoreRequest, ScoringSettings};
 use crate::services::Services;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // No runtime, no logging: the worker is a filter the server drives.
+    if let Command::CompileWorker(args) = &cli.command {
+        let code = riskhost_models::compile::run_worker(
+            &args.settings,
+            args.memory_mib,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        );
+        std::process::exit(code);
+    }
     let runtime = crate::services::runtime()?;
     match cli.command {
+        Command::CompileWorker(_) => Ok(()),
         Command::Config(_) => Ok(()),
         Command::Serve(args) => {
             crate::telemetry::init_logging(args.sources.log_format);

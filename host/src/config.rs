@@ -63,6 +63,21 @@ pub enum Command {
     },
     /// Print the OpenAPI document of the HTTP API (what `GET /openapi.json` serves).
     Openapi,
+    /// The server's compile worker: component on stdin, artifact on stdout.
+    #[command(hide = true)]
+    CompileWorker(CompileWorkerArgs),
+}
+
+/// `riskhost compile-worker`, started by the server only
+/// (`riskhost_models::compile`).
+#[derive(Debug, Clone, Args)]
+pub struct CompileWorkerArgs {
+    /// The serving engine's code settings (`fuel=0|1,key=KEY`).
+    #[arg(long)]
+    pub settings: String,
+    /// Address space compiling may take beyond the worker's own, in MiB.
+    #[arg(long)]
+    pub memory_mib: u64,
 }
 
 /// Where models and data come from; shared by `serve` and `score`.
@@ -391,6 +406,49 @@ pub struct HotSwapArgs {
     pub standby_versions: u64,
     #[command(flatten)]
     pub signing: SigningArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+}
+
+/// The compile budget of the server (docs/sandbox.md, "Load time").
+#[derive(Debug, Clone, Args)]
+pub struct CompileArgs {
+    /// Longest a component may take to compile, in ms; past it the
+    /// compile worker is killed and the load fails.
+    #[arg(long, env = "RISKHOST_COMPILE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub compile_timeout_ms: u64,
+    /// Most memory (heap and writable mappings) compiling one component may take, in MiB.
+    #[arg(long, env = "RISKHOST_COMPILE_MEMORY_MIB", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub compile_memory_mib: u64,
+    /// Compile in a worker process under the budget above (`false`:
+    /// in the server process, without a budget).
+    #[arg(long, env = "RISKHOST_COMPILE_ISOLATION", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub compile_isolation: bool,
+}
+
+impl CompileArgs {
+    /// How the server compiles: this very binary's `compile-worker` under
+    /// the budget, or in-process.
+    pub fn compilation(&self) -> anyhow::Result<riskhost_models::compile::Compilation> {
+        use riskhost_models::compile::{Compilation, CompileBudget, Isolated};
+        if !self.compile_isolation {
+            return Ok(Compilation::InProcess);
+        }
+        let program = std::env::current_exe().map_err(|e| {
+            anyhow::anyhow!("cannot find the riskhost binary for the compile worker: {e}")
+        })?;
+        Ok(Compilation::Isolated(Isolated {
+            program,
+            args: vec!["compile-worker".into()],
+            budget: CompileBudget {
+                timeout: Duration::from_millis(self.compile_timeout_ms),
+                memory_mib: self.compile_memory_mib,
+            },
+        }))
+    }
 }
 
 /// Signed models (`docs/signing.md`).

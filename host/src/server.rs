@@ -88,6 +88,7 @@ impl Server {
             DeploySettings {
                 bulkhead: args.bulkhead(),
                 artifact_cache: args.hot_swap.artifact_cache,
+                compilation: Arc::new(args.hot_swap.compile.compilation()?),
                 signatures: Arc::new(signatures),
             },
         );

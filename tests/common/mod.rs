@@ -102,16 +102,22 @@ impl Server {
     /// without keys; tests/auth.rs passes `--anonymous-scoring=false`), and
     /// no rate limit and no failed-authentication budget unless `args` set one.
     pub fn start_with(args: &[&str]) -> Server {
-        Self::launch(args, None)
+        Self::launch(args, None, true)
+    }
+
+    /// Like [`Server::start_with`], returning once the server listens,
+    /// before it is ready (models may still be loading).
+    pub fn start_unready(args: &[&str]) -> Server {
+        Self::launch(args, None, false)
     }
 
     /// Like [`Server::start_with`], logging JSON lines at `filter`
     /// (`RUST_LOG` syntax) into a buffer that [`Server::logs`] returns.
     pub fn start_logging(args: &[&str], filter: &str) -> Server {
-        Self::launch(args, Some(filter))
+        Self::launch(args, Some(filter), true)
     }
 
-    fn launch(args: &[&str], log_filter: Option<&str>) -> Server {
+    fn launch(args: &[&str], log_filter: Option<&str>, wait_ready: bool) -> Server {
         let data_dir =
             (!args.iter().any(|a| a.starts_with("--data-dir"))).then(|| TempDir::new("store"));
         let mut command = Command::new(binary());
@@ -180,7 +186,9 @@ impl Server {
             _data_dir: data_dir,
             logs,
         };
-        server.wait_ready(Duration::from_secs(120));
+        if wait_ready {
+            server.wait_ready(Duration::from_secs(120));
+        }
         server
     }
 

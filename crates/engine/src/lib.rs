@@ -9,6 +9,14 @@
 //! memory, stack, optional fuel, output budget; see `limits.rs`); whatever
 //! stops it becomes a `CallError` that says why.
 //!
+//! Compilation is reachable two ways: [`ModelEngine::load`] compiles in this
+//! process; [`ModelEngine::check`], a [`Precompiler`] built from
+//! [`ModelEngine::compile_settings`] (in another process, whose time and
+//! memory its caller bounds: `riskhost_models::compile`) and
+//! [`ModelEngine::load_artifact`] do the same work in three steps. Either
+//! way the component passes the shape pre-check (`shape.rs`) first. The
+//! engine itself spawns nothing.
+//!
 //! Everything here is blocking and CPU-bound: callers run it on a blocking
 //! thread, never on the async runtime.
 
@@ -19,6 +27,7 @@ mod limits;
 mod name;
 mod output_log;
 pub mod sandbox;
+mod shape;
 mod validate;
 
 use std::sync::Arc;
@@ -35,6 +44,7 @@ pub use self::limits::{
     ModelLimitsArg, SandboxLimits,
 };
 pub use self::sandbox::{CapturedOutput, Determinism, SandboxState};
+pub use self::shape::{ShapeLimits, ShapeStats};
 pub use self::validate::{
     DataDescription, ModelDescription, ParamDescription, ParamError, unit_name,
 };
@@ -74,6 +84,19 @@ pub enum LoadError {
     WarmUp(String),
     #[error("the precompiled artifact is unusable: {0}")]
     Precompiled(String),
+    #[error("a function is too costly to compile: {0}")]
+    TooCostly(String),
+    #[error(
+        "compiling took longer than the compile budget of {} ms (--compile-timeout-ms) and was stopped",
+        .budget.as_millis()
+    )]
+    CompileTimeout { budget: Duration },
+    #[error(
+        "compiling needed more than the compile budget of {budget_mib} MiB (--compile-memory-mib) and was stopped"
+    )]
+    CompileMemory { budget_mib: u64 },
+    #[error("compiling failed: {0}")]
+    Compile(String),
 }
 
 /// Why a batch call failed as a whole. The instance is discarded in every case.
@@ -225,16 +248,8 @@ impl ModelEngine {
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
 
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            // Fuel costs every call a few percent, so it is only on when some
-            // model has a budget.
-            .consume_fuel(limits.meters_fuel())
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .max_wasm_stack(512 << 10)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut config = code_config(limits.meters_fuel());
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)
             .map_err(|e| EngineError(format!("cannot create the wasm engine: {e}")))?;
 
@@ -266,16 +281,64 @@ impl ModelEngine {
         format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
     }
 
+    /// What a [`Precompiler`] needs to compile code this engine loads.
+    pub fn compile_settings(&self) -> CompileSettings {
+        CompileSettings {
+            meters_fuel: self.limits.meters_fuel(),
+            key: self.compatibility_key(),
+        }
+    }
+
+    /// The checks made before compiling, cheap and in this process: size,
+    /// magic bytes and the shape of every function (`shape.rs`).
+    pub fn check(&self, bytes: &[u8]) -> Result<ShapeStats, LoadError> {
+        if bytes.is_empty() {
+            return Err(LoadError::Empty);
+        }
+        if bytes.len() > self.limits.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit: self.limits.max_component_bytes,
+            });
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent(
+                "the file does not start with the WebAssembly magic bytes `\\0asm`; \
+                 is it the .wasm a model build produced?"
+                    .into(),
+            ));
+        }
+        shape::check(bytes, &self.limits.shape).map_err(LoadError::TooCostly)
+    }
+
+    /// Loads what a [`Precompiler`] made of a component, validating it like
+    /// a fresh one. `digest` and `size_bytes` describe the component.
+    ///
+    /// # Safety
+    ///
+    /// wasmtime runs the artifact's machine code without checking it, so it
+    /// must come from a [`Precompiler`] of this build, given this engine's
+    /// [`ModelEngine::compile_settings`], and reach the caller through a
+    /// channel nobody else can write (a pipe from the child the caller
+    /// started). The format and settings are checked by wasmtime.
+    pub unsafe fn load_artifact(
+        &self,
+        artifact: &[u8],
+        digest: String,
+        size_bytes: usize,
+    ) -> Result<LoadedModel, LoadError> {
+        // SAFETY: the caller guarantees the bytes are our own compiler's output.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }.map_err(|e| {
+            LoadError::Compile(format!("the compiled artifact does not load: {e:#}"))
+        })?;
+        self.load_compiled(component, digest, size_bytes)
+    }
+
     /// Names the compiled-code format of this engine: the wasmtime version,
     /// target and every setting that shapes compiled code. Artifacts compiled
     /// under one key only ever load under the same key.
     pub fn compatibility_key(&self) -> String {
-        use std::hash::Hash as _;
-        let mut hasher = Sha256Hasher(Sha256::new());
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        hex::encode(&hasher.0.finalize()[..12])
+        compatibility_key(&self.engine)
     }
 
     /// Loads a component compiled earlier by [`LoadedModel::serialize_compiled`],
@@ -302,35 +365,13 @@ impl ModelEngine {
         self.load_compiled(component, digest, size_bytes)
     }
 
-    /// Compiles, links, checks `info()` and warms a component up.
+    /// Compiles (in this process, without a budget), links, checks
+    /// `info()` and warms a component up.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedModel, LoadError> {
-        if bytes.is_empty() {
-            return Err(LoadError::Empty);
-        }
-        if bytes.len() > self.limits.max_component_bytes {
-            return Err(LoadError::TooLarge {
-                size: bytes.len(),
-                limit: self.limits.max_component_bytes,
-            });
-        }
-        if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::NotAComponent(
-                "the file does not start with the WebAssembly magic bytes `\\0asm`; \
-                 is it the .wasm a model build produced?"
-                    .into(),
-            ));
-        }
+        self.check(bytes)?;
         let digest = Self::digest(bytes);
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let message = format!("{e:#}");
-            if wasmparser_says_core_module(bytes) {
-                LoadError::NotAComponent(format!(
-                    "this is a core wasm module; build for wasm32-wasip2 (or run `wasm-tools component new`) to get a component ({message})"
-                ))
-            } else {
-                LoadError::NotAComponent(message)
-            }
-        })?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| compile_error(bytes, &e))?;
         self.load_compiled(component, digest, bytes.len())
     }
 
@@ -686,6 +727,127 @@ fn finite(score: Score, index: usize, job: &Job) -> Result<Score, ModelError> {
     )))
 }
 
+/// The settings shared by every engine of this build that compiles or runs
+/// model code: what a [`Precompiler`] and a [`ModelEngine`] must agree on
+/// for an artifact of one to load in the other.
+fn code_config(meters_fuel: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        // Fuel costs every call a few percent, so it is only on when some
+        // model has a budget.
+        .consume_fuel(meters_fuel)
+        .max_wasm_stack(512 << 10)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// Why a component did not compile: invalid input (wasmtime validates
+/// before compiling) or the compiler itself failing, e.g. out of memory.
+fn compile_error(bytes: &[u8], error: &wasmtime::Error) -> LoadError {
+    let message = format!("{error:#}");
+    let invalid = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<wasmparser::BinaryReaderError>()
+            .is_some()
+    });
+    if !invalid && looks_out_of_memory(&message) {
+        return LoadError::Compile(message);
+    }
+    if wasmparser_says_core_module(bytes) {
+        LoadError::NotAComponent(format!(
+            "this is a core wasm module; build for wasm32-wasip2 (or run `wasm-tools component new`) to get a component ({message})"
+        ))
+    } else {
+        LoadError::NotAComponent(message)
+    }
+}
+
+/// Whether an error's text is an allocation failure's (`ENOMEM`, a failed
+/// `mmap`, Rust's allocation-failure message).
+pub fn looks_out_of_memory(text: &str) -> bool {
+    [
+        "os error 12",
+        "Cannot allocate memory",
+        "memory allocation of",
+        "out of memory",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// What a [`Precompiler`] must match of the engine that will load its
+/// output: the one code setting that varies (fuel metering) and the
+/// engine's compatibility key, which the precompiler checks against its own
+/// so a mismatch is an error at once rather than an artifact that does not
+/// load. Passed to a compile process as one argument ([`fmt::Display`] and
+/// [`FromStr`](std::str::FromStr)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileSettings {
+    pub meters_fuel: bool,
+    pub key: String,
+}
+
+impl std::fmt::Display for CompileSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fuel={},key={}", u8::from(self.meters_fuel), self.key)
+    }
+}
+
+impl std::str::FromStr for CompileSettings {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut meters_fuel = None;
+        let mut key = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("fuel", "0")) => meters_fuel = Some(false),
+                Some(("fuel", "1")) => meters_fuel = Some(true),
+                Some(("key", k)) if !k.is_empty() => key = Some(k.to_owned()),
+                _ => return Err(format!("`{part}` is not a compile setting")),
+            }
+        }
+        match (meters_fuel, key) {
+            (Some(meters_fuel), Some(key)) => Ok(CompileSettings { meters_fuel, key }),
+            _ => Err(format!("`{s}` is not `fuel=0|1,key=KEY`")),
+        }
+    }
+}
+
+/// Compiles components for a [`ModelEngine`] of the same
+/// [`CompileSettings`], and nothing else: no instance pool (whose address
+/// space reservation would dwarf a memory budget), no linker, no ticker.
+/// What a compile process runs.
+pub struct Precompiler {
+    engine: Engine,
+}
+
+impl Precompiler {
+    pub fn new(settings: &CompileSettings) -> Result<Self, EngineError> {
+        let engine = Engine::new(&code_config(settings.meters_fuel))
+            .map_err(|e| EngineError(format!("cannot create the compiling engine: {e}")))?;
+        let precompiler = Precompiler { engine };
+        let key = compatibility_key(&precompiler.engine);
+        if key != settings.key {
+            return Err(EngineError(format!(
+                "the compiling engine's compatibility key is {key}, the serving engine's {}; \
+                 the compile worker must be the same riskhost build",
+                settings.key
+            )));
+        }
+        Ok(precompiler)
+    }
+
+    /// The artifact of `bytes`, for [`ModelEngine::load_artifact`].
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+        self.engine
+            .precompile_component(bytes)
+            .map_err(|e| compile_error(bytes, &e))
+    }
+}
+
 /// Import name prefixes the sandbox's linker provides: WASI 0.2 and the
 /// contract's own types (an interface of types only, imported by the world).
 const SANDBOX_IMPORTS: &[&str] = &[
@@ -796,6 +958,13 @@ fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+fn compatibility_key(engine: &Engine) -> String {
+    use std::hash::Hash as _;
+    let mut hasher = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&hasher.0.finalize()[..12])
+}
+
 /// Feeds `Hash` input into SHA-256, which, unlike `DefaultHasher`, gives the
 /// same key in every build, so artifact directories survive a rebuild.
 struct Sha256Hasher(Sha256);
@@ -874,6 +1043,40 @@ mod tests {
             Some("memory allocation of 1048576 bytes failed")
         );
         assert_eq!(diagnostics::last_words("\n \n"), None);
+    }
+
+    #[test]
+    fn a_precompiled_component_loads_only_in_an_engine_of_its_settings() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugins/dist/var-parametric.wasm");
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run plugins/build.sh", path.display()));
+        let engine = ModelEngine::new(SandboxLimits::default()).expect("engine");
+        let settings = engine.compile_settings();
+        assert_eq!(settings.to_string().parse(), Ok(settings.clone()));
+        let artifact = Precompiler::new(&settings)
+            .expect("precompiler")
+            .precompile(&bytes)
+            .expect("compiles");
+        // SAFETY: made just above by this build's precompiler.
+        let model =
+            unsafe { engine.load_artifact(&artifact, ModelEngine::digest(&bytes), bytes.len()) }
+                .expect("loads");
+        assert_eq!(model.name(), "var-parametric");
+
+        let fuel = CompileSettings {
+            meters_fuel: true,
+            ..settings.clone()
+        };
+        let error = Precompiler::new(&fuel).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("compatibility key")),
+            "a precompiler that would meter fuel is refused: {error:?}"
+        );
+        assert!("fuel=2,key=x".parse::<CompileSettings>().is_err());
+        assert!("fuel=1".parse::<CompileSettings>().is_err());
     }
 
     #[test]

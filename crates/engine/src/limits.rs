@@ -10,6 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::shape::ShapeLimits;
+
 /// Largest linear memory a wasm32 instance can address.
 pub const MAX_MEMORY_MIB: usize = 4096;
 
@@ -39,6 +41,8 @@ pub struct SandboxLimits {
     pub fuel: Option<FuelBudget>,
     /// Overrides by model name.
     pub overrides: BTreeMap<String, LimitOverrides>,
+    /// What one function may be before it is compiled (`shape.rs`).
+    pub shape: ShapeLimits,
 }
 
 impl Default for SandboxLimits {
@@ -55,6 +59,7 @@ impl Default for SandboxLimits {
             captured_output_bytes: 8 * 1024,
             fuel: None,
             overrides: BTreeMap::new(),
+            shape: ShapeLimits::default(),
         }
     }
 }

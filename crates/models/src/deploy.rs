@@ -33,6 +33,7 @@ use std::time::{Instant, SystemTime};
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::compile::Compilation;
 use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry, VersionLoader};
 use crate::signing::{DetachedSignature, SignatureError, SignaturePolicy};
 use crate::store::{Activation, ModelStore, StoreError, VersionRecord};
@@ -42,6 +43,9 @@ use riskhost_engine::{LoadError, LoadedModel, ModelEngine};
 #[derive(Debug, Clone)]
 pub struct DeploySettings {
     pub bulkhead: BulkheadLimits,
+    /// How components are compiled: under a budget in a worker process
+    /// (the server), or in this process (tests).
+    pub compilation: Arc<Compilation>,
     /// Whether compiled code is cached in (and loaded from) the store.
     pub artifact_cache: bool,
     /// Whether versions must be signed, and by whom.
@@ -249,9 +253,9 @@ impl ModelManager {
             .check_signature(digest, signature, &source)
             .map_err(|e| self.refuse(&source, digest, e))?;
         let started = Instant::now();
-        let engine = self.engine.clone();
+        let (engine, compilation) = (self.engine.clone(), self.settings.compilation.clone());
         let (bytes, loaded) = tokio::task::spawn_blocking(move || {
-            let loaded = engine.load(&bytes);
+            let loaded = compilation.load(&engine, &bytes);
             (bytes, loaded)
         })
         .await
@@ -512,6 +516,7 @@ impl ModelManager {
         // Before any byte of it (or its compiled artifact) is used.
         self.check_signature(digest, record.signature.clone(), &record.source)?;
         let (engine, store) = (self.engine.clone(), self.store.clone());
+        let compilation = self.settings.compilation.clone();
         let (key, use_cache) = (self.engine_key.clone(), self.settings.artifact_cache);
         let digest = digest.to_owned();
         let size = record.size_bytes;
@@ -529,7 +534,7 @@ impl ModelManager {
                 }
             }
             let bytes = store.read_bytes(&digest)?;
-            let model = engine.load(&bytes)?;
+            let model = compilation.load(&engine, &bytes)?;
             if use_cache {
                 write_artifact(&store, &key, &model);
             }
@@ -550,12 +555,28 @@ impl ModelManager {
     }
 
     /// Makes every model's active version from the store active again.
-    /// A version that no longer loads is recorded as a failure.
-    pub async fn restore(&self) {
+    /// A version that no longer loads is recorded as a failure. Versions
+    /// load concurrently (one per core), so one slow to compile delays no
+    /// other; each is made active as soon as it is loaded.
+    pub async fn restore(self: &Arc<Self>) {
         let started = Instant::now();
         let active = self.store.active_all();
-        for (name, digest) in &active {
-            let loaded = self.load_stored(digest).await;
+        let slots = Arc::new(tokio::sync::Semaphore::new(load_parallelism()));
+        let mut loads = tokio::task::JoinSet::new();
+        for (name, digest) in active.clone() {
+            let (manager, slots) = (self.clone(), slots.clone());
+            loads.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let loaded = manager.load_stored(&digest).await;
+                (name, digest, loaded)
+            });
+        }
+        while let Some(joined) = loads.join_next().await {
+            let Ok((name, digest, loaded)) = joined else {
+                tracing::error!("a restore task panicked");
+                continue;
+            };
+            let (name, digest) = (&name, &digest);
             // Admin calls are answered while this runs: one that changed the
             // model meanwhile wins over the state read before it.
             let _one_change_at_a_time = self.changes.lock().await;
@@ -705,6 +726,12 @@ impl ModelManager {
     }
 }
 
+/// How many components load at once at start-up: one per core, since
+/// compiling is CPU-bound.
+pub fn load_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The source a failed restore of `name` is recorded under.
 fn restore_source(name: &str) -> String {
     format!("store:{name}")
@@ -827,6 +854,7 @@ mod tests {
                 },
                 // Every load compiles: the window the races need.
                 artifact_cache: false,
+                compilation: Arc::new(Compilation::InProcess),
                 signatures: Arc::new(SignaturePolicy::default()),
             },
         )

@@ -39,7 +39,7 @@ use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 
-use crate::deploy::{DeployError, ModelManager};
+use crate::deploy::{DeployError, ModelManager, load_parallelism};
 use crate::loader::component_files;
 use riskhost_engine::ModelEngine;
 
@@ -283,8 +283,12 @@ impl Watcher {
 
     /// The start-up pass. A file whose digest is already stored is not
     /// re-activated: the store's state (which may come from later uploads,
-    /// rollbacks or deletes) wins. New files are deployed in name order; a
-    /// second new file naming the same model is a clash, reported as failed.
+    /// rollbacks or deletes) wins. New files compile concurrently, one per
+    /// core ([`load_parallelism`]), and each is made active as soon as it
+    /// is ready, so a file slow to compile (bounded by the compile budget)
+    /// delays no other. Two new files naming the same model is a clash: the
+    /// first by file name is served whatever order they finish in, the
+    /// other is reported as failed.
     async fn scan(&mut self) {
         let files = match self.component_files() {
             Ok(files) => files,
@@ -300,9 +304,9 @@ impl Watcher {
         if files.is_empty() {
             tracing::warn!(dir = %self.dir.display(), "the plugins directory holds no .wasm files");
         }
-        let mut provided: HashMap<String, PathBuf> = HashMap::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(load_parallelism()));
+        let mut loads = tokio::task::JoinSet::new();
         for path in files {
-            let source = source_of(&path);
             // No settling: a file still being written now changes again
             // later, and the watch (already running) loads it then.
             let Some((bytes, digest)) = self.read(&path, true).await else {
@@ -313,47 +317,77 @@ impl Watcher {
                 self.scan_stored(&path, record, bytes, signature).await;
                 continue;
             }
-            let prepared = self
-                .manager
-                .prepare(bytes, &digest, source.clone(), signature.clone())
-                .await;
-            let state = match prepared {
-                Err(_) => FileState {
-                    digest,
-                    signature,
-                    model: None,
-                },
+            let (manager, slots) = (self.manager.clone(), slots.clone());
+            loads.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let prepared = manager
+                    .prepare(bytes, &digest, source_of(&path), signature.clone())
+                    .await;
+                (path, digest, signature, prepared)
+            });
+        }
+        // Which file provides each model deployed by this scan.
+        let mut provided: HashMap<String, PathBuf> = HashMap::new();
+        while let Some(joined) = loads.join_next().await {
+            let Ok((path, digest, signature, prepared)) = joined else {
+                tracing::error!("a start-up load panicked");
+                continue;
+            };
+            let model = match prepared {
+                Err(_) => None,
                 Ok(prepared) => {
                     let name = prepared.name().to_owned();
-                    if let Some(first) = provided.get(&name) {
-                        self.manager.registry().record_failure(
-                            &source,
-                            format!(
-                                "model `{name}` is already provided by {}; rename one of them",
-                                source_of(first)
-                            ),
-                        );
-                    } else if let Err(error) = self.manager.commit(prepared).await {
-                        tracing::error!(%source, %error, "cannot deploy");
-                        self.manager
-                            .registry()
-                            .record_failure(&source, error.to_string());
-                    } else {
-                        provided.insert(name.clone(), path.clone());
-                    }
-                    FileState {
-                        digest,
-                        signature,
-                        model: Some(name),
-                    }
+                    self.deploy_scanned(&mut provided, &path, prepared).await;
+                    Some(name)
                 }
             };
-            self.files.insert(path, state);
+            self.files.insert(
+                path,
+                FileState {
+                    digest,
+                    signature,
+                    model,
+                },
+            );
         }
         // After every file is known, so a renamed file counts, whatever its name.
         if self.settings.unload_on_delete {
             self.unload_models_of_files_removed_while_stopped().await;
         }
+    }
+
+    /// Deploys a file the start-up pass prepared, unless a file earlier by
+    /// name provides its model; a later one that was deployed first (it
+    /// compiled sooner) gives way and is reported as the clash.
+    async fn deploy_scanned(
+        &self,
+        provided: &mut HashMap<String, PathBuf>,
+        path: &Path,
+        prepared: crate::deploy::Prepared,
+    ) {
+        let name = prepared.name().to_owned();
+        let source = source_of(path);
+        let clash = |winner: &Path| {
+            format!(
+                "model `{name}` is already provided by {}; rename one of them",
+                source_of(winner)
+            )
+        };
+        let registry = self.manager.registry();
+        let earlier = provided.get(&name).cloned();
+        if let Some(first) = earlier.as_ref().filter(|first| first.as_path() < path) {
+            registry.record_failure(&source, clash(first));
+            return;
+        }
+        if let Err(error) = self.manager.commit(prepared).await {
+            tracing::error!(%source, %error, "cannot deploy");
+            registry.record_failure(&source, error.to_string());
+            return;
+        }
+        if let Some(later) = earlier {
+            registry.record_failure(&source_of(&later), clash(path));
+        }
+        provided.insert(name, path.to_owned());
     }
 
     /// The start-up pass over a file whose version is stored already: the
