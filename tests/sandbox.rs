@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Server, assert_error, plugins_with};
+use common::{Server, assert_error, metric_value, plugins_with};
 use serde_json::{Value, json};
 
 /// Far beyond any deadline used here: a hostile call still running after
@@ -27,14 +27,6 @@ fn score(server: &Server, model: &str, params: Value) -> (u16, Value) {
         "/v1/score",
         &json!({"model": model, "portfolio": spx(1.0), "params": params}),
     )
-}
-
-/// The value of the first metric line starting with `prefix`.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Requests to var-historical streamed from a thread, each with another
@@ -166,7 +158,11 @@ fn assert_contained(
     let metrics = server.get_text("/metrics");
     let errors =
         format!(r#"riskhost_model_errors_total{{model="{model}",version="1.0.0",kind="{code}"}}"#);
-    assert_eq!(metric(&metrics, &errors), Some(3.0), "{errors}\n{metrics}");
+    assert_eq!(
+        metric_value(&metrics, &errors),
+        Some(3.0),
+        "{errors}\n{metrics}"
+    );
     message
 }
 
@@ -409,7 +405,7 @@ fn a_slow_but_legal_model_finishes_without_disturbing_others() {
     assert_eq!(body["value"], 1947.52, "{body}");
     traffic.finish();
     let metrics = server.get_text("/metrics");
-    let cpu = metric(
+    let cpu = metric_value(
         &metrics,
         r#"riskhost_model_cpu_seconds_sum{model="slow-legal",version="1.0.0"}"#,
     )
@@ -528,7 +524,7 @@ fn monte_carlo_is_bit_identical_over_a_hundred_runs_and_seeded_per_job() {
     }
     let metrics = server.get_text("/metrics");
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             r#"riskhost_model_call_duration_seconds_count{model="monte-carlo",version="1.0.0"}"#
         ),
@@ -698,7 +694,7 @@ fn fuel_stops_a_loop_deterministically_and_is_metered() {
     assert_eq!(score(&server, "hostile-loop", json!({})).0, 200);
 
     let fuel_of_var = |server: &Server| {
-        metric(
+        metric_value(
             &server.get_text("/metrics"),
             r#"riskhost_model_fuel_consumed_sum{model="var-historical",version="1.0.0"}"#,
         )
@@ -713,7 +709,7 @@ fn fuel_stops_a_loop_deterministically_and_is_metered() {
     assert_eq!(twice, 2.0 * once);
     let metrics = server.get_text("/metrics");
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             r#"riskhost_model_fuel_consumed_sum{model="hostile-loop",version="1.0.0"}"#
         )
@@ -877,7 +873,11 @@ fn a_non_finite_score_is_the_models_failure_never_memoized_and_fails_its_cell_al
         r#"riskhost_model_jobs_total{{model="{model}",version="1.0.0",outcome="internal"}}"#
     );
     let metrics = server.get_text("/metrics");
-    assert_eq!(metric(&metrics, &jobs), Some(8.0), "{jobs}\n{metrics}");
+    assert_eq!(
+        metric_value(&metrics, &jobs),
+        Some(8.0),
+        "{jobs}\n{metrics}"
+    );
 
     // In a batch, only the hostile model's cells fail.
     let (status, body) = server.post(
@@ -898,7 +898,11 @@ fn a_non_finite_score_is_the_models_failure_never_memoized_and_fails_its_cell_al
         }
     }
     let metrics = server.get_text("/metrics");
-    assert_eq!(metric(&metrics, &jobs), Some(10.0), "{jobs}\n{metrics}");
+    assert_eq!(
+        metric_value(&metrics, &jobs),
+        Some(10.0),
+        "{jobs}\n{metrics}"
+    );
 
     // The model still serves sane scores.
     let (status, body) = score(&server, model, json!({"misbehave": 0}));
