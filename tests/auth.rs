@@ -122,6 +122,31 @@ fn routes() -> Vec<Route> {
             allowed: (404, Some("history_not_configured")),
         },
         Route {
+            method: Method::POST,
+            path: "/v1/backtests",
+            // A valid request over a range the bundled data cannot test:
+            // authorized callers reach the backtest's own validation.
+            body: json_body(
+                json!({"model": "var-historical", "portfolios": [portfolio], "from": "1990-01-02", "to": "1990-02-01"}),
+            ),
+            admin: false,
+            allowed: (422, Some("invalid_backtest")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/backtests/bt-none",
+            body: None,
+            admin: false,
+            allowed: (404, Some("unknown_backtest")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/backtests/bt-none/report.html",
+            body: None,
+            admin: false,
+            allowed: (404, Some("unknown_backtest")),
+        },
+        Route {
             method: Method::PUT,
             path: "/v1/models/var-historical",
             body: Some(("application/wasm", b"\0asm-not-a-component".to_vec())),

@@ -16,9 +16,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("riskhost-cache", &["riskhost-engine", "riskhost-market"]),
     ("riskhost-models", &["riskhost-engine"]),
     ("riskhost-events", &["riskhost-db"]),
+    ("riskhost-backtest", &[]),
     (
         "riskhost-scoring",
         &[
+            "riskhost-backtest",
             "riskhost-engine",
             "riskhost-models",
             "riskhost-market",
@@ -36,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "riskhost-events",
             "riskhost-scoring",
             "riskhost-auth",
+            "riskhost-backtest",
         ],
     ),
 ];

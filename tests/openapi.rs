@@ -26,6 +26,9 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/v1/score") => Some(
             json!({"model": "var-historical", "portfolio": {"positions": [{"instrument": "SPX", "quantity": 1}]}}),
         ),
+        ("POST", "/v1/backtests") => Some(
+            json!({"model": "var-historical", "portfolios": [{"id": "balanced"}], "from": "1990-01-02", "to": "1990-02-01"}),
+        ),
         ("POST", "/v1/score/batch") => {
             Some(json!({"models": ["var-historical"], "portfolios": [{"id": "balanced"}]}))
         }

@@ -11,6 +11,8 @@ fi
 
 tests/services.sh
 tests/clickhouse.sh
+RISKHOST_TEST_PYTHON="$(tests/tools.sh)"
+export RISKHOST_TEST_PYTHON
 plugins/build.sh
 examples/python/build.sh
 tests/plugins/build.sh

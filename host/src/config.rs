@@ -42,6 +42,10 @@ pub enum Command {
     Config(ServeArgs),
     /// Score one portfolio with one model, without a server.
     Score(ScoreArgs),
+    /// Backtest a VaR model over a range of days without a server: Kupiec,
+    /// Christoffersen and the Basel traffic light per portfolio, and the
+    /// HTML report.
+    Backtest(BacktestCommandArgs),
     /// Score a file of portfolios (one JSON portfolio per line) with the batch engine.
     ScoreFile(ScoreFileArgs),
     /// Scaffold a model project (Rust or Python) that builds to a component.
@@ -251,6 +255,30 @@ pub struct ServeArgs {
     pub shutdown_delay_secs: u64,
     #[command(flatten)]
     pub events: EventArgs,
+    #[command(flatten)]
+    pub backtest: BacktestArgs,
+    /// Memory kept for finished backtests (`GET /v1/backtests/{id}`), in
+    /// MiB; the oldest are evicted first past it.
+    #[arg(long, env = "RISKHOST_BACKTEST_STORE_MIB", default_value_t = 64)]
+    pub backtest_store_mib: u64,
+}
+
+/// Bounds on one backtest (`POST /v1/backtests`, `riskhost backtest`).
+#[derive(Debug, Clone, Args)]
+pub struct BacktestArgs {
+    /// Most scores (portfolios × tested days) in one backtest.
+    #[arg(long, env = "RISKHOST_BACKTEST_MAX_CELLS", default_value_t = 250_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub backtest_max_cells: u64,
+}
+
+impl BacktestArgs {
+    pub fn limits(&self) -> riskhost_scoring::backtest::BacktestLimits {
+        riskhost_scoring::backtest::BacktestLimits {
+            max_cells: usize::try_from(self.backtest_max_cells).unwrap_or(usize::MAX),
+            ..Default::default()
+        }
+    }
 }
 
 impl ServeArgs {
@@ -506,6 +534,37 @@ pub struct ScoreArgs {
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
     pub as_of: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BacktestCommandArgs {
+    /// A `.wasm` file, or the name of a model in the plugins directory.
+    #[arg(long)]
+    pub model: String,
+    /// Portfolio JSON: one portfolio (`{"id": "...", "positions": [...]}`)
+    /// or an array of them; repeat for several files.
+    #[arg(long = "portfolio", required = true)]
+    pub portfolios: Vec<PathBuf>,
+    /// The first day to test (YYYY-MM-DD).
+    #[arg(long, value_parser = riskhost_scoring::parse_date)]
+    pub from: chrono::NaiveDate,
+    /// The last day to test (YYYY-MM-DD).
+    #[arg(long, value_parser = riskhost_scoring::parse_date)]
+    pub to: chrono::NaiveDate,
+    /// A parameter, as NAME=VALUE; repeat for several (`horizon_days` is
+    /// forced to 1).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, f64)>,
+    /// Where to write the HTML report.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where to write the JSON answer; standard output when absent.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: BacktestArgs,
     #[command(flatten)]
     pub sources: SourceArgs,
 }

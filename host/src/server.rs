@@ -110,6 +110,8 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             auth: authenticator(args).await?,
             models: models.clone(),
+            backtests: riskhost_backtest::BacktestStore::new(args.backtest_store_mib << 20),
+            backtest_limits: args.backtest.limits(),
         });
         let app = api::router(
             state.clone(),

@@ -43,6 +43,10 @@ pub struct AppState {
     pub auth: riskhost_auth::Authenticator,
     /// Deploys, rolls back and removes model versions (the admin routes).
     pub models: Arc<riskhost_models::deploy::ModelManager>,
+    /// Finished backtests, readable again by the key that ran them.
+    pub backtests: riskhost_backtest::BacktestStore,
+    /// `--backtest-max-cells` and the portfolio bound of a backtest.
+    pub backtest_limits: riskhost_scoring::backtest::BacktestLimits,
 }
 
 /// HTTP settings.
@@ -89,6 +93,7 @@ pub fn documented_routes(
     let models = crate::admin::routes(max_component_bytes);
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limits.requests.wrap(v1, true))
+        .merge(limits.requests.wrap(crate::backtests::routes(), true))
         .merge(limits.requests.wrap(models, false))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

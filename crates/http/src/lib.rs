@@ -4,6 +4,7 @@
 //!   [`api::ApiError`] (every error → status mapping lives here), the JSON
 //!   extractors, and the scoring, cache and operations routes.
 //! - [`admin`]: the model-management routes.
+//! - [`backtests`]: run a backtest, read it again, read its HTML report.
 //! - [`auth`]: the `Scorer`/`Admin` extractors over `riskhost_auth`.
 //! - [`limits`]: the global concurrency limit and request timeout layers.
 //! - [`request_log`]: the request id, the per-request span and access
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod backtests;
 pub mod limits;
 pub mod openapi;
 pub mod request_log;

@@ -41,6 +41,7 @@ pub const BEARER: &str = "bearer";
         (name = "models", description = "Served models and their versions"),
         (name = "cache", description = "The memo of scores"),
         (name = "events", description = "Recorded scores (needs ClickHouse)"),
+        (name = "backtests", description = "VaR backtests: coverage and independence tests, the Basel traffic light, an HTML report"),
         (name = "operations", description = "Probes, metrics and this document (open)"),
     )
 )]

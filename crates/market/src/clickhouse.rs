@@ -347,6 +347,14 @@ impl MarketDataSource for ClickHouseSource {
         }
     }
 
+    async fn calendar(&self, snapshot: &SnapshotId) -> Result<Vec<NaiveDate>, DataError> {
+        let meta = self.meta.get(self).await?;
+        if meta.version != snapshot.version {
+            return Err(DataError::moved(snapshot, &meta.version));
+        }
+        Ok(meta.calendar.clone())
+    }
+
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError> {
         Ok(self.portfolios(&[id]).await?.remove(id))
     }

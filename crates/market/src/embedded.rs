@@ -184,6 +184,14 @@ impl MarketDataSource for EmbeddedSource {
         self.table.window(instruments, as_of, lookback_returns)
     }
 
+    async fn calendar(&self, snapshot: &SnapshotId) -> Result<Vec<NaiveDate>, DataError> {
+        let own = self.snapshot();
+        if *snapshot != own {
+            return Err(DataError::moved(snapshot, &own.version));
+        }
+        Ok(self.table.calendar().to_vec())
+    }
+
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError> {
         Ok(self.portfolios.get(id).cloned())
     }

@@ -64,6 +64,11 @@ pub trait MarketDataSource: Send + Sync + 'static {
         snapshot: &SnapshotId,
     ) -> Result<PriceWindow, DataError>;
 
+    /// Every trading date of `snapshot`, ascending: the calendar a backtest
+    /// walks day by day. A source whose data has moved on answers
+    /// [`DataError::SnapshotMoved`], as [`MarketDataSource::price_window`] does.
+    async fn calendar(&self, snapshot: &SnapshotId) -> Result<Vec<NaiveDate>, DataError>;
+
     /// A stored portfolio's positions by id (None if unknown).
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError>;
 

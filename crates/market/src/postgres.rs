@@ -435,6 +435,14 @@ impl MarketDataSource for PostgresSource {
         }
     }
 
+    async fn calendar(&self, snapshot: &SnapshotId) -> Result<Vec<NaiveDate>, DataError> {
+        let meta = self.meta.get(self).await?;
+        if meta.version != snapshot.version {
+            return Err(DataError::moved(snapshot, &meta.version));
+        }
+        Ok(meta.calendar.clone())
+    }
+
     async fn portfolio(&self, id: &str) -> Result<Option<StoredPortfolio>, DataError> {
         let sql = self.sql.portfolio.clone();
         let owned_id = id.to_owned();

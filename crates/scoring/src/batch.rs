@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::jobs::{DataPin, JobResult, PreparedJob, SNAPSHOT_ATTEMPTS};
+use super::jobs::{DataPin, IndexedWindow, JobResult, PreparedJob, SNAPSHOT_ATTEMPTS};
 use super::request::BreakdownEntry;
 use super::{
     PortfolioInput, PreparedPortfolio, ScoreError, ScoringService, StoredPortfolios, overloaded,
@@ -121,7 +121,7 @@ pub struct CellError {
 }
 
 impl CellOutcome {
-    fn failed(error: &ScoreError) -> Self {
+    pub(crate) fn failed(error: &ScoreError) -> Self {
         CellOutcome::Error {
             error: CellError {
                 code: error.code(),
@@ -287,7 +287,7 @@ impl ScoringService {
                 as_of,
                 snapshot: self.market.snapshot(),
             };
-            match self.score_cells(&models, &portfolios, &pin).await {
+            match self.score_cells(&models, &portfolios, &pin, None).await {
                 Some(cells) => break (pin, cells),
                 None if attempt < SNAPSHOT_ATTEMPTS => {
                     metrics::counter!("riskhost_snapshot_repins_total", "route" => "batch")
@@ -325,7 +325,14 @@ impl ScoringService {
                 }
             })
             .collect::<Vec<_>>();
-        let events = crate::events::batch(&results, &models, as_of, started.elapsed(), &snapshot);
+        let events = crate::events::batch(
+            &results,
+            &models,
+            as_of,
+            started.elapsed(),
+            &snapshot,
+            "batch",
+        );
         self.events.record(events).await;
         Ok(BatchResponse {
             as_of,
@@ -335,13 +342,15 @@ impl ScoringService {
     }
 
     /// Scores every cell of a batch on the data of `pin`: memo lookups, one
-    /// window for the misses, the calls. `None` when the data moved before
-    /// the window was read (nothing was computed or stored).
-    async fn score_cells(
+    /// window for the misses (`given`, or fetched), the calls. `None` when
+    /// the data moved before the window was read (nothing was computed or
+    /// stored).
+    pub(crate) async fn score_cells(
         &self,
         models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
         portfolios: &[(Option<String>, Result<PreparedPortfolio, ScoreError>)],
         pin: &DataPin,
+        given: Option<Arc<IndexedWindow>>,
     ) -> Option<Vec<Option<CellOutcome>>> {
         let limits = self.settings.batch;
         // Every cell, its memo key, and one memo lookup for all of them.
@@ -409,7 +418,10 @@ impl ScoringService {
                 .iter()
                 .filter_map(|c| jobs[*c].as_ref().map(|(_, j)| j))
                 .collect();
-            let (window, errors) = self.executor.prefetch(pin, &miss_jobs).await;
+            let (window, errors) = match given {
+                Some(window) => (Some(window), vec![None; miss_jobs.len()]),
+                None => self.executor.prefetch(pin, &miss_jobs).await,
+            };
             if errors.iter().flatten().any(ScoreError::is_snapshot_moved) {
                 return None;
             }
@@ -484,7 +496,7 @@ impl ScoringService {
     /// The stored portfolios named by id alone, in one data-source call;
     /// empty on any error (each portfolio then asks alone and reports its
     /// own error).
-    async fn stored_portfolios(&self, inputs: &[PortfolioInput]) -> StoredPortfolios {
+    pub(crate) async fn stored_portfolios(&self, inputs: &[PortfolioInput]) -> StoredPortfolios {
         let ids: Vec<&str> = inputs
             .iter()
             .filter_map(PortfolioInput::stored_id)

@@ -76,13 +76,15 @@ pub fn single(
 }
 
 /// One event per cell of a batch; `models` in request order with their
-/// resolved parameters.
+/// resolved parameters. `path` says which route asked: `batch`, or
+/// `backtest` for one day of a backtest.
 pub fn batch(
     cells: &[BatchCell],
     models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
     as_of: NaiveDate,
     latency: Duration,
     snapshot: &SnapshotId,
+    path: &'static str,
 ) -> Vec<ScoreEvent> {
     let (ts_us, request_id, snapshot) = (now_us(), current_request_id(), snapshot.to_string());
     let key_id = current_key_id();
@@ -123,7 +125,7 @@ pub fn batch(
                 cached: false,
                 latency_us: micros(latency),
                 error_code: String::new(),
-                path: "batch".into(),
+                path: path.into(),
                 snapshot: snapshot.clone(),
                 key_id: key_id.clone(),
             };

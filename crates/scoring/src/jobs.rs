@@ -16,7 +16,7 @@ use riskhost_engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
 };
 use riskhost_engine::{Determinism, ModelEngine};
-use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId};
+use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId, WindowSeries};
 use riskhost_models::registry::ModelEntry;
 use tracing::Instrument as _;
 
@@ -80,6 +80,37 @@ impl IndexedWindow {
 
     pub fn as_of(&self) -> NaiveDate {
         self.window.as_of
+    }
+
+    pub(crate) fn dates(&self) -> &[NaiveDate] {
+        &self.window.dates
+    }
+
+    /// The closes of `instrument` over [`Self::dates`].
+    pub(crate) fn closes(&self, instrument: &str) -> Option<&[f64]> {
+        let series = self.by_instrument.get(instrument)?;
+        Some(&self.window.series[*series].closes)
+    }
+
+    /// The window a request valued at `dates()[end]` needing `lookback`
+    /// returns fetches itself: the same dates and closes (a window's fill
+    /// carries closes in from before its first date, so a cut equals a
+    /// fetch), cut from this longer one.
+    pub(crate) fn cut(&self, end: usize, lookback: usize) -> IndexedWindow {
+        let start = end.saturating_sub(lookback);
+        IndexedWindow::new(PriceWindow {
+            as_of: self.window.dates[end],
+            dates: self.window.dates[start..=end].to_vec(),
+            series: self
+                .window
+                .series
+                .iter()
+                .map(|s| WindowSeries {
+                    instrument: s.instrument.clone(),
+                    closes: s.closes[start..=end].to_vec(),
+                })
+                .collect(),
+        })
     }
 
     /// Refuses a job whose gross exposure, Σ |quantity| × the largest close

@@ -5,10 +5,12 @@
 //! resolves the as-of date, and derives the memo key. Misses become
 //! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
 //! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
-//! batch request in chunks over one prefetched price window ([`batch`]).
+//! batch request in chunks over one prefetched price window ([`batch`]), a
+//! backtest day by day over one window cut per day ([`backtest`]).
 //! Concurrent identical misses share one computation ([`single_flight`]).
 //! All I/O happens here, never in a model.
 
+pub mod backtest;
 pub mod batch;
 pub mod batcher;
 pub mod events;

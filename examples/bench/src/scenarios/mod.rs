@@ -9,6 +9,7 @@
 //! `riskhost serve` (release build) on loopback ([`crate::service`]) and load
 //! it with [`crate::loadgen`].
 
+pub mod backtest;
 pub mod batch;
 pub mod batching;
 pub mod compute;
@@ -86,6 +87,11 @@ pub const ALL: &[Scenario] = &[
         key: "events",
         name: "9. score events: in memory vs durable",
         run: events::run,
+    },
+    Scenario {
+        key: "backtest",
+        name: "10. backtests vs single requests as of each day",
+        run: backtest::run,
     },
     Scenario {
         key: "sizes",
