@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Backtest statistics computed independently with scipy, for tests/backtest.rs.
+"""Backtest statistics computed independently with scipy, for tests/it/backtest.rs.
 
 Prints a JSON list: per fixed exception sequence, Kupiec's POF likelihood
 ratio and p-value (chi2, 1 dof), Christoffersen's independence and

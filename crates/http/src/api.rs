@@ -73,7 +73,7 @@ impl Default for HttpLimits {
 
 /// Every route with its OpenAPI operation. Routes are added only through
 /// `routes!`, which registers the handler and its `#[utoipa::path]`
-/// together: a route cannot be served undocumented (`tests/openapi.rs`
+/// together: a route cannot be served undocumented (`tests/it/openapi.rs`
 /// checks the document against what the server answers).
 pub fn documented_routes(
     limits: HttpLimits,

@@ -12,7 +12,7 @@
 //! - [`openapi`]: the OpenAPI document's frame.
 //!
 //! Translates only: no scoring, caching or storage logic. Nothing below this
-//! crate depends on axum, tower-http or utoipa (`tests/crate_graph.rs`).
+//! crate depends on axum, tower-http or utoipa (`tests/it/crate_graph.rs`).
 
 pub mod admin;
 pub mod api;

@@ -130,7 +130,7 @@ pub fn check_instrument(instrument: &str) -> Result<(), String> {
 /// not in request order: floating-point addition is not associative, so
 /// `0.1, 0.2, 0.3` and `0.3, 0.2, 0.1` would otherwise merge to values one
 /// ulp apart, and the same portfolio would get two memo keys (the property
-/// `the_order_of_positions_does_not_change_the_key` in `tests/properties.rs`
+/// `the_order_of_positions_does_not_change_the_key` in `tests/it/properties.rs`
 /// checks it).
 pub fn canonicalize(
     positions: &[PositionInput],

@@ -42,7 +42,7 @@ fn error(market: &MarketData, positions: &[(u32, f64)], params: [f64; 3]) -> Mod
 }
 
 /// The host's fixture `tests/fixtures/small-prices.csv` (hand-computed in
-/// `tests/api.rs`): AAA returns +10 %, −10 %, +10 %, −5 %, +5 %; BBB −2 %,
+/// `tests/it/api.rs`): AAA returns +10 %, −10 %, +10 %, −5 %, +5 %; BBB −2 %,
 /// +3 %, −2 %, −2 %, +3 %; 10 AAA (worth 1086.2775) and −20 BBB (worth
 /// −998.5105928). Losses per scenario: −128.597961856, 138.583067784,
 /// −128.597961856, 34.343663144, −24.358557216; sorted, rank 4 of 5 (the

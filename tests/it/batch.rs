@@ -3,7 +3,7 @@
 //! cells, limits are enforced, NDJSON streams, and concurrent single
 //! requests are coalesced without changing any result.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

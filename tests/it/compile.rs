@@ -9,7 +9,7 @@
 //! must still be compiled, of `loops` nested loops around `locals` live i64
 //! locals (Cranelift's cost grows much faster than the function's few KB).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -99,7 +99,7 @@ impl Server {
     /// Starts `riskhost serve --listen 127.0.0.1:0` with exactly `args`, plus
     /// a fresh `--data-dir` of its own unless `args` give one,
     /// `--anonymous-scoring` unless `args` set it (most suites score
-    /// without keys; tests/auth.rs passes `--anonymous-scoring=false`), and
+    /// without keys; tests/it/auth.rs passes `--anonymous-scoring=false`), and
     /// no rate limit and no failed-authentication budget unless `args` set one.
     pub fn start_with(args: &[&str]) -> Server {
         Self::launch(args, None, true)

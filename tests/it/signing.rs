@@ -8,7 +8,7 @@
 //! tampered copy (one byte of that section flipped) is still a valid
 //! component: only its signature can tell.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

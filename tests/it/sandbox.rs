@@ -4,7 +4,7 @@
 //! never disturbs a healthy model's traffic; what a model can observe is
 //! frozen or seeded; limits can be set per model; load-time hangs are bounded.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! expected labels, histograms with buckets, and counts equal to what was
 //! sent.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

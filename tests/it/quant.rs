@@ -3,7 +3,7 @@
 //! `riskhost model test`, then serve the new models over HTTP. Also what
 //! `model test` tells a quant when a model is broken.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

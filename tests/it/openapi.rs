@@ -4,7 +4,7 @@
 //! (errors from the router and from extractors included) carries
 //! `x-request-id`; and each request is logged inside a span that names it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

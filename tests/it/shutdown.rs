@@ -3,7 +3,7 @@
 //! `--shutdown-delay-secs`, then stops accepting, lets the in-flight
 //! request finish, flushes the buffered events and exits with status 0.
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::time::Duration;

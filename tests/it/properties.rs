@@ -11,7 +11,7 @@
 //! against the server, or `PROPTEST_CASES` from the environment) so the
 //! suite stays a few seconds.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

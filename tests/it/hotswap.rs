@@ -9,7 +9,7 @@
 //! digest) with that build's outputs. Servers run with `--cache-ttl-secs 0`
 //! so every score is computed by the model that answers.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write as _;

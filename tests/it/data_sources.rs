@@ -3,7 +3,7 @@
 //! bit, stored portfolios by id, a data change reaching the cache key, and a
 //! PostgreSQL outage answered with 503 and recovered from on its own.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! outage (spooled, then replayed) and a graceful shutdown, and the history
 //! route reads them back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! loads in the real server next to the Rust `var-parametric` and answers
 //! the same requests with the same numbers, errors included.
 
-mod common;
+use crate::common;
 
 use common::{Server, TempDir, workspace};
 use serde_json::{Value, json};

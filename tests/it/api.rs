@@ -2,7 +2,7 @@
 //! example models: listing, scoring, memoization, hand-computed values,
 //! error answers, probes and metrics.
 
-mod common;
+use crate::common;
 
 use common::{Server, TempDir, assert_error, plugins_dir, sample_portfolio, workspace};
 use serde_json::{Value, json};

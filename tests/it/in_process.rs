@@ -4,7 +4,7 @@
 //! no signals: what this checks is that the server's life is its caller's
 //! to end, and that it ends cleanly with every background task.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

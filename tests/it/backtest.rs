@@ -5,7 +5,7 @@
 //! renders in a real browser with one bar per day and one mark per
 //! exception.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

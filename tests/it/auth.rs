@@ -4,7 +4,7 @@
 //! anonymous scoring, the global concurrency limit and request timeout,
 //! keys in PostgreSQL (with revocation) and key ids in ClickHouse events.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

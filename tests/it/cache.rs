@@ -6,7 +6,7 @@
 //! use a key prefix of their own, so they run in parallel; the fault test
 //! starts a `redis-server` of its own on a free port.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

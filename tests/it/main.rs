@@ -1,0 +1,26 @@
+//! riskhost's integration tests, one binary: each module drives the real
+//! `riskhost` binary (or, in `in_process`, the server in this process) over
+//! HTTP against the real services. One binary links the harness once;
+//! nextest still runs every test in a process of its own.
+
+mod common;
+
+mod api;
+mod auth;
+mod backtest;
+mod batch;
+mod cache;
+mod compile;
+mod crate_graph;
+mod data_sources;
+mod events;
+mod hotswap;
+mod in_process;
+mod metrics;
+mod openapi;
+mod properties;
+mod python;
+mod quant;
+mod sandbox;
+mod shutdown;
+mod signing;
