@@ -80,17 +80,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Loads `model` for a one-shot command: a `.wasm` file, or the model of
-/// that name in the plugins directory. Answers the model's name.
+/// that name in the plugins directory, behind `bulkhead`. Answers the
+/// model's name.
 async fn load_one_model(
     services: &Services,
     model: &str,
     plugins: &Path,
+    bulkhead: BulkheadLimits,
 ) -> anyhow::Result<String> {
     let (engine, registry) = (&services.engine, &services.registry);
-    let bulkhead = BulkheadLimits {
-        max_concurrent: 1,
-        max_queued: 1,
-    };
     let model_path = Path::new(model);
     if model_path.extension().is_some_and(|e| e == "wasm") || model_path.is_file() {
         return loader::load_file(engine, registry, model_path, bulkhead)
@@ -133,7 +131,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow:
 async fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let market = crate::services::open_market(&args.sources).await?;
     let services = Services::new(args.sources.sandbox.limits(), ModelRegistry::new(), market)?;
-    let model = load_one_model(&services, &args.model, &args.sources.plugins).await?;
+    // One request: one call at a time.
+    let bulkhead = BulkheadLimits {
+        max_concurrent: 1,
+        max_queued: 1,
+    };
+    let model = load_one_model(&services, &args.model, &args.sources.plugins, bulkhead).await?;
     let portfolio: PortfolioInput = read_json(&args.portfolio, "a portfolio")?;
     let scoring = services.scoring(
         Arc::new(InProcessCache::new(1 << 20)),
@@ -176,7 +179,12 @@ async fn backtest(args: BacktestCommandArgs) -> anyhow::Result<()> {
     }
     let market = crate::services::open_market(&args.sources).await?;
     let services = Services::new(args.sources.sandbox.limits(), ModelRegistry::new(), market)?;
-    let model = load_one_model(&services, &args.model, &args.sources.plugins).await?;
+    // The backtest keeps several days' calls in flight, on every core.
+    let bulkhead = BulkheadLimits {
+        max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        max_queued: riskhost_scoring::backtest::DAYS_IN_FLIGHT,
+    };
+    let model = load_one_model(&services, &args.model, &args.sources.plugins, bulkhead).await?;
     let scoring = services.scoring(
         Arc::new(InProcessCache::new(64 << 20)),
         ScoringSettings::default(),

@@ -36,6 +36,10 @@ fn the_server_serves_until_its_shutdown_future_resolves_then_returns() {
         "--anonymous-scoring",
         "--watch",
         "false",
+        // The compile worker is the `riskhost` binary's subcommand; this
+        // process is the test binary, so it compiles in process.
+        "--compile-isolation",
+        "false",
     ]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, address) = std::sync::mpsc::channel::<SocketAddr>();
@@ -67,8 +71,9 @@ fn the_server_serves_until_its_shutdown_future_resolves_then_returns() {
         .json(&json!({"model": "var-historical", "portfolio": {"positions": [{"instrument": "SPX", "quantity": 10}]}}))
         .send()
         .expect("score");
-    assert_eq!(answer.status(), 200);
+    let status = answer.status();
     let body: Value = answer.json().expect("json");
+    assert_eq!(status, 200, "{body}");
     assert!(body["value"].as_f64().is_some_and(|v| v > 0.0), "{body}");
     let missing = client
         .get(format!("{base}/v1/nothing"))

@@ -35,6 +35,14 @@ impl From<BacktestError> for ApiError {
             BacktestError::Invalid { .. } => "invalid_backtest",
             BacktestError::NotBacktestable(_) => "not_backtestable",
             BacktestError::Params { .. } => "invalid_params",
+            BacktestError::Overloaded(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    error.to_string(),
+                )
+                .with_retry_after(1);
+            }
             BacktestError::Score(e) => return ApiError::from(e.clone()),
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string())

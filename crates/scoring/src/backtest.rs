@@ -35,8 +35,10 @@ pub const HORIZON_PARAM: &str = "horizon_days";
 /// The unit a backtestable model scores in: a loss is compared with it.
 const BACKTESTABLE_UNIT: &str = "currency_amount";
 /// Days scored concurrently; each day's calls still queue on the model's
-/// bulkhead, so this only keeps both the cores and the memo busy.
-const DAYS_IN_FLIGHT: usize = 4;
+/// bulkhead, so this only keeps both the cores and the memo busy. A
+/// bulkhead must queue this many calls (`--max-queued-calls`, 1024 by
+/// default) or the backtest answers `overloaded`.
+pub const DAYS_IN_FLIGHT: usize = 4;
 
 /// `POST /v1/backtests`.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +89,10 @@ pub enum BacktestError {
     /// The model is not a VaR in money.
     #[error("{0}")]
     NotBacktestable(String),
+    /// A day found the model's bulkhead full: nothing about the portfolio,
+    /// so the whole backtest is to be retried.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{model}: {error}")]
     Params { model: String, error: ParamError },
     #[error(transparent)]
@@ -500,6 +506,12 @@ impl ScoringService {
                 };
                 let score = match cell {
                     Some(CellOutcome::Score(score)) => score,
+                    Some(CellOutcome::Error { error }) if error.code == "overloaded" => {
+                        return Ok(Err(BacktestError::Overloaded(format!(
+                            "{date}: {}",
+                            error.message
+                        ))));
+                    }
                     Some(CellOutcome::Error { error }) => {
                         per_portfolio[index] = Err(PortfolioError {
                             code: error.code.to_owned(),
