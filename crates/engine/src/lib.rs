@@ -26,7 +26,7 @@ mod diagnostics;
 mod limits;
 mod name;
 mod output_log;
-pub mod sandbox;
+mod sandbox;
 mod shape;
 mod validate;
 
@@ -40,10 +40,11 @@ use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use self::limits::{
-    FuelBudget, LIMIT_KEYS, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits,
-    ModelLimitsArg, SandboxLimits,
+    FuelBudget, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits, ModelLimitsArg,
+    SandboxLimits,
 };
-pub use self::sandbox::{CapturedOutput, Determinism, SandboxState};
+pub use self::sandbox::Determinism;
+use self::sandbox::{CapturedOutput, SandboxState};
 pub use self::shape::{ShapeLimits, ShapeStats};
 pub use self::validate::{
     DataDescription, ModelDescription, ParamDescription, ParamError, unit_name,

@@ -237,7 +237,7 @@ pub struct ModelLimitsArg {
 }
 
 /// The keys `--model-limits` accepts, in the order the help lists them.
-pub const LIMIT_KEYS: &[&str] = &[
+pub(crate) const LIMIT_KEYS: &[&str] = &[
     "memory_mib",
     "deadline_ms",
     "deadline_per_job_us",
