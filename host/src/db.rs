@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use riskhost_db::clickhouse::Warehouse;
+use riskhost_db::Warehouse;
 use riskhost_market::sample::sample_instrument_info;
 use riskhost_market::{PriceTable, StoredPortfolio, sample_portfolios};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use riskhost_auth::rate::{RateLimits, RateSettings};
 use riskhost_cache::ScoreCache;
-use riskhost_db::clickhouse::Warehouse;
+use riskhost_db::Warehouse;
 use riskhost_engine::{ModelEngine, SandboxLimits};
 use riskhost_events::clickhouse::ClickHouseSink;
 use riskhost_events::{EventSink, LogSink, NoSink};

@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use riskhost_db::DbError;
-use riskhost_db::clickhouse::{Warehouse, WarehouseSettings};
-use riskhost_db::postgres::{PgPool, PgSettings};
+use riskhost_db::{DbError, PgPool, PgSettings, Warehouse, WarehouseSettings};
 use riskhost_market::{ClickHouseSource, MarketDataSource, PostgresSource};
 
 /// Which backend serves prices and stored portfolios.
@@ -123,7 +121,7 @@ pub async fn open_postgres(settings: PgSettings, patience: Duration) -> anyhow::
     let pool = PgPool::new("postgres", settings)?;
     let deadline = std::time::Instant::now() + patience;
     loop {
-        match riskhost_db::postgres::migrate(&pool).await {
+        match riskhost_db::migrate(&pool).await {
             Ok(applied) => {
                 if !applied.is_empty() {
                     tracing::info!(?applied, schema = %pool.settings().schema, "PostgreSQL migrations applied");

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use super::keys::{self, ApiKey, RateOverride, Scope, StaticKeys};
 use super::{KeyError, KeySource};
-use riskhost_db::DbError;
-use riskhost_db::postgres::PgPool;
+use riskhost_db::{DbError, PgPool};
 
 /// Keys from the `api_keys` table, cached, behind the configured ones.
 pub struct PostgresKeys {

@@ -52,7 +52,7 @@ pub struct PgSettings {
 }
 
 /// Checks a schema name; it is interpolated into SQL, so the rule is strict.
-pub fn validate_schema(schema: &str) -> Result<(), DbError> {
+pub(crate) fn validate_schema(schema: &str) -> Result<(), DbError> {
     let mut chars = schema.chars();
     let ok = schema.len() <= 63
         && chars

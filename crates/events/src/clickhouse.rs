@@ -38,8 +38,7 @@ use tracing::Instrument as _;
 
 use super::spool::Spool;
 use super::{EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
-use riskhost_db::DbError;
-use riskhost_db::clickhouse::{ServerVersion, Warehouse, validate_name};
+use riskhost_db::{DbError, ServerVersion, Warehouse, validate_clickhouse_name};
 
 #[derive(Debug, clickhouse::Row, Serialize)]
 struct EventRow<'a> {
@@ -159,7 +158,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFA
 /// riskhost lacks: what the writer does at start and `riskhost db migrate`
 /// does on demand. Answers the server's version.
 pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVersion, DbError> {
-    validate_name("table", table)?;
+    validate_clickhouse_name("table", table)?;
     let version = wh.server_version().await?;
     let db = wh.database();
     wh.execute(
@@ -337,7 +336,7 @@ impl ClickHouseSink {
         wh: Warehouse,
         args: &EventSettings,
     ) -> Result<Arc<ClickHouseSink>, DbError> {
-        validate_name("table", &args.table)?;
+        validate_clickhouse_name("table", &args.table)?;
         let spool_dir = args.data_dir.join("spool");
         let spool = Spool::open(&spool_dir, args.spool_max_bytes).map_err(|e| {
             DbError::Invalid(format!(
