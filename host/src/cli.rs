@@ -53,7 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(crate::db::run(command))
         }
         Command::ExportSampleData { out } => {
-            let table = riskhost_market::sample::sample_table();
+            let table = riskhost_market::sample_table();
             match out {
                 Some(path) => {
                     let file = std::fs::File::create(&path)

@@ -152,7 +152,7 @@ pub async fn open_source(
         }
         DataSourceKind::Clickhouse => {
             let wh = Warehouse::new(args.require_clickhouse()?)?;
-            riskhost_market::clickhouse::create_tables(&wh)
+            riskhost_market::create_clickhouse_tables(&wh)
                 .await
                 .context("cannot create the ClickHouse market tables")?;
             Arc::new(ClickHouseSource::new(wh, args.version_ttl()))

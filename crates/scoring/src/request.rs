@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use riskhost_cache::{CacheTier, CanonicalPosition};
-use riskhost_market::table::{MAX_INSTRUMENT_ID_LEN, validate_instrument_id};
+use riskhost_market::{MAX_INSTRUMENT_ID_LEN, validate_instrument_id};
 
 /// `POST /v1/score`.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,7 +109,7 @@ impl Default for PortfolioLimits {
     }
 }
 
-/// Checks an instrument identifier (see `market::table::validate_instrument_id`),
+/// Checks an instrument identifier (see `riskhost_market::validate_instrument_id`),
 /// quoting at most a prefix of an over-long one back to the client.
 pub fn check_instrument(instrument: &str) -> Result<(), String> {
     if instrument.len() > MAX_INSTRUMENT_ID_LEN {

@@ -255,7 +255,7 @@ fn init_logging() {
 /// The portfolios to score: the given files, or the bundled samples.
 fn cases(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Case>> {
     if files.is_empty() {
-        let samples = riskhost_market::embedded::sample_portfolios()
+        let samples = riskhost_market::sample_portfolios()
             .map_err(|e| anyhow::anyhow!("the bundled sample portfolios are broken: {e}"))?;
         return Ok(samples
             .into_iter()
