@@ -11,9 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
-use riskhost_cache::CachePolicy;
-use riskhost_cache::breaker::BreakerSettings;
-use riskhost_cache::redis::RedisSettings;
+use riskhost_cache::{BreakerSettings, CachePolicy, RedisSettings};
 use riskhost_engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
 use riskhost_models::registry::BulkheadLimits;
 use riskhost_scoring::batch::BatchLimits;

@@ -15,8 +15,7 @@ use anyhow::Context as _;
 use std::path::PathBuf;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use riskhost_cache::redis::RedisCache;
-use riskhost_cache::{InProcessCache, ScoreCache, TieredCache};
+use riskhost_cache::{InProcessCache, RedisCache, ScoreCache, TieredCache};
 use riskhost_events::EventSink;
 use riskhost_http::api::{self, AppState, HttpLimits};
 use riskhost_http::limits::RequestLimits;

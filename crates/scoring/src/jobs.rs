@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::ScoreError;
 use chrono::NaiveDate;
-use riskhost_cache::{CanonicalPosition, ScoreKey, key::days_since_epoch};
+use riskhost_cache::{CanonicalPosition, ScoreKey, days_since_epoch};
 use riskhost_engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
 };
