@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use riskhost_cache::{CanonicalPosition, score_key};
 use riskhost_http::api::ApiError;
 use riskhost_market::{PriceTable, SnapshotId, load_prices_csv};
-use riskhost_models::registry::ModelRef;
+use riskhost_models::ModelRef;
 use riskhost_scoring::batch::BatchRequest;
 use riskhost_scoring::request::{PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
 

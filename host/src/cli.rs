@@ -9,8 +9,7 @@ use anyhow::{Context as _, bail};
 
 use crate::config::{Cli, Command, ScoreArgs};
 use riskhost_cache::InProcessCache;
-use riskhost_models::loader;
-use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
+use riskhost_models::{BulkheadLimits, ModelRegistry, load_directory, load_file};
 use riskhost_scoring::{PortfolioInput, ScoreRequest, ScoringSettings};
 
 use crate::services::Services;
@@ -18,7 +17,7 @@ use crate::services::Services;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // No runtime, no logging: the worker is a filter the server drives.
     if let Command::CompileWorker(args) = &cli.command {
-        let code = riskhost_models::compile::run_worker(
+        let code = riskhost_models::run_compile_worker(
             &args.settings,
             args.memory_mib,
             std::io::stdin().lock(),
@@ -85,11 +84,11 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let model_path = Path::new(&args.model);
     let model_name = if model_path.extension().is_some_and(|e| e == "wasm") || model_path.is_file()
     {
-        loader::load_file(engine, registry, model_path, bulkhead)
+        load_file(engine, registry, model_path, bulkhead)
             .await
             .map_err(|e| anyhow::anyhow!("{} did not load: {e}", model_path.display()))?
     } else {
-        loader::load_directory(engine, registry, &args.sources.plugins, bulkhead).await;
+        load_directory(engine, registry, &args.sources.plugins, bulkhead).await;
         if registry.active().get(&args.model).is_none() {
             let failures: Vec<String> = registry
                 .failures()

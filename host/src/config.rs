@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::telemetry::LogFormat;
 use riskhost_cache::{BreakerSettings, CachePolicy, RedisSettings};
 use riskhost_engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
-use riskhost_models::registry::BulkheadLimits;
+use riskhost_models::BulkheadLimits;
 use riskhost_scoring::batch::BatchLimits;
 use riskhost_scoring::batcher::DynamicBatching;
 use riskhost_scoring::{PortfolioLimits, ScoringSettings};
@@ -67,7 +67,7 @@ pub enum Command {
 }
 
 /// `riskhost compile-worker`, started by the server only
-/// (`riskhost_models::compile`).
+/// (`riskhost_models::Compilation`).
 #[derive(Debug, Clone, Args)]
 pub struct CompileWorkerArgs {
     /// The serving engine's code settings (`fuel=0|1,key=KEY`).
@@ -400,7 +400,7 @@ pub struct HotSwapArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub artifact_cache: bool,
     /// Non-active versions kept loaded (for pins and rollbacks); others load from the store on use.
-    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = riskhost_models::registry::DEFAULT_STANDBY_VERSIONS)]
+    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = riskhost_models::DEFAULT_STANDBY_VERSIONS)]
     pub standby_versions: u64,
     #[command(flatten)]
     pub signing: SigningArgs,
@@ -430,8 +430,8 @@ pub struct CompileArgs {
 impl CompileArgs {
     /// How the server compiles: this very binary's `compile-worker` under
     /// the budget, or in-process.
-    pub fn compilation(&self) -> anyhow::Result<riskhost_models::compile::Compilation> {
-        use riskhost_models::compile::{Compilation, CompileBudget, Isolated};
+    pub fn compilation(&self) -> anyhow::Result<riskhost_models::Compilation> {
+        use riskhost_models::{Compilation, CompileBudget, Isolated};
         if !self.compile_isolation {
             return Ok(Compilation::InProcess);
         }

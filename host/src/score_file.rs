@@ -12,8 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::config::ScoreFileArgs;
 use riskhost_cache::InProcessCache;
 
-use riskhost_models::loader;
-use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
+use riskhost_models::{BulkheadLimits, ModelRegistry, load_directory};
 use riskhost_scoring::batch::{BatchCell, BatchRequest, CellOutcome};
 use riskhost_scoring::{PortfolioInput, ScoringSettings};
 
@@ -38,7 +37,7 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
         max_concurrent: cores,
         max_queued: usize::MAX,
     };
-    loader::load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
+    load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
     let settings = ScoringSettings {
         batch: riskhost_scoring::batch::BatchLimits {
             max_portfolios: args.batch.max(1),

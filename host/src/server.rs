@@ -19,10 +19,9 @@ use riskhost_cache::{InProcessCache, RedisCache, ScoreCache, TieredCache};
 use riskhost_events::EventSink;
 use riskhost_http::api::{self, AppState, HttpLimits};
 use riskhost_http::limits::RequestLimits;
-use riskhost_models::deploy::{DeploySettings, ModelManager};
-use riskhost_models::registry::ModelRegistry;
-use riskhost_models::store::ModelStore;
-use riskhost_models::watcher::{self, WatchSettings};
+use riskhost_models::{
+    DeploySettings, ModelManager, ModelRegistry, ModelStore, WatchSettings, watch_directory,
+};
 
 use crate::config::ServeArgs;
 use crate::services::{Services, authenticator, event_sink, open_market};
@@ -175,7 +174,7 @@ pub async fn run(
         tokio::spawn(async move {
             models.restore().await;
             let registry = models.registry().clone();
-            watcher::run(models, plugins, watch, move || {
+            watch_directory(models, plugins, watch, move || {
                 registry.mark_initial_load_done();
                 for name in &overrides {
                     if !registry.active().contains_key(name) {

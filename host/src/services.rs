@@ -14,7 +14,7 @@ use riskhost_engine::{ModelEngine, SandboxLimits};
 use riskhost_events::clickhouse::ClickHouseSink;
 use riskhost_events::{EventSink, LogSink, NoSink};
 use riskhost_market::{EmbeddedSource, MarketDataSource};
-use riskhost_models::registry::ModelRegistry;
+use riskhost_models::ModelRegistry;
 use riskhost_scoring::{ScoringService, ScoringSettings};
 
 use crate::config::{EventArgs, EventsKind, KeysSourceKind, ServeArgs, SourceArgs};

@@ -12,7 +12,7 @@
 //! Compilation is reachable two ways: [`ModelEngine::load`] compiles in this
 //! process; [`ModelEngine::check`], a [`Precompiler`] built from
 //! [`ModelEngine::compile_settings`] (in another process, whose time and
-//! memory its caller bounds: `riskhost_models::compile`) and
+//! memory its caller bounds: `riskhost_models::Compilation`) and
 //! [`ModelEngine::load_artifact`] do the same work in three steps. Either
 //! way the component passes the shape pre-check (`shape.rs`) first. The
 //! engine itself spawns nothing.

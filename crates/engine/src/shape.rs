@@ -8,7 +8,7 @@
 //! (`wasmparser`, no validation) and one that exceeds a limit is refused
 //! with a message naming the limit. The limits sit far above what real
 //! models need (docs/sandbox.md lists both); the compile budget
-//! (`riskhost_models::compile`) bounds whatever still slips through.
+//! (`riskhost_models::Compilation`) bounds whatever still slips through.
 
 use wasmparser::{Encoding, Operator, Parser, Payload};
 

@@ -29,7 +29,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-use riskhost_models::registry::{LoadFailure, rfc3339};
+use riskhost_models::{LoadFailure, rfc3339};
 use riskhost_scoring::batch::{BatchError, BatchRequest};
 use riskhost_scoring::{ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService};
 
@@ -42,7 +42,7 @@ pub struct AppState {
     /// Keys, scopes, anonymous scoring and per-caller rate limits.
     pub auth: riskhost_auth::Authenticator,
     /// Deploys, rolls back and removes model versions (the admin routes).
-    pub models: Arc<riskhost_models::deploy::ModelManager>,
+    pub models: Arc<riskhost_models::ModelManager>,
 }
 
 /// HTTP settings.
@@ -491,7 +491,7 @@ struct LimitsView {
 }
 
 impl LimitsView {
-    fn of(entry: &riskhost_models::registry::ModelEntry) -> LimitsView {
+    fn of(entry: &riskhost_models::ModelEntry) -> LimitsView {
         let limits = &entry.model.limits;
         let bulkhead = entry.bulkhead.limits();
         LimitsView {

@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 
 use super::ScoreError;
 use super::jobs::{DataPin, Executor, JobResult, PreparedJob};
-use riskhost_models::registry::{ModelEntry, Overloaded};
+use riskhost_models::{ModelEntry, Overloaded};
 
 /// Settings of the dynamic batcher.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use riskhost_events::{
     ScoreEvent, bounded_field, current_key_id, current_request_id, now_us, params_hash,
 };
 use riskhost_market::SnapshotId;
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 
 /// What a single request asked, for the event of a request that failed
 /// before its model or parameters resolved.

@@ -17,7 +17,7 @@ use riskhost_engine::bindings::{
 };
 use riskhost_engine::{Determinism, ModelEngine};
 use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId};
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 use tracing::Instrument as _;
 
 /// The largest gross exposure (Σ |quantity × close|) a job may hold. Far

@@ -34,7 +34,7 @@ use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{CallError, ModelEngine, ParamError, unit_name};
 use riskhost_events::{EventSink, NoSink};
 use riskhost_market::{DataError, MarketDataSource, SnapshotId, StoredPortfolio};
-use riskhost_models::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
+use riskhost_models::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
 
 /// How an error should be answered; the HTTP layer maps it to a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

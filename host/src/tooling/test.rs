@@ -32,7 +32,7 @@ use riskhost_cache::{InProcessCache, score_key};
 use riskhost_engine::bindings::{Job, MarketData, ModelError, Score};
 use riskhost_engine::{Determinism, ModelEngine, unit_name};
 use riskhost_market::MarketDataSource;
-use riskhost_models::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
+use riskhost_models::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use riskhost_scoring::batcher::DynamicBatching;
 use riskhost_scoring::jobs::{DataPin, Executor, PreparedJob, call_determinism};
 use riskhost_scoring::{
