@@ -115,10 +115,6 @@ impl Warehouse {
         &self.settings.database
     }
 
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     /// The client, with the database selected.
     pub fn client(&self) -> clickhouse::Client {
         self.client

@@ -159,7 +159,7 @@ impl PgPool {
     }
 
     /// A pooled connection, or `Unavailable` saying why there is none.
-    pub async fn connection(&self) -> Result<Object, DbError> {
+    pub(crate) async fn connection(&self) -> Result<Object, DbError> {
         self.pool.get().await.map_err(|e| {
             use deadpool_postgres::PoolError;
             let message = match e {

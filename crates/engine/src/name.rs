@@ -56,10 +56,6 @@ impl ModelName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
 }
 
 impl std::str::FromStr for ModelName {

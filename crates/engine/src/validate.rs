@@ -148,7 +148,7 @@ impl ModelDescription {
     }
 
     /// The default parameter vector.
-    pub fn default_params(&self) -> Vec<f64> {
+    pub(crate) fn default_params(&self) -> Vec<f64> {
         self.params.iter().map(|p| p.default).collect()
     }
 }

@@ -177,7 +177,7 @@ pub enum DataError {
 
 impl DataError {
     /// The error for a window asked of `pinned` when the data is at `now`.
-    pub fn moved(pinned: &SnapshotId, now: &str) -> DataError {
+    pub(crate) fn moved(pinned: &SnapshotId, now: &str) -> DataError {
         DataError::SnapshotMoved {
             pinned: pinned.to_string(),
             now: format!("{}@{now}", pinned.source),
