@@ -36,8 +36,7 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
         riskhost_market::create_clickhouse_tables(&wh).await?;
-        let version =
-            riskhost_events::clickhouse::create_events_table(&wh, &args.events_table).await?;
+        let version = riskhost_events::create_events_table(&wh, &args.events_table).await?;
         println!(
             "ClickHouse {version} database {}: market and {} tables ready",
             wh.database(),

@@ -11,7 +11,7 @@ use riskhost_auth::rate::{RateLimits, RateSettings};
 use riskhost_cache::ScoreCache;
 use riskhost_db::Warehouse;
 use riskhost_engine::{ModelEngine, SandboxLimits};
-use riskhost_events::clickhouse::ClickHouseSink;
+use riskhost_events::ClickHouseSink;
 use riskhost_events::{EventSink, LogSink, NoSink};
 use riskhost_market::{EmbeddedSource, MarketDataSource};
 use riskhost_models::ModelRegistry;

@@ -26,7 +26,6 @@
 //! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`].
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -738,11 +737,6 @@ impl Writer {
             self.write(std::mem::take(&mut buffer)).await;
         }
     }
-}
-
-/// Where the spool of a data dir lives (for tests and docs).
-pub fn spool_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("spool")
 }
 
 #[cfg(test)]
