@@ -14,9 +14,7 @@ use crate::telemetry::LogFormat;
 use riskhost_cache::{BreakerSettings, CachePolicy, RedisSettings};
 use riskhost_engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
 use riskhost_models::BulkheadLimits;
-use riskhost_scoring::batch::BatchLimits;
-use riskhost_scoring::batcher::DynamicBatching;
-use riskhost_scoring::{PortfolioLimits, ScoringSettings};
+use riskhost_scoring::{BatchLimits, DynamicBatching, PortfolioLimits, ScoringSettings};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -13,8 +13,7 @@ use crate::config::ScoreFileArgs;
 use riskhost_cache::InProcessCache;
 
 use riskhost_models::{BulkheadLimits, ModelRegistry, load_directory};
-use riskhost_scoring::batch::{BatchCell, BatchRequest, CellOutcome};
-use riskhost_scoring::{PortfolioInput, ScoringSettings};
+use riskhost_scoring::{BatchCell, BatchRequest, CellOutcome, PortfolioInput, ScoringSettings};
 
 /// Output formats.
 enum Format {
@@ -39,7 +38,7 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
     };
     load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
     let settings = ScoringSettings {
-        batch: riskhost_scoring::batch::BatchLimits {
+        batch: riskhost_scoring::BatchLimits {
             max_portfolios: args.batch.max(1),
             ..Default::default()
         },

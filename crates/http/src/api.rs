@@ -30,8 +30,9 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use riskhost_models::{LoadFailure, rfc3339};
-use riskhost_scoring::batch::{BatchError, BatchRequest};
-use riskhost_scoring::{ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService};
+use riskhost_scoring::{
+    BatchError, BatchRequest, ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService,
+};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -410,8 +411,8 @@ impl From<BatchError> for ApiError {
     responses(
         (status = 200, description = "One cell per (portfolio, model), portfolio-major. With `Accept: application/x-ndjson`, each line is one `BatchCell`.",
             content(
-                (riskhost_scoring::batch::BatchResponse = "application/json"),
-                (riskhost_scoring::batch::BatchCell = "application/x-ndjson"),
+                (riskhost_scoring::BatchResponse = "application/json"),
+                (riskhost_scoring::BatchCell = "application/x-ndjson"),
             )),
         (status = 400, description = "Malformed JSON or unreadable body", body = ErrorBody),
         (status = 404, description = "Unknown model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),

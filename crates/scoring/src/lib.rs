@@ -3,30 +3,39 @@
 //! For every request the service resolves the model version, resolves the
 //! parameters against the model's `info()`, canonicalises the portfolio,
 //! resolves the as-of date, and derives the memo key. Misses become
-//! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
-//! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
-//! batch request in chunks over one prefetched price window ([`batch`]).
-//! Concurrent identical misses share one computation ([`single_flight`]).
-//! All I/O happens here, never in a model.
+//! [`PreparedJob`]s (`jobs.rs`) that run in the sandbox behind the model's
+//! bulkhead: a single request through the dynamic batcher (`batcher.rs`),
+//! a batch request in chunks over one prefetched price window
+//! ([`BatchRequest`], `batch.rs`). Concurrent identical misses share one
+//! computation (`single_flight.rs`). All I/O happens here, never in a
+//! model.
+//!
+//! The crate's API is what this file defines and re-exports.
 
-pub mod batch;
-pub mod batcher;
-pub mod events;
-pub mod jobs;
-pub mod request;
-pub mod single_flight;
+mod batch;
+mod batcher;
+mod events;
+mod jobs;
+mod request;
+mod single_flight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 
-pub use request::{
+pub use self::batch::{
+    BatchCell, BatchError, BatchLimits, BatchRequest, BatchResponse, CellError, CellOutcome,
+    CellScore,
+};
+pub use self::batcher::DynamicBatching;
+pub use self::jobs::{DataPin, Executor, IndexedWindow, PreparedJob, call_determinism};
+pub use self::request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
+    canonicalize,
 };
 
 use batcher::Batchers;
-use jobs::{DataPin, Executor, PreparedJob};
 use riskhost_cache::{
     CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey, score_key,
 };
@@ -118,7 +127,7 @@ impl ScoreError {
 
     /// Whether the data moved under the request's pin: the request pins
     /// the new snapshot and runs again.
-    pub fn is_snapshot_moved(&self) -> bool {
+    pub(crate) fn is_snapshot_moved(&self) -> bool {
         matches!(self, ScoreError::Data(e) if matches!(e.as_ref(), DataError::SnapshotMoved { .. }))
     }
 

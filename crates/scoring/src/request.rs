@@ -42,7 +42,7 @@ impl PortfolioInput {
     /// The stored portfolio this input names: its `id`, when it gives no
     /// `positions` of its own (inline positions win over a stored portfolio
     /// of the same id).
-    pub fn stored_id(&self) -> Option<&str> {
+    pub(crate) fn stored_id(&self) -> Option<&str> {
         match (&self.positions, &self.id) {
             (None, Some(id)) => Some(id),
             _ => None,
@@ -111,7 +111,7 @@ impl Default for PortfolioLimits {
 
 /// Checks an instrument identifier (see `riskhost_market::validate_instrument_id`),
 /// quoting at most a prefix of an over-long one back to the client.
-pub fn check_instrument(instrument: &str) -> Result<(), String> {
+pub(crate) fn check_instrument(instrument: &str) -> Result<(), String> {
     if instrument.len() > MAX_INSTRUMENT_ID_LEN {
         let prefix: String = instrument.chars().take(16).collect();
         return Err(format!(

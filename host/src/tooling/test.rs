@@ -33,11 +33,9 @@ use riskhost_engine::bindings::{Job, MarketData, ModelError, Score};
 use riskhost_engine::{Determinism, ModelEngine, unit_name};
 use riskhost_market::MarketDataSource;
 use riskhost_models::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
-use riskhost_scoring::batcher::DynamicBatching;
-use riskhost_scoring::jobs::{DataPin, Executor, PreparedJob, call_determinism};
 use riskhost_scoring::{
-    PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
-    prepare_portfolio,
+    DataPin, DynamicBatching, Executor, PortfolioInput, PortfolioLimits, PositionInput,
+    PreparedJob, ScoreRequest, ScoreResponse, ScoringSettings, call_determinism, prepare_portfolio,
 };
 
 /// What `model test` found, as printed with `--json`.
