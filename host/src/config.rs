@@ -630,24 +630,24 @@ impl AuthArgs {
     pub fn configured_keys(&self) -> Result<Vec<riskhost_auth::ApiKey>, String> {
         let mut keys = Vec::new();
         if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
-            if riskhost_auth::keys::token_id(token) != Some(riskhost_auth::keys::ADMIN_TOKEN_ID) {
+            if riskhost_auth::token_id(token) != Some(riskhost_auth::ADMIN_TOKEN_ID) {
                 return Err(
                     "--admin-token must be a token without `.` or one starting with `admin.`, made of visible ASCII"
                         .into(),
                 );
             }
             keys.push(riskhost_auth::ApiKey {
-                id: riskhost_auth::keys::ADMIN_TOKEN_ID.to_owned(),
-                digest: riskhost_auth::keys::digest(token),
+                id: riskhost_auth::ADMIN_TOKEN_ID.to_owned(),
+                digest: riskhost_auth::token_digest(token),
                 scope: riskhost_auth::Scope::Admin,
                 rate: Default::default(),
             });
         }
         for spec in self.api_keys.iter().filter(|s| !s.trim().is_empty()) {
-            keys.push(riskhost_auth::keys::parse_key_spec(spec)?);
+            keys.push(riskhost_auth::parse_key_spec(spec)?);
         }
         if let Some(path) = &self.api_keys_file {
-            keys.extend(riskhost_auth::keys::load_keys_file(path)?);
+            keys.extend(riskhost_auth::load_keys_file(path)?);
         }
         Ok(keys)
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use riskhost_auth::rate::{RateLimits, RateSettings};
+use riskhost_auth::{RateLimits, RateSettings};
 use riskhost_cache::ScoreCache;
 use riskhost_db::Warehouse;
 use riskhost_engine::{ModelEngine, SandboxLimits};
@@ -109,7 +109,7 @@ pub async fn event_sink(
 /// The key source, anonymous-scoring flag and rate limits `args` select.
 pub async fn authenticator(args: &ServeArgs) -> anyhow::Result<riskhost_auth::Authenticator> {
     use riskhost_auth::KeySource;
-    use riskhost_auth::keys::StaticKeys;
+    use riskhost_auth::StaticKeys;
     let configured = args
         .auth
         .configured_keys()
@@ -124,7 +124,7 @@ pub async fn authenticator(args: &ServeArgs) -> anyhow::Result<riskhost_auth::Au
                 Duration::from_secs(30),
             )
             .await?;
-            Arc::new(riskhost_auth::postgres::PostgresKeys::new(
+            Arc::new(riskhost_auth::PostgresKeys::new(
                 pool,
                 configured,
                 Duration::from_millis(args.auth.keys_cache_ttl_ms),

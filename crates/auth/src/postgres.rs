@@ -28,7 +28,7 @@ pub struct PostgresKeys {
 }
 
 /// The share of the pool key lookups may hold: a quarter, at least one.
-pub fn lookup_connections(pool_size: usize) -> usize {
+pub(crate) fn lookup_connections(pool_size: usize) -> usize {
     (pool_size / 4).max(1)
 }
 

@@ -43,7 +43,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn bearer_token() -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
-        riskhost_auth::keys::generate_token("bench")
+        riskhost_auth::generate_token("bench")
             .unwrap_or_else(|e| panic!("cannot make the bench's API key: {e}"))
     })
 }

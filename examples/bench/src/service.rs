@@ -258,7 +258,7 @@ impl Drop for Scratch {
 }
 
 fn hex_digest(token: &str) -> String {
-    riskhost_auth::keys::digest(token)
+    riskhost_auth::token_digest(token)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
