@@ -23,7 +23,7 @@ use proptest::test_runner::Config;
 use serde_json::{Value, json};
 
 use riskhost_cache::{CanonicalPosition, score_key};
-use riskhost_http::api::ApiError;
+use riskhost_http::ApiError;
 use riskhost_market::{PriceTable, SnapshotId, load_prices_csv};
 use riskhost_models::ModelRef;
 use riskhost_scoring::{BatchRequest, PortfolioLimits, PositionInput, ScoreRequest, canonicalize};

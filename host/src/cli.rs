@@ -65,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &riskhost_http::openapi::document())?;
+            serde_json::to_writer_pretty(&mut out, &riskhost_http::openapi_document())?;
             writeln!(out)?;
             Ok(())
         }

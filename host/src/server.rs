@@ -17,8 +17,7 @@ use std::path::PathBuf;
 use metrics_exporter_prometheus::PrometheusHandle;
 use riskhost_cache::{InProcessCache, RedisCache, ScoreCache, TieredCache};
 use riskhost_events::EventSink;
-use riskhost_http::api::{self, AppState, HttpLimits};
-use riskhost_http::limits::RequestLimits;
+use riskhost_http::{AppState, HttpLimits, RequestLimits};
 use riskhost_models::{
     DeploySettings, ModelManager, ModelRegistry, ModelStore, WatchSettings, watch_directory,
 };
@@ -109,7 +108,7 @@ impl Server {
             auth: authenticator(args).await?,
             models: models.clone(),
         });
-        let app = api::router(
+        let app = riskhost_http::router(
             state.clone(),
             HttpLimits {
                 max_body_bytes: args.max_body_bytes,

@@ -7,7 +7,7 @@
 //!
 //! The rate limits are checked by the auth extractors once they know who is
 //! calling ([`crate`]); the layers wrap the `/v1` routes in
-//! [`riskhost_http::api::router`]. The open routes (`/healthz`, `/readyz`,
+//! `riskhost_http::router`. The open routes (`/healthz`, `/readyz`,
 //! `/metrics`) are outside both, so probes and scrapes answer under load.
 
 use std::collections::HashMap;

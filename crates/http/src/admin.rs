@@ -24,7 +24,7 @@ use riskhost_models::{DeployError, Deployed, VersionId, VersionsView};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
-pub fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
+pub(crate) fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(
             // Room for a maximal component; the engine enforces the limit

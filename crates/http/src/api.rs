@@ -72,7 +72,7 @@ impl Default for HttpLimits {
 /// `routes!`, which registers the handler and its `#[utoipa::path]`
 /// together: a route cannot be served undocumented (`tests/openapi.rs`
 /// checks the document against what the server answers).
-pub fn documented_routes(
+pub(crate) fn documented_routes(
     limits: HttpLimits,
     max_component_bytes: usize,
 ) -> OpenApiRouter<Arc<AppState>> {
@@ -140,17 +140,17 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Machine-readable, stable: e.g. `unknown_model`, `invalid_params`.
     #[schema(example = "unknown_model")]
-    pub code: String,
+    pub(crate) code: String,
     /// For humans; may change between releases.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// An error answer.
@@ -175,13 +175,13 @@ impl ApiError {
     }
 
     /// Asks the client to retry after `secs` (503s).
-    pub fn with_retry_after(mut self, secs: u32) -> Self {
+    pub(crate) fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after_secs = Some(secs);
         self
     }
 
     /// Adds a header to the answer (e.g. `WWW-Authenticate`).
-    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+    pub(crate) fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
         self.extra_header = Some((name, HeaderValue::from_static(value)));
         self
     }
@@ -268,7 +268,7 @@ impl From<JsonRejection> for ApiError {
 /// `Json` whose rejections are JSON errors too. It reads the whole body
 /// before judging the content type, so a rejected request leaves its
 /// keep-alive connection usable for the client's next request.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub(crate) T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -322,7 +322,7 @@ where
 /// `Path` whose rejections are JSON errors too: a parameter that does not
 /// decode (`%FF` is not UTF-8) or parse is a 400 `invalid_path`. Every route
 /// with a path parameter takes it through this extractor.
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl<S, T> FromRequestParts<S> for ApiPath<T>
 where

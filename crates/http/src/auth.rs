@@ -14,11 +14,13 @@ use riskhost_auth::{AuthError, Caller, Scope};
 use crate::api::{ApiError, AppState};
 
 /// Proof that the caller may use a `score` route (a key of scope `score` or
-/// `admin`, or an anonymous caller under `--anonymous-scoring`).
-pub struct Scorer(pub Caller);
+/// `admin`, or an anonymous caller under `--anonymous-scoring`). Only this
+/// module can make one (the private field); handlers need no more than the
+/// proof, as the caller's key id is recorded here.
+pub(crate) struct Scorer(());
 
-/// Proof that the caller holds a key of scope `admin`.
-pub struct Admin(pub Caller);
+/// Proof that the caller holds a key of scope `admin`; made only here.
+pub(crate) struct Admin(());
 
 impl FromRequestParts<Arc<AppState>> for Scorer {
     type Rejection = ApiError;
@@ -27,7 +29,9 @@ impl FromRequestParts<Arc<AppState>> for Scorer {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Score).await.map(Scorer)
+        authorize(parts, state, Scope::Score)
+            .await
+            .map(|_| Scorer(()))
     }
 }
 
@@ -38,7 +42,9 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Admin).await.map(Admin)
+        authorize(parts, state, Scope::Admin)
+            .await
+            .map(|_| Admin(()))
     }
 }
 
