@@ -10,7 +10,7 @@ use riskhost_market::{PriceTable, StoredPortfolio, sample_instrument_info, sampl
 use crate::config::{DbArgs, DbCommand};
 use crate::sources::open_postgres;
 
-pub async fn run(command: DbCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: DbCommand) -> anyhow::Result<()> {
     match command {
         DbCommand::Migrate(args) => migrate(&args).await,
         DbCommand::Seed(args) => seed(&args).await,

@@ -17,7 +17,7 @@ use riskhost_auth::{
 };
 
 #[derive(Debug, Subcommand)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Create a key: prints the token once, and its configuration entry
     /// (hash only) or, with --postgres, stores the hash in PostgreSQL.
     New(NewKeyArgs),
@@ -39,35 +39,35 @@ pub enum KeyCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct NewKeyArgs {
+pub(crate) struct NewKeyArgs {
     /// The key's id, shown in logs and score events: 1-64 of A-Z a-z 0-9 - _.
     #[arg(long)]
-    pub id: String,
+    pub(crate) id: String,
     /// `score` (scoring, reading models and history) or `admin` (also model
     /// and cache management).
     #[arg(long, value_parser = Scope::parse)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// The key's own rate, requests per minute (default: --rate-limit-per-minute).
     #[arg(long)]
-    pub rate_per_minute: Option<u32>,
+    pub(crate) rate_per_minute: Option<u32>,
     /// The key's own burst (default: --rate-limit-burst, at most its rate).
     #[arg(long)]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// Store the key in PostgreSQL (--postgres-url, --postgres-schema)
     /// instead of printing its configuration entry.
     #[arg(long)]
-    pub postgres: bool,
+    pub(crate) postgres: bool,
     /// A note stored with the key in PostgreSQL (who it is for).
     #[arg(long, default_value = "")]
-    pub description: String,
+    pub(crate) description: String,
     #[command(flatten)]
-    pub data: DataArgs,
+    pub(crate) data: DataArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct HashArgs {
+pub(crate) struct HashArgs {
     #[arg(long, value_parser = Scope::parse)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
 }
 
 fn toml_entry(key: &ApiKey) -> String {
@@ -93,7 +93,7 @@ fn positive(name: &str, n: Option<u32>) -> anyhow::Result<Option<u32>> {
     }
 }
 
-pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::New(args) => {
             let token = generate_token(&args.id).map_err(anyhow::Error::msg)?;

@@ -21,7 +21,7 @@ enum Format {
     JsonLines,
 }
 
-pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
     let market = crate::services::open_market(&args.sources).await?;
     let services = crate::services::Services::new(
         args.sources.sandbox.limits(),

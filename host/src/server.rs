@@ -27,7 +27,7 @@ use crate::services::{Services, authenticator, event_sink, open_market};
 
 /// `riskhost serve`: builds the server from `args`, binds its port and
 /// runs it until SIGTERM or Ctrl-C.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start: a signal during start-up must shut
     // down cleanly, not take the default (fatal) action.
     let signal = shutdown_signal()?;
@@ -39,7 +39,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Everything `serve` runs, built from its settings and not yet listening.
-pub struct Server {
+pub(crate) struct Server {
     state: Arc<AppState>,
     app: axum::Router,
     models: Arc<ModelManager>,
@@ -52,7 +52,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn build(args: &ServeArgs) -> anyhow::Result<Server> {
+    pub(crate) async fn build(args: &ServeArgs) -> anyhow::Result<Server> {
         let metrics = crate::telemetry::init_metrics()?;
         let market = open_market(&args.sources).await?;
         let services = Services::new(
@@ -143,7 +143,7 @@ impl Server {
 /// Serves `server` on `listener` until `shutdown` resolves, then shuts down
 /// gracefully (see the module doc). Its background tasks (model loading and
 /// the directory watch, metrics upkeep) end with it.
-pub async fn run(
+pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -18,8 +18,8 @@ use clap::{ArgMatches, Command};
 /// A loaded configuration file: its path and the variables it set.
 #[derive(Debug, Default)]
 pub struct ConfigFile {
-    pub path: String,
-    pub variables: Vec<String>,
+    pub(crate) path: String,
+    pub(crate) variables: Vec<String>,
 }
 
 /// Loads the configuration file named by `--config` or `RISKHOST_CONFIG`

@@ -40,61 +40,61 @@ use riskhost_scoring::{
 
 /// What `model test` found, as printed with `--json`.
 #[derive(Debug, Serialize)]
-pub struct TestReport {
-    pub model: Inspection,
-    pub portfolios: Vec<PortfolioReport>,
-    pub passed: usize,
-    pub failed: usize,
+pub(crate) struct TestReport {
+    pub(crate) model: Inspection,
+    pub(crate) portfolios: Vec<PortfolioReport>,
+    pub(crate) passed: usize,
+    pub(crate) failed: usize,
 }
 
 /// One portfolio's outcome.
 #[derive(Debug, Serialize)]
-pub struct PortfolioReport {
+pub(crate) struct PortfolioReport {
     /// The portfolio's id, or its file name when it has none.
-    pub portfolio: String,
+    pub(crate) portfolio: String,
     /// Distinct instruments held, once the portfolio was resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub positions: Option<usize>,
-    pub ok: bool,
+    pub(crate) positions: Option<usize>,
+    pub(crate) ok: bool,
     /// The score as the server would serve it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<ScoreResponse>,
+    pub(crate) score: Option<ScoreResponse>,
     /// The error as the server would answer it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorReport>,
+    pub(crate) error: Option<ErrorReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timing: Option<Timing>,
+    pub(crate) timing: Option<Timing>,
     /// Broken promises (non-determinism, batch dependence).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ErrorReport {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct ErrorReport {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 /// The cost of calls of one job, each in a fresh instance.
 #[derive(Debug, Serialize)]
-pub struct Timing {
-    pub calls: u32,
-    pub median_us: f64,
-    pub min_us: f64,
-    pub max_us: f64,
+pub(crate) struct Timing {
+    pub(crate) calls: u32,
+    pub(crate) median_us: f64,
+    pub(crate) min_us: f64,
+    pub(crate) max_us: f64,
     /// Peak linear memory of the instance over the calls.
-    pub peak_memory_bytes: usize,
+    pub(crate) peak_memory_bytes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<BatchTiming>,
+    pub(crate) batch: Option<BatchTiming>,
 }
 
 /// The cost of calls holding `jobs` copies of the job.
 #[derive(Debug, Serialize)]
-pub struct BatchTiming {
-    pub jobs: u32,
-    pub calls: u32,
-    pub median_us: f64,
-    pub per_job_us: f64,
-    pub peak_memory_bytes: usize,
+pub(crate) struct BatchTiming {
+    pub(crate) jobs: u32,
+    pub(crate) calls: u32,
+    pub(crate) median_us: f64,
+    pub(crate) per_job_us: f64,
+    pub(crate) peak_memory_bytes: usize,
 }
 
 /// A portfolio to score and what to call it in the report.
@@ -103,7 +103,7 @@ struct Case {
     input: PortfolioInput,
 }
 
-pub async fn run(args: TestArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
     init_logging();
     let market = crate::services::market_source(args.prices.as_deref())?;
     let services = crate::services::Services::new(
