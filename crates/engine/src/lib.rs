@@ -19,6 +19,11 @@
 //!
 //! Everything here is blocking and CPU-bound: callers run it on a blocking
 //! thread, never on the async runtime.
+//!
+//! The crate's API is what this file defines and re-exports, and the
+//! [`bindings`] module: the one public module, because the contract's
+//! generated types (`Job`, `Score`, `ModelError`, …) are named by that path
+//! so they never collide with the host's own.
 
 pub mod bindings;
 mod cputime;
