@@ -123,7 +123,7 @@ pub(crate) fn check_instrument(instrument: &str) -> Result<(), String> {
     validate_instrument_id(instrument)
 }
 
-/// The canonical form of a portfolio (see `cache::key`): merged by
+/// The canonical form of a portfolio (see `riskhost_cache::score_key`): merged by
 /// instrument, zero quantities dropped, sorted by instrument.
 ///
 /// The quantities of one instrument are added in a fixed order (sorted),
