@@ -10,9 +10,8 @@ use anyhow::{Context as _, bail};
 use crate::config::{BacktestCommandArgs, Cli, Command, ScoreArgs};
 use riskhost_backtest::PortfolioOutcome;
 use riskhost_cache::InProcessCache;
-use riskhost_models::loader;
-use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
-use riskhost_scoring::backtest::{BacktestError, BacktestRequest};
+use riskhost_models::{BulkheadLimits, ModelRegistry, load_directory, load_file};
+use riskhost_scoring::{BacktestError, BacktestRequest};
 use riskhost_scoring::{PortfolioInput, ScoreRequest, ScoringSettings};
 
 use crate::services::Services;
@@ -20,7 +19,7 @@ use crate::services::Services;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // No runtime, no logging: the worker is a filter the server drives.
     if let Command::CompileWorker(args) = &cli.command {
-        let code = riskhost_models::compile::run_worker(
+        let code = riskhost_models::run_compile_worker(
             &args.settings,
             args.memory_mib,
             std::io::stdin().lock(),
@@ -59,7 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(crate::db::run(command))
         }
         Command::ExportSampleData { out } => {
-            let table = riskhost_market::sample::sample_table();
+            let table = riskhost_market::sample_table();
             match out {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
@@ -72,7 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &riskhost_http::openapi::document())?;
+            serde_json::to_writer_pretty(&mut out, &riskhost_http::openapi_document())?;
             writeln!(out)?;
             Ok(())
         }
@@ -91,11 +90,11 @@ async fn load_one_model(
     let (engine, registry) = (&services.engine, &services.registry);
     let model_path = Path::new(model);
     if model_path.extension().is_some_and(|e| e == "wasm") || model_path.is_file() {
-        return loader::load_file(engine, registry, model_path, bulkhead)
+        return load_file(engine, registry, model_path, bulkhead)
             .await
             .map_err(|e| anyhow::anyhow!("{} did not load: {e}", model_path.display()));
     }
-    loader::load_directory(engine, registry, plugins, bulkhead).await;
+    load_directory(engine, registry, plugins, bulkhead).await;
     if registry.active().get(model).is_none() {
         let failures: Vec<String> = registry
             .failures()
@@ -182,7 +181,7 @@ async fn backtest(args: BacktestCommandArgs) -> anyhow::Result<()> {
     // The backtest keeps several days' calls in flight, on every core.
     let bulkhead = BulkheadLimits {
         max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        max_queued: riskhost_scoring::backtest::DAYS_IN_FLIGHT,
+        max_queued: riskhost_scoring::BACKTEST_DAYS_IN_FLIGHT,
     };
     let model = load_one_model(&services, &args.model, &args.sources.plugins, bulkhead).await?;
     let scoring = services.scoring(
@@ -216,7 +215,7 @@ async fn backtest(args: BacktestCommandArgs) -> anyhow::Result<()> {
             PortfolioOutcome::Tested(tested) => eprintln!(
                 "{name}: {} — {}",
                 tested.traffic_light.as_str(),
-                riskhost_backtest::report::verdict(tested, result.confidence)
+                riskhost_backtest::verdict(tested, result.confidence)
             ),
             PortfolioOutcome::Failed { error } => {
                 eprintln!("{name}: not tested [{}] {}", error.code, error.message)
@@ -224,7 +223,7 @@ async fn backtest(args: BacktestCommandArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(path) = &args.out {
-        std::fs::write(path, riskhost_backtest::report::html(&result))
+        std::fs::write(path, riskhost_backtest::report_html(&result))
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }

@@ -11,14 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
-use riskhost_cache::CachePolicy;
-use riskhost_cache::breaker::BreakerSettings;
-use riskhost_cache::redis::RedisSettings;
+use riskhost_cache::{BreakerSettings, CachePolicy, RedisSettings};
 use riskhost_engine::{FuelBudget, MAX_MEMORY_MIB, ModelLimitsArg, SandboxLimits};
-use riskhost_models::registry::BulkheadLimits;
-use riskhost_scoring::batch::BatchLimits;
-use riskhost_scoring::batcher::DynamicBatching;
-use riskhost_scoring::{PortfolioLimits, ScoringSettings};
+use riskhost_models::BulkheadLimits;
+use riskhost_scoring::{BatchLimits, DynamicBatching, PortfolioLimits, ScoringSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,13 +25,13 @@ use riskhost_scoring::{PortfolioLimits, ScoringSettings};
 pub struct Cli {
     /// TOML file of settings (keys are flag names); flags and env vars win over it.
     #[arg(long, global = true, env = "RISKHOST_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
     /// Print the effective server configuration (secrets redacted) and exit.
@@ -73,26 +69,26 @@ pub enum Command {
 }
 
 /// `riskhost compile-worker`, started by the server only
-/// (`riskhost_models::compile`).
+/// (`riskhost_models::Compilation`).
 #[derive(Debug, Clone, Args)]
-pub struct CompileWorkerArgs {
+pub(crate) struct CompileWorkerArgs {
     /// The serving engine's code settings (`fuel=0|1,key=KEY`).
     #[arg(long)]
-    pub settings: String,
+    pub(crate) settings: String,
     /// Address space compiling may take beyond the worker's own, in MiB.
     #[arg(long)]
-    pub memory_mib: u64,
+    pub(crate) memory_mib: u64,
 }
 
 /// Where models and data come from; shared by `serve` and `score`.
 #[derive(Debug, Clone, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// Directory whose `.wasm` components are loaded at start-up.
     #[arg(long, env = "RISKHOST_PLUGINS", default_value = "plugins/dist")]
-    pub plugins: PathBuf,
+    pub(crate) plugins: PathBuf,
     /// Daily closes as CSV (`date,instrument,close`) instead of the bundled sample data.
     #[arg(long, env = "RISKHOST_PRICES")]
-    pub prices: Option<PathBuf>,
+    pub(crate) prices: Option<PathBuf>,
     /// Log format.
     #[arg(
         long,
@@ -100,16 +96,16 @@ pub struct SourceArgs {
         value_enum,
         default_value = "pretty"
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub(crate) sandbox: SandboxArgs,
     #[command(flatten)]
-    pub data: crate::sources::DataArgs,
+    pub(crate) data: crate::sources::DataArgs,
 }
 
 /// `riskhost db …`.
 #[derive(Debug, Subcommand)]
-pub enum DbCommand {
+pub(crate) enum DbCommand {
     /// Apply the PostgreSQL migrations (the server also does at start) and
     /// create the ClickHouse tables, for whichever database is configured.
     Migrate(DbArgs),
@@ -119,46 +115,46 @@ pub enum DbCommand {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DbArgs {
+pub(crate) struct DbArgs {
     #[command(flatten)]
-    pub data: crate::sources::DataArgs,
+    pub(crate) data: crate::sources::DataArgs,
     /// Events table to create in ClickHouse (`migrate`).
     #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
-    pub events_table: String,
+    pub(crate) events_table: String,
     /// Prices to load instead of the bundled sample (`seed`), CSV `date,instrument,close`.
     #[arg(long, env = "RISKHOST_PRICES")]
-    pub prices: Option<PathBuf>,
+    pub(crate) prices: Option<PathBuf>,
 }
 
 /// Limits of the model sandbox.
 #[derive(Debug, Clone, Args)]
-pub struct SandboxArgs {
+pub(crate) struct SandboxArgs {
     /// Linear memory cap per model instance, in MiB.
     #[arg(long, env = "RISKHOST_MEMORY_LIMIT_MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_MIB as u64))]
-    pub memory_limit_mib: u64,
+    pub(crate) memory_limit_mib: u64,
     /// Base deadline of one model call, in milliseconds.
     #[arg(long, env = "RISKHOST_DEADLINE_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub deadline_ms: u64,
+    pub(crate) deadline_ms: u64,
     /// Deadline added per job of a batch call, in microseconds.
     #[arg(long, env = "RISKHOST_DEADLINE_PER_JOB_US", default_value_t = 2000)]
-    pub deadline_per_job_us: u64,
+    pub(crate) deadline_per_job_us: u64,
     /// Longest deadline of any call, in milliseconds.
     #[arg(long, env = "RISKHOST_DEADLINE_CAP_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub deadline_cap_ms: u64,
+    pub(crate) deadline_cap_ms: u64,
     /// Largest accepted component, in MiB.
     #[arg(long, env = "RISKHOST_MAX_COMPONENT_MIB", default_value_t = 64)]
-    pub max_component_mib: usize,
+    pub(crate) max_component_mib: usize,
     /// Fuel per job of a call: turns on fuel metering, a deterministic CPU
     /// budget (about one unit per wasm instruction). Off by default.
     #[arg(long, env = "RISKHOST_FUEL_PER_JOB")]
-    pub fuel_per_job: Option<u64>,
+    pub(crate) fuel_per_job: Option<u64>,
     /// Fuel every call gets on top of its per-job fuel (instantiation,
     /// per-batch work); defaults to --fuel-per-job. Needs --fuel-per-job.
     #[arg(long, env = "RISKHOST_FUEL_BASE", requires = "fuel_per_job")]
-    pub fuel_base: Option<u64>,
+    pub(crate) fuel_base: Option<u64>,
     /// Limits of one model, overriding the defaults above:
     /// `MODEL:KEY=VALUE[,KEY=VALUE…]`, e.g. `slow-legal:deadline_ms=5000,memory_mib=128`.
     /// Keys: memory_mib, deadline_ms, deadline_per_job_us, deadline_cap_ms,
@@ -169,11 +165,11 @@ pub struct SandboxArgs {
         env = "RISKHOST_MODEL_LIMITS",
         value_delimiter = ';'
     )]
-    pub model_limits: Vec<ModelLimitsArg>,
+    pub(crate) model_limits: Vec<ModelLimitsArg>,
 }
 
 impl SandboxArgs {
-    pub fn limits(&self) -> SandboxLimits {
+    pub(crate) fn limits(&self) -> SandboxLimits {
         let mut limits = SandboxLimits {
             memory_bytes: usize::try_from(self.memory_limit_mib).unwrap_or(MAX_MEMORY_MIB) << 20,
             deadline_base: Duration::from_millis(self.deadline_ms),
@@ -192,89 +188,89 @@ impl SandboxArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "RISKHOST_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub(crate) sources: SourceArgs,
     #[command(flatten)]
-    pub hot_swap: HotSwapArgs,
+    pub(crate) hot_swap: HotSwapArgs,
     /// Byte budget of the in-process score cache, in MiB.
     #[arg(long, env = "RISKHOST_CACHE_MAX_MIB", default_value_t = 256)]
-    pub cache_max_mib: u64,
+    pub(crate) cache_max_mib: u64,
     /// How long a cached score is kept, in seconds.
     #[arg(long, env = "RISKHOST_CACHE_TTL_SECS", default_value_t = 3600)]
-    pub cache_ttl_secs: u64,
+    pub(crate) cache_ttl_secs: u64,
     /// A model's own score TTL, as NAME=SECS (0 turns its memo off); repeat
     /// the flag, or separate with commas in the variable.
     #[arg(long = "model-cache-ttl", env = "RISKHOST_MODEL_CACHE_TTL", value_delimiter = ',', value_parser = parse_model_ttl)]
-    pub model_cache_ttl: Vec<(String, u64)>,
+    pub(crate) model_cache_ttl: Vec<(String, u64)>,
     /// How long a deterministic model error (invalid input, insufficient
     /// data) is memoized, in seconds; 0 memoizes none.
     #[arg(long, env = "RISKHOST_ERROR_CACHE_TTL_SECS", default_value_t = 60)]
-    pub error_cache_ttl_secs: u64,
+    pub(crate) error_cache_ttl_secs: u64,
     #[command(flatten)]
-    pub redis: RedisArgs,
+    pub(crate) redis: RedisArgs,
     /// Concurrent calls per model; further calls queue (default: one per core).
     #[arg(long, env = "RISKHOST_MAX_CONCURRENT_CALLS")]
-    pub max_concurrent_calls: Option<usize>,
+    pub(crate) max_concurrent_calls: Option<usize>,
     /// Calls that may wait per model before new ones get 503.
     #[arg(long, env = "RISKHOST_MAX_QUEUED_CALLS", default_value_t = 1024)]
-    pub max_queued_calls: usize,
+    pub(crate) max_queued_calls: usize,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "RISKHOST_MAX_BODY_BYTES", default_value_t = 8 << 20)]
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Largest accepted body of a batch request, in bytes.
     #[arg(long, env = "RISKHOST_MAX_BATCH_BODY_BYTES", default_value_t = 64 << 20)]
-    pub max_batch_body_bytes: usize,
+    pub(crate) max_batch_body_bytes: usize,
     /// Most positions in one portfolio.
     #[arg(long, env = "RISKHOST_MAX_POSITIONS", default_value_t = 10_000)]
-    pub max_positions: usize,
+    pub(crate) max_positions: usize,
     #[command(flatten)]
-    pub batching: BatchingArgs,
+    pub(crate) batching: BatchingArgs,
     #[command(flatten)]
-    pub auth: AuthArgs,
+    pub(crate) auth: AuthArgs,
     /// Most requests served at once over the `/v1` routes; beyond it new
     /// ones get 503 `overloaded` at once (no queue).
     #[arg(long, env = "RISKHOST_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_concurrent_requests: u64,
+    pub(crate) max_concurrent_requests: u64,
     /// Longest time a `/v1` request may take, in ms, before it is answered
     /// 504 `request_timeout` (model uploads and deletes excepted).
     #[arg(long, env = "RISKHOST_REQUEST_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub request_timeout_ms: u64,
+    pub(crate) request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "RISKHOST_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    pub shutdown_grace_secs: u64,
+    pub(crate) shutdown_grace_secs: u64,
     /// After SIGTERM, how long to keep accepting requests with `/readyz`
     /// answering 503 before draining, in seconds: time for load balancers
     /// (Kubernetes endpoints) to stop sending traffic.
     #[arg(long, env = "RISKHOST_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
-    pub shutdown_delay_secs: u64,
+    pub(crate) shutdown_delay_secs: u64,
     #[command(flatten)]
-    pub events: EventArgs,
+    pub(crate) events: EventArgs,
     #[command(flatten)]
-    pub backtest: BacktestArgs,
+    pub(crate) backtest: BacktestArgs,
     /// Memory kept for finished backtests (`GET /v1/backtests/{id}`), in
     /// MiB; the oldest are evicted first past it.
     #[arg(long, env = "RISKHOST_BACKTEST_STORE_MIB", default_value_t = 64)]
-    pub backtest_store_mib: u64,
+    pub(crate) backtest_store_mib: u64,
 }
 
 /// Bounds on one backtest (`POST /v1/backtests`, `riskhost backtest`).
 #[derive(Debug, Clone, Args)]
-pub struct BacktestArgs {
+pub(crate) struct BacktestArgs {
     /// Most scores (portfolios × tested days) in one backtest.
     #[arg(long, env = "RISKHOST_BACKTEST_MAX_CELLS", default_value_t = 250_000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub backtest_max_cells: u64,
+    pub(crate) backtest_max_cells: u64,
 }
 
 impl BacktestArgs {
-    pub fn limits(&self) -> riskhost_scoring::backtest::BacktestLimits {
-        riskhost_scoring::backtest::BacktestLimits {
+    pub(crate) fn limits(&self) -> riskhost_scoring::BacktestLimits {
+        riskhost_scoring::BacktestLimits {
             max_cells: usize::try_from(self.backtest_max_cells).unwrap_or(usize::MAX),
             ..Default::default()
         }
@@ -282,7 +278,7 @@ impl BacktestArgs {
 }
 
 impl ServeArgs {
-    pub fn bulkhead(&self) -> BulkheadLimits {
+    pub(crate) fn bulkhead(&self) -> BulkheadLimits {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -292,7 +288,7 @@ impl ServeArgs {
         }
     }
 
-    pub fn scoring(&self) -> ScoringSettings {
+    pub(crate) fn scoring(&self) -> ScoringSettings {
         ScoringSettings {
             cache: CachePolicy {
                 ttl: Duration::from_secs(self.cache_ttl_secs),
@@ -315,29 +311,29 @@ impl ServeArgs {
 
 /// Batch API bounds and dynamic batching of single requests.
 #[derive(Debug, Clone, Args)]
-pub struct BatchingArgs {
+pub(crate) struct BatchingArgs {
     /// Most portfolios in one batch request.
     #[arg(long, env = "RISKHOST_BATCH_MAX_PORTFOLIOS", default_value_t = 10_000)]
-    pub batch_max_portfolios: usize,
+    pub(crate) batch_max_portfolios: usize,
     /// Most models in one batch request.
     #[arg(long, env = "RISKHOST_BATCH_MAX_MODELS", default_value_t = 16)]
-    pub batch_max_models: usize,
+    pub(crate) batch_max_models: usize,
     /// Jobs per model call when running a batch.
     #[arg(long, env = "RISKHOST_BATCH_CHUNK_SIZE", default_value_t = 256)]
-    pub batch_chunk_size: usize,
+    pub(crate) batch_chunk_size: usize,
     /// Most single requests coalesced into one model call; 1 disables dynamic batching.
     #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_MAX", default_value_t = 64)]
-    pub dynamic_batch_max: usize,
+    pub(crate) dynamic_batch_max: usize,
     /// Extra wait for more requests before a call even when the model is idle, in µs (0: none).
     #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_DELAY_US", default_value_t = 0)]
-    pub dynamic_batch_delay_us: u64,
+    pub(crate) dynamic_batch_delay_us: u64,
     /// Single requests that may wait per model version before new ones get 503.
     #[arg(long, env = "RISKHOST_DYNAMIC_BATCH_QUEUE", default_value_t = 4096)]
-    pub dynamic_batch_queue: usize,
+    pub(crate) dynamic_batch_queue: usize,
 }
 
 impl BatchingArgs {
-    pub fn limits(&self) -> BatchLimits {
+    pub(crate) fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_portfolios: self.batch_max_portfolios,
             max_models: self.batch_max_models,
@@ -345,7 +341,7 @@ impl BatchingArgs {
         }
     }
 
-    pub fn dynamic(&self) -> DynamicBatching {
+    pub(crate) fn dynamic(&self) -> DynamicBatching {
         DynamicBatching {
             max_batch: self.dynamic_batch_max.max(1),
             max_delay: Duration::from_micros(self.dynamic_batch_delay_us),
@@ -356,39 +352,39 @@ impl BatchingArgs {
 
 /// The shared Redis cache tier; off without `--redis-url`.
 #[derive(Debug, Clone, Args)]
-pub struct RedisArgs {
+pub(crate) struct RedisArgs {
     /// Redis for the shared cache tier, e.g. `redis://127.0.0.1:6379/0`; the
     /// in-process tier alone without one.
     #[arg(long, env = "RISKHOST_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     /// First segment of every Redis key, so deployments can share a Redis.
     #[arg(long, env = "RISKHOST_REDIS_PREFIX", default_value = "riskhost")]
-    pub redis_prefix: String,
+    pub(crate) redis_prefix: String,
     /// Budget of one Redis round trip (per 1000 keys of a batch), in milliseconds.
     #[arg(long, env = "RISKHOST_REDIS_TIMEOUT_MS", default_value_t = 50)]
-    pub redis_timeout_ms: u64,
+    pub(crate) redis_timeout_ms: u64,
     /// Budget of connecting to Redis, in milliseconds.
     #[arg(
         long,
         env = "RISKHOST_REDIS_CONNECT_TIMEOUT_MS",
         default_value_t = 1000
     )]
-    pub redis_connect_timeout_ms: u64,
+    pub(crate) redis_connect_timeout_ms: u64,
     /// Consecutive failed Redis operations that open the circuit breaker.
     #[arg(long, env = "RISKHOST_REDIS_BREAKER_FAILURES", default_value_t = 5)]
-    pub redis_breaker_failures: u32,
+    pub(crate) redis_breaker_failures: u32,
     /// How long the breaker stays open before probing Redis, in milliseconds.
     #[arg(
         long,
         env = "RISKHOST_REDIS_BREAKER_COOLDOWN_MS",
         default_value_t = 1000
     )]
-    pub redis_breaker_cooldown_ms: u64,
+    pub(crate) redis_breaker_cooldown_ms: u64,
 }
 
 impl RedisArgs {
     /// The Redis tier's settings, when one is configured.
-    pub fn settings(&self) -> Option<RedisSettings> {
+    pub(crate) fn settings(&self) -> Option<RedisSettings> {
         let url = self.redis_url.clone().filter(|u| !u.is_empty())?;
         Some(RedisSettings {
             url,
@@ -405,63 +401,63 @@ impl RedisArgs {
 
 /// The model store and the ways new versions arrive (hot swap).
 #[derive(Debug, Clone, Args)]
-pub struct HotSwapArgs {
+pub(crate) struct HotSwapArgs {
     /// Directory of the model store: every version served, its compiled
     /// code and the active version of each model. One process per directory.
     #[arg(long, env = "RISKHOST_DATA_DIR", default_value = ".riskhost")]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Watch the plugins directory and deploy changed files (`false`: read it at start-up only).
     #[arg(long, env = "RISKHOST_WATCH", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// How long a file still open for writing must stay unchanged before it
     /// is loaded, in milliseconds (closed or renamed files load at once).
     #[arg(long, env = "RISKHOST_WATCH_SETTLE_MS", default_value_t = 200)]
-    pub watch_settle_ms: u64,
+    pub(crate) watch_settle_ms: u64,
     /// Debounce window of file events, in milliseconds.
     #[arg(long, env = "RISKHOST_WATCH_DEBOUNCE_MS", default_value_t = 50)]
-    pub watch_debounce_ms: u64,
+    pub(crate) watch_debounce_ms: u64,
     /// Removing a file from the plugins directory unloads the model it provided.
     #[arg(long, env = "RISKHOST_UNLOAD_ON_DELETE", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
-    pub unload_on_delete: bool,
+    pub(crate) unload_on_delete: bool,
     /// Cache compiled components in the data dir, so restarts and rollbacks skip compilation.
     #[arg(long, env = "RISKHOST_ARTIFACT_CACHE", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
-    pub artifact_cache: bool,
+    pub(crate) artifact_cache: bool,
     /// Non-active versions kept loaded (for pins and rollbacks); others load from the store on use.
-    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = riskhost_models::registry::DEFAULT_STANDBY_VERSIONS)]
-    pub standby_versions: u64,
+    #[arg(long, env = "RISKHOST_STANDBY_VERSIONS", default_value_t = riskhost_models::DEFAULT_STANDBY_VERSIONS)]
+    pub(crate) standby_versions: u64,
     #[command(flatten)]
-    pub signing: SigningArgs,
+    pub(crate) signing: SigningArgs,
     #[command(flatten)]
-    pub compile: CompileArgs,
+    pub(crate) compile: CompileArgs,
 }
 
 /// The compile budget of the server (docs/sandbox.md, "Load time").
 #[derive(Debug, Clone, Args)]
-pub struct CompileArgs {
+pub(crate) struct CompileArgs {
     /// Longest a component may take to compile, in ms; past it the
     /// compile worker is killed and the load fails.
     #[arg(long, env = "RISKHOST_COMPILE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub compile_timeout_ms: u64,
+    pub(crate) compile_timeout_ms: u64,
     /// Most memory (heap and writable mappings) compiling one component may take, in MiB.
     #[arg(long, env = "RISKHOST_COMPILE_MEMORY_MIB", default_value_t = 2048,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
-    pub compile_memory_mib: u64,
+    pub(crate) compile_memory_mib: u64,
     /// Compile in a worker process under the budget above (`false`:
     /// in the server process, without a budget).
     #[arg(long, env = "RISKHOST_COMPILE_ISOLATION", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
-    pub compile_isolation: bool,
+    pub(crate) compile_isolation: bool,
 }
 
 impl CompileArgs {
     /// How the server compiles: this very binary's `compile-worker` under
     /// the budget, or in-process.
-    pub fn compilation(&self) -> anyhow::Result<riskhost_models::compile::Compilation> {
-        use riskhost_models::compile::{Compilation, CompileBudget, Isolated};
+    pub(crate) fn compilation(&self) -> anyhow::Result<riskhost_models::Compilation> {
+        use riskhost_models::{Compilation, CompileBudget, Isolated};
         if !self.compile_isolation {
             return Ok(Compilation::InProcess);
         }
@@ -481,13 +477,13 @@ impl CompileArgs {
 
 /// Signed models (`docs/signing.md`).
 #[derive(Debug, Clone, Args)]
-pub struct SigningArgs {
+pub(crate) struct SigningArgs {
     /// Refuse every model (file, upload, restore, rollback, pin) without a
     /// valid signature by a trusted key. Needs a trusted key.
     #[arg(long, env = "RISKHOST_REQUIRE_SIGNATURES", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
-    pub require_signatures: bool,
+    pub(crate) require_signatures: bool,
     /// A trusted publisher's public key (`ed25519:<base64>`, as `riskhost
     /// model keygen` prints it); repeat the flag, or separate with `;` in the variable.
     #[arg(
@@ -495,7 +491,7 @@ pub struct SigningArgs {
         env = "RISKHOST_TRUSTED_KEY",
         value_delimiter = ';'
     )]
-    pub trusted_keys: Vec<String>,
+    pub(crate) trusted_keys: Vec<String>,
     /// A file of trusted public keys, one per line (`#` comments); repeat the
     /// flag, or separate with `;` in the variable.
     #[arg(
@@ -503,12 +499,12 @@ pub struct SigningArgs {
         env = "RISKHOST_TRUSTED_KEYS_FILE",
         value_delimiter = ';'
     )]
-    pub trusted_keys_files: Vec<PathBuf>,
+    pub(crate) trusted_keys_files: Vec<PathBuf>,
 }
 
 impl SigningArgs {
     /// The policy these settings describe.
-    pub fn policy(&self) -> anyhow::Result<riskhost_models::signing::SignaturePolicy> {
+    pub(crate) fn policy(&self) -> anyhow::Result<riskhost_models::signing::SignaturePolicy> {
         let trusted = riskhost_models::signing::TrustedKeys::load(
             &self.trusted_keys,
             &self.trusted_keys_files,
@@ -521,78 +517,78 @@ impl SigningArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ScoreArgs {
+pub(crate) struct ScoreArgs {
     /// A `.wasm` file, or the name of a model in the plugins directory.
     #[arg(long)]
-    pub model: String,
+    pub(crate) model: String,
     /// Portfolio JSON: `{"id": "...", "positions": [{"instrument": "SPX", "quantity": 10}]}`.
     #[arg(long)]
-    pub portfolio: PathBuf,
+    pub(crate) portfolio: PathBuf,
     /// A parameter, as NAME=VALUE; repeat for several.
     #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, f64)>,
+    pub(crate) params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
-    pub as_of: Option<chrono::NaiveDate>,
+    pub(crate) as_of: Option<chrono::NaiveDate>,
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub(crate) sources: SourceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct BacktestCommandArgs {
+pub(crate) struct BacktestCommandArgs {
     /// A `.wasm` file, or the name of a model in the plugins directory.
     #[arg(long)]
-    pub model: String,
+    pub(crate) model: String,
     /// Portfolio JSON: one portfolio (`{"id": "...", "positions": [...]}`)
     /// or an array of them; repeat for several files.
     #[arg(long = "portfolio", required = true)]
-    pub portfolios: Vec<PathBuf>,
+    pub(crate) portfolios: Vec<PathBuf>,
     /// The first day to test (YYYY-MM-DD).
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
-    pub from: chrono::NaiveDate,
+    pub(crate) from: chrono::NaiveDate,
     /// The last day to test (YYYY-MM-DD).
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
-    pub to: chrono::NaiveDate,
+    pub(crate) to: chrono::NaiveDate,
     /// A parameter, as NAME=VALUE; repeat for several (`horizon_days` is
     /// forced to 1).
     #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, f64)>,
+    pub(crate) params: Vec<(String, f64)>,
     /// Where to write the HTML report.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Where to write the JSON answer; standard output when absent.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     #[command(flatten)]
-    pub limits: BacktestArgs,
+    pub(crate) limits: BacktestArgs,
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub(crate) sources: SourceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ScoreFileArgs {
+pub(crate) struct ScoreFileArgs {
     /// JSON Lines: one portfolio per line, `{"id": "...", "positions": [...]}`.
-    pub input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Models to score with, comma-separated (`name`, `name@1.2.0`, `name@sha256:…`).
     #[arg(long, value_delimiter = ',', required = true)]
-    pub models: Vec<String>,
+    pub(crate) models: Vec<String>,
     /// Output file: `.csv` or `.jsonl`; JSON Lines on standard output when absent.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// A parameter, as NAME=VALUE; repeat for several.
     #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, f64)>,
+    pub(crate) params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
-    pub as_of: Option<chrono::NaiveDate>,
+    pub(crate) as_of: Option<chrono::NaiveDate>,
     /// Portfolios per batch.
     #[arg(long, default_value_t = 1000)]
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// Hide the progress bar.
     #[arg(long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub(crate) sources: SourceArgs,
 }
 
 fn parse_model_ttl(s: &str) -> Result<(String, u64), String> {
@@ -623,12 +619,12 @@ pub(crate) fn parse_param(s: &str) -> Result<(String, f64), String> {
 
 /// The key settings of `serve`.
 #[derive(Debug, Clone, Args)]
-pub struct AuthArgs {
+pub(crate) struct AuthArgs {
     /// Bearer token of an admin key with id `admin` (shorthand for one
     /// `--api-key`): send it as `Authorization: Bearer <token>`. A token
     /// with a `.` must start with `admin.`.
     #[arg(long, env = "RISKHOST_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// An API key, stored as its token's hash:
     /// `ID:sha256=HEX,scopes=score|admin[,rate_per_minute=N][,burst=N]`
     /// (`riskhost key new` prints one). Repeat the flag; the variable
@@ -640,11 +636,11 @@ pub struct AuthArgs {
         value_delimiter = ';',
         hide_env_values = true
     )]
-    pub api_keys: Vec<String>,
+    pub(crate) api_keys: Vec<String>,
     /// A TOML file of `[[api_keys]]` tables (id, sha256, scopes,
     /// rate_per_minute, burst), e.g. a mounted secret.
     #[arg(long, env = "RISKHOST_API_KEYS_FILE")]
-    pub api_keys_file: Option<std::path::PathBuf>,
+    pub(crate) api_keys_file: Option<std::path::PathBuf>,
     /// Where keys are looked up: `config` (the flags above) or `postgres`
     /// (the `api_keys` table in --postgres-schema, plus the flags above).
     #[arg(
@@ -653,64 +649,64 @@ pub struct AuthArgs {
         value_enum,
         default_value = "config"
     )]
-    pub keys_source: KeysSourceKind,
+    pub(crate) keys_source: KeysSourceKind,
     /// How long a key read from PostgreSQL is trusted, in ms: a revocation
     /// takes effect within it.
     #[arg(long, env = "RISKHOST_KEYS_CACHE_TTL_MS", default_value_t = 5000)]
-    pub keys_cache_ttl_ms: u64,
+    pub(crate) keys_cache_ttl_ms: u64,
     /// Let callers without a key use the `score` routes (scoring, models,
     /// history), rate limited per client address. For local runs only.
     #[arg(long, env = "RISKHOST_ANONYMOUS_SCORING", num_args = 0..=1,
           default_value_t = false, default_missing_value = "true",
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub anonymous_scoring: bool,
+    pub(crate) anonymous_scoring: bool,
     /// Requests per minute of each key without its own rate, and of each
     /// anonymous client address; 0 turns rate limits off.
     #[arg(long, env = "RISKHOST_RATE_LIMIT_PER_MINUTE", default_value_t = 1000)]
-    pub rate_limit_per_minute: u32,
+    pub(crate) rate_limit_per_minute: u32,
     /// Requests a caller may send at once after being idle.
     #[arg(long, env = "RISKHOST_RATE_LIMIT_BURST", default_value_t = 100)]
-    pub rate_limit_burst: u32,
+    pub(crate) rate_limit_burst: u32,
     /// Failed authentications (unknown key, wrong secret or admin token,
     /// malformed header) per minute of one client address; past it the
     /// address gets 429 before any key lookup. 0 turns it off.
     #[arg(long, env = "RISKHOST_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
-    pub auth_failures_per_minute: u32,
+    pub(crate) auth_failures_per_minute: u32,
     /// Failures one address may make at once before it is throttled.
     #[arg(long, env = "RISKHOST_AUTH_FAILURE_BURST", default_value_t = 10)]
-    pub auth_failure_burst: u32,
+    pub(crate) auth_failure_burst: u32,
 }
 
 /// Where `serve` looks keys up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeysSourceKind {
+pub(crate) enum KeysSourceKind {
     Config,
     Postgres,
 }
 
 impl AuthArgs {
     /// The keys given in configuration (flags, variables, files).
-    pub fn configured_keys(&self) -> Result<Vec<riskhost_auth::ApiKey>, String> {
+    pub(crate) fn configured_keys(&self) -> Result<Vec<riskhost_auth::ApiKey>, String> {
         let mut keys = Vec::new();
         if let Some(token) = self.admin_token.as_deref().filter(|t| !t.is_empty()) {
-            if riskhost_auth::keys::token_id(token) != Some(riskhost_auth::keys::ADMIN_TOKEN_ID) {
+            if riskhost_auth::token_id(token) != Some(riskhost_auth::ADMIN_TOKEN_ID) {
                 return Err(
                     "--admin-token must be a token without `.` or one starting with `admin.`, made of visible ASCII"
                         .into(),
                 );
             }
             keys.push(riskhost_auth::ApiKey {
-                id: riskhost_auth::keys::ADMIN_TOKEN_ID.to_owned(),
-                digest: riskhost_auth::keys::digest(token),
+                id: riskhost_auth::ADMIN_TOKEN_ID.to_owned(),
+                digest: riskhost_auth::token_digest(token),
                 scope: riskhost_auth::Scope::Admin,
                 rate: Default::default(),
             });
         }
         for spec in self.api_keys.iter().filter(|s| !s.trim().is_empty()) {
-            keys.push(riskhost_auth::keys::parse_key_spec(spec)?);
+            keys.push(riskhost_auth::parse_key_spec(spec)?);
         }
         if let Some(path) = &self.api_keys_file {
-            keys.extend(riskhost_auth::keys::load_keys_file(path)?);
+            keys.extend(riskhost_auth::load_keys_file(path)?);
         }
         Ok(keys)
     }
@@ -718,7 +714,7 @@ impl AuthArgs {
 
 /// Which sink `serve` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventsKind {
+pub(crate) enum EventsKind {
     /// ClickHouse when `--clickhouse-url` is set, else none.
     Auto,
     None,
@@ -728,29 +724,29 @@ pub enum EventsKind {
 
 /// Settings of the score-event sink.
 #[derive(Debug, Clone, Args)]
-pub struct EventArgs {
+pub(crate) struct EventArgs {
     /// Where score events go.
     #[arg(long, env = "RISKHOST_EVENTS", value_enum, default_value = "auto")]
-    pub events: EventsKind,
+    pub(crate) events: EventsKind,
     /// ClickHouse table of score events (in --clickhouse-database).
     #[arg(long, env = "RISKHOST_EVENTS_TABLE", default_value = "score_events")]
-    pub events_table: String,
+    pub(crate) events_table: String,
     /// Events per insert.
     #[arg(long, env = "RISKHOST_EVENTS_BATCH", default_value_t = 10_000)]
-    pub events_batch: usize,
+    pub(crate) events_batch: usize,
     /// Longest wait before buffered events are inserted, in ms.
     #[arg(long, env = "RISKHOST_EVENTS_FLUSH_MS", default_value_t = 1000)]
-    pub events_flush_ms: u64,
+    pub(crate) events_flush_ms: u64,
     /// Events held in memory; beyond it they go straight to the spool file.
     #[arg(long, env = "RISKHOST_EVENTS_QUEUE", default_value_t = 100_000)]
-    pub events_queue: usize,
+    pub(crate) events_queue: usize,
     /// Bytes of events held in memory, in MiB; beyond it, too, they go
     /// straight to the spool file.
     #[arg(long, env = "RISKHOST_EVENTS_QUEUE_MAX_MIB", default_value_t = 64)]
-    pub events_queue_max_mib: u64,
+    pub(crate) events_queue_max_mib: u64,
     /// Largest spool on disk, in MiB; beyond it events are dropped and counted.
     #[arg(long, env = "RISKHOST_EVENTS_SPOOL_MAX_MIB", default_value_t = 1024)]
-    pub events_spool_max_mib: u64,
+    pub(crate) events_spool_max_mib: u64,
     /// Append every event to the local spool and fsync it (one fsync shared
     /// by concurrent requests) before the request is answered, so a crash
     /// loses none; ClickHouse is then fed from the spool every
@@ -758,12 +754,12 @@ pub struct EventArgs {
     #[arg(long, env = "RISKHOST_EVENTS_DURABLE", num_args = 0..=1,
           default_value_t = false, default_missing_value = "true",
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub events_durable: bool,
+    pub(crate) events_durable: bool,
 }
 
 impl EventArgs {
     /// The ClickHouse sink's settings, its spool under `data_dir`.
-    pub fn settings(&self, data_dir: &std::path::Path) -> riskhost_events::EventSettings {
+    pub(crate) fn settings(&self, data_dir: &std::path::Path) -> riskhost_events::EventSettings {
         riskhost_events::EventSettings {
             table: self.events_table.clone(),
             batch: self.events_batch,

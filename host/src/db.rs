@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use riskhost_db::clickhouse::Warehouse;
-use riskhost_market::sample::sample_instrument_info;
-use riskhost_market::{PriceTable, StoredPortfolio, sample_portfolios};
+use riskhost_db::Warehouse;
+use riskhost_market::{PriceTable, StoredPortfolio, sample_instrument_info, sample_portfolios};
 
 use crate::config::{DbArgs, DbCommand};
 use crate::sources::open_postgres;
 
-pub async fn run(command: DbCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: DbCommand) -> anyhow::Result<()> {
     match command {
         DbCommand::Migrate(args) => migrate(&args).await,
         DbCommand::Seed(args) => seed(&args).await,
@@ -36,9 +35,8 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     }
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
-        riskhost_market::clickhouse::create_tables(&wh).await?;
-        let version =
-            riskhost_events::clickhouse::create_events_table(&wh, &args.events_table).await?;
+        riskhost_market::create_clickhouse_tables(&wh).await?;
+        let version = riskhost_events::create_events_table(&wh, &args.events_table).await?;
         println!(
             "ClickHouse {version} database {}: market and {} tables ready",
             wh.database(),
@@ -66,7 +64,7 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
     if let Some(settings) = pg {
         let schema = settings.schema.clone();
         let pool = open_postgres(settings, Duration::ZERO).await?;
-        let report = riskhost_market::postgres::seed(&pool, &table, &info, &portfolios).await?;
+        let report = riskhost_market::seed_postgres(&pool, &table, &info, &portfolios).await?;
         println!(
             "PostgreSQL schema {schema}: {} instruments, {} prices, {} portfolios ({} positions) written or changed",
             report.instruments, report.prices, report.portfolios, report.positions
@@ -74,7 +72,7 @@ async fn seed(args: &DbArgs) -> anyhow::Result<()> {
     }
     if let Some(settings) = ch {
         let wh = Warehouse::new(settings)?;
-        let prices = riskhost_market::clickhouse::seed(&wh, &table, &info, &portfolios).await?;
+        let prices = riskhost_market::seed_clickhouse(&wh, &table, &info, &portfolios).await?;
         println!(
             "ClickHouse database {}: {} instruments, {prices} prices, {} portfolios written",
             wh.database(),

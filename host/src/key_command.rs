@@ -12,10 +12,12 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use crate::sources::{DataArgs, open_postgres};
-use riskhost_auth::keys::{self, ApiKey, RateOverride, Scope};
+use riskhost_auth::{
+    ApiKey, RateOverride, Scope, generate_token, key_spec, token_digest, token_id,
+};
 
 #[derive(Debug, Subcommand)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Create a key: prints the token once, and its configuration entry
     /// (hash only) or, with --postgres, stores the hash in PostgreSQL.
     New(NewKeyArgs),
@@ -37,35 +39,35 @@ pub enum KeyCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct NewKeyArgs {
+pub(crate) struct NewKeyArgs {
     /// The key's id, shown in logs and score events: 1-64 of A-Z a-z 0-9 - _.
     #[arg(long)]
-    pub id: String,
+    pub(crate) id: String,
     /// `score` (scoring, reading models and history) or `admin` (also model
     /// and cache management).
     #[arg(long, value_parser = Scope::parse)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// The key's own rate, requests per minute (default: --rate-limit-per-minute).
     #[arg(long)]
-    pub rate_per_minute: Option<u32>,
+    pub(crate) rate_per_minute: Option<u32>,
     /// The key's own burst (default: --rate-limit-burst, at most its rate).
     #[arg(long)]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// Store the key in PostgreSQL (--postgres-url, --postgres-schema)
     /// instead of printing its configuration entry.
     #[arg(long)]
-    pub postgres: bool,
+    pub(crate) postgres: bool,
     /// A note stored with the key in PostgreSQL (who it is for).
     #[arg(long, default_value = "")]
-    pub description: String,
+    pub(crate) description: String,
     #[command(flatten)]
-    pub data: DataArgs,
+    pub(crate) data: DataArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct HashArgs {
+pub(crate) struct HashArgs {
     #[arg(long, value_parser = Scope::parse)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
 }
 
 fn toml_entry(key: &ApiKey) -> String {
@@ -91,13 +93,13 @@ fn positive(name: &str, n: Option<u32>) -> anyhow::Result<Option<u32>> {
     }
 }
 
-pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::New(args) => {
-            let token = keys::generate_token(&args.id).map_err(anyhow::Error::msg)?;
+            let token = generate_token(&args.id).map_err(anyhow::Error::msg)?;
             let key = ApiKey {
                 id: args.id.clone(),
-                digest: keys::digest(&token),
+                digest: token_digest(&token),
                 scope: args.scope,
                 rate: RateOverride {
                     per_minute: positive("rate-per-minute", args.rate_per_minute)?,
@@ -107,7 +109,7 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             if args.postgres {
                 let pool = open_postgres(args.data.require_postgres()?, Duration::ZERO).await?;
-                riskhost_auth::postgres::insert(&pool, &key, &args.description)
+                riskhost_auth::insert_key(&pool, &key, &args.description)
                     .await
                     .with_context(|| format!("cannot store key `{}`", key.id))?;
                 writeln!(
@@ -123,7 +125,7 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
                     "# The token of key `{}`, shown only now; give it to its owner and keep no copy:\n{token}\n\n# For the configuration file (or a --api-keys-file); it holds only the hash:\n{}\n# Or as a flag / RISKHOST_API_KEYS entry:\n# --api-key '{}'",
                     key.id,
                     toml_entry(&key),
-                    keys::key_spec(&key)
+                    key_spec(&key)
                 )?;
             }
             Ok(())
@@ -135,12 +137,12 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
                 .read_line(&mut line)
                 .context("cannot read the token from standard input")?;
             let token = line.trim();
-            let Some(id) = keys::token_id(token).filter(|_| token.contains('.')) else {
+            let Some(id) = token_id(token).filter(|_| token.contains('.')) else {
                 bail!("standard input does not hold a token `<id>.<secret>`");
             };
             let key = ApiKey {
                 id: id.to_owned(),
-                digest: keys::digest(token),
+                digest: token_digest(token),
                 scope: args.scope,
                 rate: RateOverride::default(),
             };
@@ -149,7 +151,7 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { id, data } => {
             let pool = open_postgres(data.require_postgres()?, Duration::ZERO).await?;
-            if riskhost_auth::postgres::revoke(&pool, &id).await? {
+            if riskhost_auth::revoke_key(&pool, &id).await? {
                 println!(
                     "key `{id}` revoked; running servers refuse it within --keys-cache-ttl-ms"
                 );
@@ -160,7 +162,7 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::List { data } => {
             let pool = open_postgres(data.require_postgres()?, Duration::ZERO).await?;
-            for (id, scopes, created, revoked) in riskhost_auth::postgres::list(&pool).await? {
+            for (id, scopes, created, revoked) in riskhost_auth::list_keys(&pool).await? {
                 let revoked = if revoked.is_empty() {
                     String::new()
                 } else {
@@ -176,12 +178,13 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riskhost_auth::{parse_key_spec, spec_from_toml};
 
     #[test]
     fn the_toml_entry_is_a_loadable_key() {
         let key = ApiKey {
             id: "svc".into(),
-            digest: keys::digest("svc.x"),
+            digest: token_digest("svc.x"),
             scope: Scope::Score,
             rate: RateOverride {
                 per_minute: Some(5),
@@ -190,7 +193,7 @@ mod tests {
         };
         let table: toml::Table = toml::from_str(&toml_entry(&key)).unwrap();
         let items = table["api_keys"].as_array().unwrap();
-        let spec = keys::spec_from_toml(items[0].as_table().unwrap()).unwrap();
-        assert_eq!(keys::parse_key_spec(&spec).unwrap(), key);
+        let spec = spec_from_toml(items[0].as_table().unwrap()).unwrap();
+        assert_eq!(parse_key_spec(&spec).unwrap(), key);
     }
 }

@@ -1,26 +1,36 @@
 //! riskhost, the binary's library: the command line, the configuration and
 //! the composition root that builds every service from it.
 //!
-//! - [`config`], [`settings_file`], [`sources`]: every setting (clap stays
-//!   here; the capability crates take plain `*Settings` structs).
-//! - [`services`]: builds the services each command needs, once.
-//! - [`server`]: `serve`, with [`server::run`] handed its listener and its
+//! - `config.rs`, `settings_file.rs`, `sources.rs`: every setting (clap
+//!   stays here; the capability crates take plain `*Settings` structs).
+//! - `services.rs`: builds the services each command needs, once.
+//! - `server.rs`: `serve`, with `server::run` handed its listener and its
 //!   shutdown future.
-//! - [`cli`], [`score_file`], [`db`], [`key_command`], [`tooling`]: the
+//! - `cli.rs`, `score_file.rs`, `db.rs`, `key_command.rs`, `tooling/`: the
 //!   other subcommands.
-//! - [`telemetry`]: the log subscriber and the Prometheus recorder.
+//! - `telemetry.rs`: the log subscriber and the Prometheus recorder.
+//!
+//! Its API is what `main.rs` needs, re-exported below: the command line
+//! ([`Cli`]), the configuration file ([`apply_config_file`],
+//! [`print_effective`]) and [`run`]; and [`serve_in_process`], the server
+//! run in the caller's process (`tests/it/in_process.rs`).
 //!
 //! May not: hold domain logic. What scores, caches, stores or answers HTTP
 //! lives in the crates under `crates/` (ARCHITECTURE.md).
 
-pub mod cli;
-pub mod config;
-pub mod db;
-pub mod key_command;
-pub mod score_file;
-pub mod server;
-pub mod services;
-pub mod settings_file;
-pub mod sources;
-pub mod telemetry;
-pub mod tooling;
+mod cli;
+mod config;
+mod db;
+mod key_command;
+mod score_file;
+mod server;
+mod services;
+mod settings_file;
+mod sources;
+mod telemetry;
+mod tooling;
+
+pub use self::cli::run;
+pub use self::config::Cli;
+pub use self::server::serve_in_process;
+pub use self::settings_file::{ConfigFile, apply_config_file, print_effective};

@@ -5,26 +5,26 @@ use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let config_file = match riskhost::settings_file::apply_config_file(&args) {
+    let config_file = match riskhost::apply_config_file(&args) {
         Ok(path) => path,
         Err(error) => {
             eprintln!("error: {error:#}");
             return std::process::ExitCode::from(2);
         }
     };
-    let mut command = riskhost::config::Cli::command();
+    let mut command = riskhost::Cli::command();
     let matches = command.get_matches_mut();
     if let Some(("config", sub)) = matches.subcommand() {
         if let Some(config) = command.find_subcommand("config") {
-            riskhost::settings_file::print_effective(config, sub, config_file.as_ref());
+            riskhost::print_effective(config, sub, config_file.as_ref());
         }
         return std::process::ExitCode::SUCCESS;
     }
-    let cli = match riskhost::config::Cli::from_arg_matches(&matches) {
+    let cli = match riskhost::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    match riskhost::cli::run(cli) {
+    match riskhost::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -12,10 +12,8 @@ use anyhow::{Context as _, bail};
 use crate::config::ScoreFileArgs;
 use riskhost_cache::InProcessCache;
 
-use riskhost_models::loader;
-use riskhost_models::registry::{BulkheadLimits, ModelRegistry};
-use riskhost_scoring::batch::{BatchCell, BatchRequest, CellOutcome};
-use riskhost_scoring::{PortfolioInput, ScoringSettings};
+use riskhost_models::{BulkheadLimits, ModelRegistry, load_directory};
+use riskhost_scoring::{BatchCell, BatchRequest, CellOutcome, PortfolioInput, ScoringSettings};
 
 /// Output formats.
 enum Format {
@@ -23,7 +21,7 @@ enum Format {
     JsonLines,
 }
 
-pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
     let market = crate::services::open_market(&args.sources).await?;
     let services = crate::services::Services::new(
         args.sources.sandbox.limits(),
@@ -38,9 +36,9 @@ pub async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
         max_concurrent: cores,
         max_queued: usize::MAX,
     };
-    loader::load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
+    load_directory(&services.engine, &registry, &args.sources.plugins, bulkhead).await;
     let settings = ScoringSettings {
-        batch: riskhost_scoring::batch::BatchLimits {
+        batch: riskhost_scoring::BatchLimits {
             max_portfolios: args.batch.max(1),
             ..Default::default()
         },

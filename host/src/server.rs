@@ -15,22 +15,19 @@ use anyhow::Context as _;
 use std::path::PathBuf;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use riskhost_cache::redis::RedisCache;
-use riskhost_cache::{InProcessCache, ScoreCache, TieredCache};
+use riskhost_cache::{InProcessCache, RedisCache, ScoreCache, TieredCache};
 use riskhost_events::EventSink;
-use riskhost_http::api::{self, AppState, HttpLimits};
-use riskhost_http::limits::RequestLimits;
-use riskhost_models::deploy::{DeploySettings, ModelManager};
-use riskhost_models::registry::ModelRegistry;
-use riskhost_models::store::ModelStore;
-use riskhost_models::watcher::{self, WatchSettings};
+use riskhost_http::{AppState, HttpLimits, RequestLimits};
+use riskhost_models::{
+    DeploySettings, ModelManager, ModelRegistry, ModelStore, WatchSettings, watch_directory,
+};
 
 use crate::config::ServeArgs;
 use crate::services::{Services, authenticator, event_sink, open_market};
 
 /// `riskhost serve`: builds the server from `args`, binds its port and
 /// runs it until SIGTERM or Ctrl-C.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start: a signal during start-up must shut
     // down cleanly, not take the default (fatal) action.
     let signal = shutdown_signal()?;
@@ -41,8 +38,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     run(listener, server, signal).await
 }
 
+/// `riskhost serve FLAGS` inside the caller's process: `flags` are parsed
+/// exactly as the command line's (environment and defaults included), and
+/// the server is served on `listener` until `shutdown` resolves. Tests run
+/// the real server this way without a child process.
+pub async fn serve_in_process(
+    flags: &[&str],
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let cli = crate::config::Cli::try_parse_from(["riskhost", "serve"].iter().chain(flags))?;
+    let crate::config::Command::Serve(args) = cli.command else {
+        anyhow::bail!("`serve` flags parsed as another command");
+    };
+    let server = Server::build(&args).await?;
+    run(listener, server, shutdown).await
+}
+
 /// Everything `serve` runs, built from its settings and not yet listening.
-pub struct Server {
+pub(crate) struct Server {
     state: Arc<AppState>,
     app: axum::Router,
     models: Arc<ModelManager>,
@@ -55,7 +70,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn build(args: &ServeArgs) -> anyhow::Result<Server> {
+    pub(crate) async fn build(args: &ServeArgs) -> anyhow::Result<Server> {
         let metrics = crate::telemetry::init_metrics()?;
         let market = open_market(&args.sources).await?;
         let services = Services::new(
@@ -113,7 +128,7 @@ impl Server {
             backtests: riskhost_backtest::BacktestStore::new(args.backtest_store_mib << 20),
             backtest_limits: args.backtest.limits(),
         });
-        let app = api::router(
+        let app = riskhost_http::router(
             state.clone(),
             HttpLimits {
                 max_body_bytes: args.max_body_bytes,
@@ -148,7 +163,7 @@ impl Server {
 /// Serves `server` on `listener` until `shutdown` resolves, then shuts down
 /// gracefully (see the module doc). Its background tasks (model loading and
 /// the directory watch, metrics upkeep) end with it.
-pub async fn run(
+pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -178,7 +193,7 @@ pub async fn run(
         tokio::spawn(async move {
             models.restore().await;
             let registry = models.registry().clone();
-            watcher::run(models, plugins, watch, move || {
+            watch_directory(models, plugins, watch, move || {
                 registry.mark_initial_load_done();
                 for name in &overrides {
                     if !registry.active().contains_key(name) {

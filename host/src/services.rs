@@ -7,21 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use riskhost_auth::rate::{RateLimits, RateSettings};
+use riskhost_auth::{RateLimits, RateSettings};
 use riskhost_cache::ScoreCache;
-use riskhost_db::clickhouse::Warehouse;
+use riskhost_db::Warehouse;
 use riskhost_engine::{ModelEngine, SandboxLimits};
-use riskhost_events::clickhouse::ClickHouseSink;
+use riskhost_events::ClickHouseSink;
 use riskhost_events::{EventSink, LogSink, NoSink};
 use riskhost_market::{EmbeddedSource, MarketDataSource};
-use riskhost_models::registry::ModelRegistry;
+use riskhost_models::ModelRegistry;
 use riskhost_scoring::{ScoringService, ScoringSettings};
 
 use crate::config::{EventArgs, EventsKind, KeysSourceKind, ServeArgs, SourceArgs};
 use crate::sources::DataArgs;
 
 /// The async runtime every command runs on.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,14 +31,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// What every scoring command is made of: one engine, one registry, one
 /// market data source. Each command adds its own way of loading models and
 /// its own memo, then asks for the [`ScoringService`].
-pub struct Services {
-    pub engine: Arc<ModelEngine>,
-    pub registry: Arc<ModelRegistry>,
-    pub market: Arc<dyn MarketDataSource>,
+pub(crate) struct Services {
+    pub(crate) engine: Arc<ModelEngine>,
+    pub(crate) registry: Arc<ModelRegistry>,
+    pub(crate) market: Arc<dyn MarketDataSource>,
 }
 
 impl Services {
-    pub fn new(
+    pub(crate) fn new(
         sandbox: SandboxLimits,
         registry: ModelRegistry,
         market: Arc<dyn MarketDataSource>,
@@ -52,7 +52,11 @@ impl Services {
     }
 
     /// The scoring path over these services.
-    pub fn scoring(&self, cache: Arc<dyn ScoreCache>, settings: ScoringSettings) -> ScoringService {
+    pub(crate) fn scoring(
+        &self,
+        cache: Arc<dyn ScoreCache>,
+        settings: ScoringSettings,
+    ) -> ScoringService {
         ScoringService::new(
             self.engine.clone(),
             self.registry.clone(),
@@ -64,7 +68,7 @@ impl Services {
 }
 
 /// The embedded source: `--prices FILE.csv`, or the bundled sample data.
-pub fn market_source(
+pub(crate) fn market_source(
     prices: Option<&std::path::Path>,
 ) -> anyhow::Result<Arc<dyn MarketDataSource>> {
     Ok(match prices {
@@ -79,12 +83,12 @@ pub fn market_source(
 
 /// The market data source `--data-source` selects (`embedded`: `--prices` or
 /// the bundled data).
-pub async fn open_market(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
+pub(crate) async fn open_market(sources: &SourceArgs) -> anyhow::Result<Arc<dyn MarketDataSource>> {
     crate::sources::open_source(&sources.data, || market_source(sources.prices.as_deref())).await
 }
 
 /// The score-event sink `--events` selects.
-pub async fn event_sink(
+pub(crate) async fn event_sink(
     data: &DataArgs,
     args: &EventArgs,
     data_dir: &Path,
@@ -107,9 +111,11 @@ pub async fn event_sink(
 }
 
 /// The key source, anonymous-scoring flag and rate limits `args` select.
-pub async fn authenticator(args: &ServeArgs) -> anyhow::Result<riskhost_auth::Authenticator> {
+pub(crate) async fn authenticator(
+    args: &ServeArgs,
+) -> anyhow::Result<riskhost_auth::Authenticator> {
     use riskhost_auth::KeySource;
-    use riskhost_auth::keys::StaticKeys;
+    use riskhost_auth::StaticKeys;
     let configured = args
         .auth
         .configured_keys()
@@ -124,7 +130,7 @@ pub async fn authenticator(args: &ServeArgs) -> anyhow::Result<riskhost_auth::Au
                 Duration::from_secs(30),
             )
             .await?;
-            Arc::new(riskhost_auth::postgres::PostgresKeys::new(
+            Arc::new(riskhost_auth::PostgresKeys::new(
                 pool,
                 configured,
                 Duration::from_millis(args.auth.keys_cache_ttl_ms),

@@ -18,8 +18,8 @@ use clap::{ArgMatches, Command};
 /// A loaded configuration file: its path and the variables it set.
 #[derive(Debug, Default)]
 pub struct ConfigFile {
-    pub path: String,
-    pub variables: Vec<String>,
+    pub(crate) path: String,
+    pub(crate) variables: Vec<String>,
 }
 
 /// Loads the configuration file named by `--config` or `RISKHOST_CONFIG`
@@ -89,9 +89,7 @@ fn api_key_specs(value: &toml::Value) -> anyhow::Result<String> {
     let specs = items
         .iter()
         .map(|item| match item {
-            toml::Value::Table(t) => {
-                riskhost_auth::keys::spec_from_toml(t).map_err(anyhow::Error::msg)
-            }
+            toml::Value::Table(t) => riskhost_auth::spec_from_toml(t).map_err(anyhow::Error::msg),
             _ => bail!("`api_keys` must be [[api_keys]] tables"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -8,14 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use riskhost_db::DbError;
-use riskhost_db::clickhouse::{Warehouse, WarehouseSettings};
-use riskhost_db::postgres::{PgPool, PgSettings};
+use riskhost_db::{DbError, PgPool, PgSettings, Warehouse, WarehouseSettings};
 use riskhost_market::{ClickHouseSource, MarketDataSource, PostgresSource};
 
 /// Which backend serves prices and stored portfolios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DataSourceKind {
+pub(crate) enum DataSourceKind {
     /// The bundled sample data, or `--prices FILE.csv`, in memory.
     Embedded,
     /// PostgreSQL at `--postgres-url`.
@@ -26,7 +24,7 @@ pub enum DataSourceKind {
 
 /// Data-source settings.
 #[derive(Debug, Clone, Args)]
-pub struct DataArgs {
+pub(crate) struct DataArgs {
     /// Where prices and stored portfolios come from.
     #[arg(
         long,
@@ -34,58 +32,58 @@ pub struct DataArgs {
         value_enum,
         default_value = "embedded"
     )]
-    pub data_source: DataSourceKind,
+    pub(crate) data_source: DataSourceKind,
     /// PostgreSQL connection URL, e.g. `postgres://user@127.0.0.1:5432/db`.
     #[arg(long, env = "RISKHOST_POSTGRES_URL", hide_env_values = true)]
-    pub postgres_url: Option<String>,
+    pub(crate) postgres_url: Option<String>,
     /// Schema of riskhost's PostgreSQL tables.
     #[arg(long, env = "RISKHOST_POSTGRES_SCHEMA", default_value = "riskhost")]
-    pub postgres_schema: String,
+    pub(crate) postgres_schema: String,
     /// Most pooled PostgreSQL connections.
     #[arg(long, env = "RISKHOST_POSTGRES_POOL_SIZE", default_value_t = 16)]
-    pub postgres_pool_size: usize,
+    pub(crate) postgres_pool_size: usize,
     /// How long a query waits for a pooled connection, in ms (then 503).
     #[arg(
         long,
         env = "RISKHOST_POSTGRES_WAIT_TIMEOUT_MS",
         default_value_t = 2000
     )]
-    pub postgres_wait_timeout_ms: u64,
+    pub(crate) postgres_wait_timeout_ms: u64,
     /// How long opening a PostgreSQL connection may take, in ms.
     #[arg(
         long,
         env = "RISKHOST_POSTGRES_CONNECT_TIMEOUT_MS",
         default_value_t = 2000
     )]
-    pub postgres_connect_timeout_ms: u64,
+    pub(crate) postgres_connect_timeout_ms: u64,
     /// Server-side limit of one PostgreSQL statement, in ms.
     #[arg(
         long,
         env = "RISKHOST_POSTGRES_STATEMENT_TIMEOUT_MS",
         default_value_t = 5000
     )]
-    pub postgres_statement_timeout_ms: u64,
+    pub(crate) postgres_statement_timeout_ms: u64,
     /// ClickHouse HTTP URL, e.g. `http://127.0.0.1:8123`; also enables score events.
     #[arg(long, env = "RISKHOST_CLICKHOUSE_URL", hide_env_values = true)]
-    pub clickhouse_url: Option<String>,
+    pub(crate) clickhouse_url: Option<String>,
     /// ClickHouse database of riskhost's tables (market data and score events).
     #[arg(long, env = "RISKHOST_CLICKHOUSE_DATABASE", default_value = "riskhost")]
-    pub clickhouse_database: String,
+    pub(crate) clickhouse_database: String,
     /// Bound of one ClickHouse query or insert, in ms.
     #[arg(long, env = "RISKHOST_CLICKHOUSE_TIMEOUT_MS", default_value_t = 5000)]
-    pub clickhouse_timeout_ms: u64,
+    pub(crate) clickhouse_timeout_ms: u64,
     /// How long a database's data version is trusted before it is re-checked, in ms.
     #[arg(long, env = "RISKHOST_DATA_VERSION_TTL_MS", default_value_t = 1000)]
-    pub data_version_ttl_ms: u64,
+    pub(crate) data_version_ttl_ms: u64,
 }
 
 impl DataArgs {
-    pub fn version_ttl(&self) -> Duration {
+    pub(crate) fn version_ttl(&self) -> Duration {
         Duration::from_millis(self.data_version_ttl_ms)
     }
 
     /// PostgreSQL settings, if a URL is configured.
-    pub fn postgres(&self) -> Option<PgSettings> {
+    pub(crate) fn postgres(&self) -> Option<PgSettings> {
         self.postgres_url.as_ref().map(|url| PgSettings {
             url: url.clone(),
             schema: self.postgres_schema.clone(),
@@ -97,7 +95,7 @@ impl DataArgs {
     }
 
     /// ClickHouse settings, if a URL is configured.
-    pub fn clickhouse(&self) -> Option<WarehouseSettings> {
+    pub(crate) fn clickhouse(&self) -> Option<WarehouseSettings> {
         self.clickhouse_url.as_ref().map(|url| WarehouseSettings {
             url: url.clone(),
             database: self.clickhouse_database.clone(),
@@ -105,12 +103,12 @@ impl DataArgs {
         })
     }
 
-    pub fn require_postgres(&self) -> anyhow::Result<PgSettings> {
+    pub(crate) fn require_postgres(&self) -> anyhow::Result<PgSettings> {
         self.postgres()
             .context("PostgreSQL is not configured: give --postgres-url or RISKHOST_POSTGRES_URL")
     }
 
-    pub fn require_clickhouse(&self) -> anyhow::Result<WarehouseSettings> {
+    pub(crate) fn require_clickhouse(&self) -> anyhow::Result<WarehouseSettings> {
         self.clickhouse().context(
             "ClickHouse is not configured: give --clickhouse-url or RISKHOST_CLICKHOUSE_URL",
         )
@@ -119,11 +117,14 @@ impl DataArgs {
 
 /// Opens the PostgreSQL pool, runs the migrations (retrying for up to
 /// `patience` while the database comes up) and starts the pool metrics.
-pub async fn open_postgres(settings: PgSettings, patience: Duration) -> anyhow::Result<PgPool> {
+pub(crate) async fn open_postgres(
+    settings: PgSettings,
+    patience: Duration,
+) -> anyhow::Result<PgPool> {
     let pool = PgPool::new("postgres", settings)?;
     let deadline = std::time::Instant::now() + patience;
     loop {
-        match riskhost_db::postgres::migrate(&pool).await {
+        match riskhost_db::migrate(&pool).await {
             Ok(applied) => {
                 if !applied.is_empty() {
                     tracing::info!(?applied, schema = %pool.settings().schema, "PostgreSQL migrations applied");
@@ -142,7 +143,7 @@ pub async fn open_postgres(settings: PgSettings, patience: Duration) -> anyhow::
 }
 
 /// The source `args` select; `embedded` is the caller's in-memory source.
-pub async fn open_source(
+pub(crate) async fn open_source(
     args: &DataArgs,
     embedded: impl FnOnce() -> anyhow::Result<Arc<dyn MarketDataSource>>,
 ) -> anyhow::Result<Arc<dyn MarketDataSource>> {
@@ -154,7 +155,7 @@ pub async fn open_source(
         }
         DataSourceKind::Clickhouse => {
             let wh = Warehouse::new(args.require_clickhouse()?)?;
-            riskhost_market::clickhouse::create_tables(&wh)
+            riskhost_market::create_clickhouse_tables(&wh)
                 .await
                 .context("cannot create the ClickHouse market tables")?;
             Arc::new(ClickHouseSource::new(wh, args.version_ttl()))

@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines, for local runs.
     Pretty,
     /// One JSON object per line, for log shippers.
@@ -16,7 +16,7 @@ pub enum LogFormat {
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the filter.
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
     });
@@ -52,7 +52,7 @@ const FUEL_BUCKETS: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and returns its handle.
-pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     if let Some(handle) = METRICS.get() {
         return Ok(handle.clone());
     }

@@ -552,7 +552,7 @@ fn the_statistics_match_scipy() {
             .map(|v| v.as_bool().expect("bool"))
             .collect();
         let confidence = fixture["confidence"].as_f64().expect("confidence");
-        let got = riskhost_backtest::stats::coverage(&sequence, confidence);
+        let got = riskhost_backtest::coverage(&sequence, confidence);
         let name = fixture["name"].as_str().unwrap_or_default();
         let close = |got: f64, want: &Value, what: &str| {
             let want = want

@@ -1,34 +1,21 @@
-//! The server run inside the test's own process, as `riskhost serve` runs it:
-//! `Server::build` from parsed settings, then `server::run(listener, server,
-//! shutdown)` handed a shutdown future the test resolves. No child process,
+//! The server run inside the test's own process, as `riskhost serve` runs it
+//! (`riskhost::serve_in_process`: the flags parsed as the command line's,
+//! `Server::build`, then `server::run(listener, server, shutdown)`), handed
+//! a shutdown future the test resolves. No child process,
 //! no signals: what this checks is that the server's life is its caller's
 //! to end, and that it ends cleanly with every background task.
-
-use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser as _;
-use common::{TempDir, plugins_dir, wait_until};
-use riskhost::config::{Cli, Command};
+use crate::common::{TempDir, plugins_dir, wait_until};
 use serde_json::{Value, json};
-
-/// Parses `riskhost serve ARGS` exactly as the binary does.
-fn serve_args(args: &[&str]) -> riskhost::config::ServeArgs {
-    let cli = Cli::try_parse_from(["riskhost", "serve"].iter().chain(args))
-        .unwrap_or_else(|e| panic!("the test's flags do not parse: {e}"));
-    match cli.command {
-        Command::Serve(args) => args,
-        other => panic!("parsed as {other:?}"),
-    }
-}
 
 #[test]
 fn the_server_serves_until_its_shutdown_future_resolves_then_returns() {
     let data_dir = TempDir::new("in-process");
     let plugins = plugins_dir();
-    let args = serve_args(&[
+    let flags = [
         "--plugins",
         plugins.to_str().expect("utf-8"),
         "--data-dir",
@@ -40,15 +27,19 @@ fn the_server_serves_until_its_shutdown_future_resolves_then_returns() {
         // process is the test binary, so it compiles in process.
         "--compile-isolation",
         "false",
-    ]);
+    ]
+    .map(str::to_owned);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, address) = std::sync::mpsc::channel::<SocketAddr>();
     let server = std::thread::spawn(move || -> anyhow::Result<()> {
-        riskhost::services::runtime()?.block_on(async move {
-            let server = riskhost::server::Server::build(&args).await?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             bound.send(listener.local_addr()?)?;
-            riskhost::server::run(listener, server, async {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            riskhost::serve_in_process(&flags, listener, async {
                 let _ = stopped.await;
             })
             .await

@@ -23,11 +23,10 @@ use proptest::test_runner::Config;
 use serde_json::{Value, json};
 
 use riskhost_cache::{CanonicalPosition, score_key};
-use riskhost_http::api::ApiError;
+use riskhost_http::ApiError;
 use riskhost_market::{PriceTable, SnapshotId, load_prices_csv};
-use riskhost_models::registry::ModelRef;
-use riskhost_scoring::batch::BatchRequest;
-use riskhost_scoring::request::{PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
+use riskhost_models::ModelRef;
+use riskhost_scoring::{BatchRequest, PortfolioLimits, PositionInput, ScoreRequest, canonicalize};
 
 const CASES: u32 = 512;
 /// Each case against the server is a batch and one request per cell.

@@ -8,7 +8,7 @@
 use riskhost_sdk::{BatchContext, Contribution, Job, ModelError, ParamSpec, Score, Unit};
 
 /// The `misbehave` parameter: 0 (the default, used by the warm-up) behaves.
-pub fn misbehave_param(what: &str, max: u32) -> ParamSpec {
+pub(crate) fn misbehave_param(what: &str, max: u32) -> ParamSpec {
     ParamSpec::integer(
         "misbehave",
         &format!("0 (default) scores gross exposure; {what}."),
@@ -19,12 +19,12 @@ pub fn misbehave_param(what: &str, max: u32) -> ParamSpec {
 }
 
 /// The job's `misbehave` value, declared as the model's first parameter.
-pub fn misbehave(job: &Job) -> u32 {
+pub(crate) fn misbehave(job: &Job) -> u32 {
     job.params.first().map_or(0, |v| *v as u32)
 }
 
 /// Σ |quantity × close|, one contribution per position.
-pub fn gross_exposure(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
+pub(crate) fn gross_exposure(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
     let values = ctx.position_values(&job.portfolio)?;
     let breakdown = job
         .portfolio

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use super::{KeyError, KeySource};
 
 /// Longest key id.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// What a key may do. `Admin` implies `Score`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,7 +46,7 @@ impl Scope {
     }
 
     /// The widest of a list of scopes (`admin` implies `score`).
-    pub fn widest<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scope, String> {
+    pub(crate) fn widest<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scope, String> {
         let mut widest = None;
         for name in names {
             let scope = Scope::parse(name)?;
@@ -56,7 +56,7 @@ impl Scope {
     }
 
     /// Whether a key of this scope may use a route that needs `needed`.
-    pub fn allows(self, needed: Scope) -> bool {
+    pub(crate) fn allows(self, needed: Scope) -> bool {
         self >= needed
     }
 }
@@ -101,7 +101,7 @@ pub fn digest(token: &str) -> [u8; 32] {
 }
 
 /// Checks a key id: 1–64 of `[A-Za-z0-9_-]` (no `.`, which ends the id in a token).
-pub fn check_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty()
         || id.len() > MAX_ID_LEN
         || !id

@@ -2,8 +2,8 @@
 //! keys are looked up in, anonymous scoring and per-caller rate limits.
 //!
 //! A caller sends `Authorization: Bearer <id>.<secret>`. The key is looked up
-//! by id in a [`KeySource`] ([`keys::StaticKeys`] from configuration, or
-//! [`postgres::PostgresKeys`] with a short cache), and the token's SHA-256 is
+//! by id in a [`KeySource`] ([`StaticKeys`] from configuration, or
+//! [`PostgresKeys`] with a short cache), and the token's SHA-256 is
 //! compared with the stored one in constant time; tokens themselves are never
 //! stored or logged. [`Authenticator::authorize`] answers with the [`Caller`]
 //! or an [`AuthError`] saying why not; the HTTP layer turns that into a
@@ -11,18 +11,32 @@
 //! Anonymous callers may score only when `--anonymous-scoring` is on,
 //! limited per client address.
 //!
+//! - `keys.rs`: the token format ([`generate_token`], [`token_id`],
+//!   [`token_digest`]), scopes, key specs and files, [`StaticKeys`].
+//! - `postgres.rs`: [`PostgresKeys`], and the insert, revoke and list of
+//!   `riskhost key` ([`insert_key`], [`revoke_key`], [`list_keys`]).
+//! - `rate.rs`: [`RateLimits`], the per-key and per-address token buckets.
+//!
+//! The crate's API is what this file defines and re-exports.
+//!
 //! May not: know about HTTP (no axum, no status codes, no headers beyond the
 //! `Authorization` value it is handed), or log or store a token.
 
-pub mod keys;
-pub mod postgres;
-pub mod rate;
+mod keys;
+mod postgres;
+mod rate;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::rate::RateLimits;
-pub use keys::{ApiKey, Scope};
+pub use self::keys::{
+    ADMIN_TOKEN_ID, ApiKey, RateOverride, Scope, StaticKeys, digest as token_digest,
+    generate_token, key_spec, load_keys_file, parse_key_spec, spec_from_toml, token_id,
+};
+pub use self::postgres::{
+    PostgresKeys, insert as insert_key, list as list_keys, revoke as revoke_key,
+};
+pub use self::rate::{RateLimits, RateSettings};
 
 /// Why a request is refused. Each variant's message is the answer's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

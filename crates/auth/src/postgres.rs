@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use super::keys::{self, ApiKey, RateOverride, Scope, StaticKeys};
 use super::{KeyError, KeySource};
-use riskhost_db::DbError;
-use riskhost_db::postgres::PgPool;
+use riskhost_db::{DbError, PgPool};
 
 /// Keys from the `api_keys` table, cached, behind the configured ones.
 pub struct PostgresKeys {
@@ -29,7 +28,7 @@ pub struct PostgresKeys {
 }
 
 /// The share of the pool key lookups may hold: a quarter, at least one.
-pub fn lookup_connections(pool_size: usize) -> usize {
+pub(crate) fn lookup_connections(pool_size: usize) -> usize {
     (pool_size / 4).max(1)
 }
 

@@ -7,7 +7,7 @@
 //!
 //! The rate limits are checked by the auth extractors once they know who is
 //! calling ([`crate`]); the layers wrap the `/v1` routes in
-//! [`riskhost_http::api::router`]. The open routes (`/healthz`, `/readyz`,
+//! `riskhost_http::router`. The open routes (`/healthz`, `/readyz`,
 //! `/metrics`) are outside both, so probes and scrapes answer under load.
 
 use std::collections::HashMap;
@@ -52,11 +52,11 @@ pub struct RateLimits {
 
 /// How long to wait before the next request would be allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+pub(crate) struct RetryAfter(pub(crate) Duration);
 
 impl RetryAfter {
     /// Whole seconds, rounded up, at least 1 (the `Retry-After` value).
-    pub fn secs(self) -> u32 {
+    pub(crate) fn secs(self) -> u32 {
         let d = self.0;
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
         u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
@@ -93,7 +93,7 @@ impl RateLimits {
     }
 
     /// Takes one request from key `id`'s bucket.
-    pub fn check_key(&self, id: &str, rate: RateOverride) -> Result<(), RetryAfter> {
+    pub(crate) fn check_key(&self, id: &str, rate: RateOverride) -> Result<(), RetryAfter> {
         let Some(quota) = self.key_quota(rate) else {
             return Ok(());
         };
@@ -118,7 +118,7 @@ impl RateLimits {
     }
 
     /// Takes one request from an anonymous client address's bucket.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+    pub(crate) fn check_ip(&self, ip: IpAddr) -> Result<(), RetryAfter> {
         match &self.per_ip {
             None => Ok(()),
             Some(limiter) => limiter
@@ -130,7 +130,7 @@ impl RateLimits {
     /// Whether `ip` may try to authenticate now: `Err` while it is out of
     /// failures. Checked before the key lookup, so a throttled address costs
     /// the key store nothing.
-    pub fn check_failures(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+    pub(crate) fn check_failures(&self, ip: IpAddr) -> Result<(), RetryAfter> {
         let Ok(throttled) = self.throttled.lock() else {
             return Ok(());
         };
@@ -181,8 +181,9 @@ impl RateLimits {
 }
 
 impl RateSettings {
-    /// No limit of any kind.
-    pub fn off() -> RateSettings {
+    /// No limit of any kind (the tests' base).
+    #[cfg(test)]
+    pub(crate) fn off() -> RateSettings {
         RateSettings {
             per_minute: 0,
             burst: 0,

@@ -1,18 +1,18 @@
 //! riskhost-backtest: what a VaR backtest answers, and the statistics and
 //! report behind it.
 //!
-//! - [`stats`]: Kupiec, Christoffersen and the Basel traffic light over a
-//!   sequence of exceptions.
-//! - [`report`]: the self-contained HTML page (an SVG chart per portfolio,
-//!   the test table and the verdict in words).
+//! - `stats.rs`: Kupiec, Christoffersen and the Basel traffic light over a
+//!   sequence of exceptions ([`coverage`]).
+//! - `report.rs`: the self-contained HTML page ([`report_html`]: an SVG
+//!   chart per portfolio, the test table and the verdict in words).
 //! - [`BacktestStore`]: finished backtests kept in memory under a byte bound,
 //!   so `GET /v1/backtests/{id}` and its report can be read again.
 //!
 //! Pure: no I/O, no scoring. The scoring crate computes each day's VaR and
 //! P&L and hands the days here; the HTTP crate serves what this returns.
 
-pub mod report;
-pub mod stats;
+mod report;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde::Serialize;
 
-pub use stats::{Christoffersen, Kupiec, TrafficLight};
+pub use report::{BAR_FILL, EXCEPTION_FILL, html as report_html, verdict};
+pub use stats::{Christoffersen, Coverage, Kupiec, TrafficLight, coverage};
 
 /// One backtested day t: the VaR as of t and the P&L from t to the next
 /// trading day of the unchanged positions.

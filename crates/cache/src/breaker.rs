@@ -34,14 +34,14 @@ pub struct BreakerSettings {
 /// The externally visible state (also the `riskhost_cache_breaker_state`
 /// gauge: 0 closed, 1 half-open, 2 open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     HalfOpen,
     Open,
 }
 
 impl BreakerState {
-    pub fn gauge_value(self) -> f64 {
+    pub(crate) fn gauge_value(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
             BreakerState::HalfOpen => 1.0,
@@ -59,7 +59,7 @@ enum State {
 
 /// What a recorded failure did to the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     /// The breaker neither opened nor closed (a failed probe keeps it open).
     None,
     /// The breaker just opened.
@@ -68,7 +68,7 @@ pub enum Transition {
     Closed,
 }
 
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     state: Mutex<State>,
 }
@@ -76,7 +76,7 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker, or an open one whose first probe is due at `now`
     /// (a tier that could not connect at start-up).
-    pub fn new(settings: BreakerSettings, closed: bool, now: Instant) -> Self {
+    pub(crate) fn new(settings: BreakerSettings, closed: bool, now: Instant) -> Self {
         let state = if closed {
             State::Closed { failures: 0 }
         } else {
@@ -99,7 +99,7 @@ impl Breaker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match *self.lock() {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { .. } => BreakerState::Open,
@@ -108,12 +108,12 @@ impl Breaker {
     }
 
     /// Whether a request may use the tier now.
-    pub fn allows_requests(&self) -> bool {
+    pub(crate) fn allows_requests(&self) -> bool {
         matches!(*self.lock(), State::Closed { .. })
     }
 
     /// A request's operation succeeded.
-    pub fn on_success(&self) {
+    pub(crate) fn on_success(&self) {
         // Only a closed breaker counts: a straggler that started before the
         // breaker opened says nothing about the tier now.
         if let State::Closed { failures } = &mut *self.lock() {
@@ -122,7 +122,7 @@ impl Breaker {
     }
 
     /// A request's operation failed or timed out.
-    pub fn on_failure(&self, now: Instant) -> Transition {
+    pub(crate) fn on_failure(&self, now: Instant) -> Transition {
         let transition = {
             let mut state = self.lock();
             match &mut *state {
@@ -146,7 +146,7 @@ impl Breaker {
 
     /// Opens the breaker at once, whatever the count (the connection is
     /// gone, so every further operation would fail too).
-    pub fn trip(&self, now: Instant) -> Transition {
+    pub(crate) fn trip(&self, now: Instant) -> Transition {
         let transition = {
             let mut state = self.lock();
             match *state {
@@ -165,7 +165,7 @@ impl Breaker {
 
     /// Claims the probe: true for exactly one caller once the cool-down has
     /// elapsed, which moves the breaker to half-open.
-    pub fn try_begin_probe(&self, now: Instant) -> bool {
+    pub(crate) fn try_begin_probe(&self, now: Instant) -> bool {
         let begun = {
             let mut state = self.lock();
             match *state {
@@ -184,7 +184,7 @@ impl Breaker {
 
     /// The probe's outcome: closes the breaker, or opens it for another
     /// cool-down.
-    pub fn end_probe(&self, succeeded: bool, now: Instant) -> Transition {
+    pub(crate) fn end_probe(&self, succeeded: bool, now: Instant) -> Transition {
         let transition = {
             let mut state = self.lock();
             if !matches!(*state, State::HalfOpen) {

@@ -26,7 +26,7 @@ use riskhost_engine::bindings::{Contribution, ModelError, Score, Unit};
 use super::CachedScore;
 
 /// Version byte that opens every encoded value.
-pub const ENCODING_VERSION: u8 = 1;
+pub(crate) const ENCODING_VERSION: u8 = 1;
 
 const TAG_SCORE: u8 = 0;
 const TAG_INVALID_INPUT: u8 = 1;
@@ -35,7 +35,7 @@ const TAG_INTERNAL: u8 = 3;
 
 /// Why bytes from the shared tier are not a value this build can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("encoding version {0} is not {ENCODING_VERSION}")]
     Version(u8),
     #[error("the value ends early")]
@@ -53,7 +53,7 @@ pub enum DecodeError {
 }
 
 /// Encodes an outcome that stays valid until `expires_at_ms` (Unix ms).
-pub fn encode(value: &CachedScore, expires_at_ms: u64) -> Vec<u8> {
+pub(crate) fn encode(value: &CachedScore, expires_at_ms: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + value.weight() as usize);
     out.push(ENCODING_VERSION);
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
@@ -82,7 +82,7 @@ pub fn encode(value: &CachedScore, expires_at_ms: u64) -> Vec<u8> {
 }
 
 /// Decodes a value, returning it with its expiry (Unix ms).
-pub fn decode(bytes: &[u8]) -> Result<(CachedScore, u64), DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(CachedScore, u64), DecodeError> {
     let mut r = Reader { bytes };
     let version = r.u8()?;
     if version != ENCODING_VERSION {

@@ -23,7 +23,7 @@ use chrono::NaiveDate;
 use riskhost_market::SnapshotId;
 
 /// Bump when the recipe or the cached value's encoding changes.
-pub const KEY_SCHEMA_VERSION: u32 = 1;
+pub(crate) const KEY_SCHEMA_VERSION: u32 = 1;
 
 /// A 256-bit memo key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

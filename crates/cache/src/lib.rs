@@ -5,21 +5,25 @@
 //!
 //! - embedded default: [`InProcessCache`] alone, a size-bounded moka cache;
 //! - with `--redis-url`: [`TieredCache`], the in-process tier (L1) in front
-//!   of a Redis tier shared by every replica (L2, [`redis::RedisCache`]). A
-//!   lookup tries L1, then L2 for what L1 lacks, and fills L1 from L2 hits.
+//!   of a Redis tier shared by every replica (L2, [`RedisCache`], whose
+//!   circuit breaker is `breaker.rs`). A lookup tries L1, then L2 for what
+//!   L1 lacks, and fills L1 from L2 hits; values cross to Redis in the
+//!   encoding of `codec.rs`.
 //!
-//! Keys come from [`key`], whose recipe guarantees a cached score never
+//! Keys come from [`score_key`] (`key.rs`), whose recipe guarantees a cached score never
 //! crosses a model version, parameter set, portfolio content or market-data
 //! snapshot, so nothing ever needs purging for correctness; the purge is an
 //! operator's tool (to free memory, or out of caution). [`CachePolicy`]
 //! decides what is stored and for how long. Backends never fail a request: a tier
 //! that is down behaves like a miss and its writes are dropped.
 //! `docs/caching.md` is the operator's description of all of this.
+//!
+//! The crate's API is what this file re-exports.
 
-pub mod breaker;
-pub mod codec;
-pub mod key;
-pub mod redis;
+mod breaker;
+mod codec;
+mod key;
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +31,9 @@ use std::time::Duration;
 
 use tracing::Instrument as _;
 
-pub use key::{CanonicalPosition, ScoreKey, score_key};
+pub use self::breaker::BreakerSettings;
+pub use self::key::{CanonicalPosition, ScoreKey, days_since_epoch, score_key};
+pub use self::redis::{RedisCache, RedisSettings, RedisSetupError};
 
 use riskhost_engine::bindings::{ModelError, Score};
 
@@ -317,10 +323,6 @@ pub struct TieredCache {
 impl TieredCache {
     pub fn new(l1: InProcessCache, l2: redis::RedisCache) -> Self {
         TieredCache { l1, l2 }
-    }
-
-    pub fn l2(&self) -> &redis::RedisCache {
-        &self.l2
     }
 }
 

@@ -24,14 +24,14 @@ use arc_swap::ArcSwapOption;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
-use super::breaker::{Breaker, BreakerSettings, BreakerState, Transition};
+use super::breaker::{Breaker, BreakerSettings, Transition};
 use super::key::KEY_SCHEMA_VERSION;
 use super::{CacheTier, CachedScore, ScoreKey, codec, count_lookups};
 
 /// Keys per `MGET` (and writes per pipeline slice of the timeout budget):
 /// large enough to amortise the round trip, small enough that one reply
 /// stays well under a megabyte for typical breakdowns.
-pub const CHUNK: usize = 1000;
+pub(crate) const CHUNK: usize = 1000;
 
 /// Longest TTL sent to Redis (ten years): Redis refuses an expiry that
 /// overflows its clock, and a refused write would count against the breaker.
@@ -63,7 +63,7 @@ pub enum RedisSetupError {
 
 /// Why one operation did not complete.
 #[derive(Debug, thiserror::Error)]
-pub enum OpError {
+pub(crate) enum OpError {
     #[error("no connection to Redis (circuit breaker open)")]
     Unavailable,
     #[error("Redis did not answer within {} ms", .0.as_millis())]
@@ -176,18 +176,19 @@ impl RedisCache {
         Ok(RedisCache { inner, supervisor })
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
+    #[cfg(test)]
+    pub(crate) fn breaker_state(&self) -> super::breaker::BreakerState {
         self.inner.breaker.state()
     }
 
     /// The Redis key of an entry.
-    pub fn redis_key(&self, model: &str, key: &ScoreKey) -> String {
+    pub(crate) fn redis_key(&self, model: &str, key: &ScoreKey) -> String {
         format!("{}{model}:{}", self.inner.key_head, key.to_hex())
     }
 
     /// Looks keys up: one pipeline of `MGET`s. Each hit comes with how long
     /// it remains valid. Counts lookups under `tier="l2"`.
-    pub async fn get_many(
+    pub(crate) async fn get_many(
         &self,
         model: &str,
         keys: &[ScoreKey],
@@ -245,7 +246,11 @@ impl RedisCache {
     }
 
     /// Stores entries: one pipeline of `SET key value PX ttl`.
-    pub async fn put_many(&self, model: &str, entries: &[(ScoreKey, Arc<CachedScore>, Duration)]) {
+    pub(crate) async fn put_many(
+        &self,
+        model: &str,
+        entries: &[(ScoreKey, Arc<CachedScore>, Duration)],
+    ) {
         let entries: Vec<_> = entries.iter().filter(|e| !e.2.is_zero()).collect();
         if entries.is_empty() {
             return;
@@ -281,7 +286,7 @@ impl RedisCache {
     /// Deletes one model's entries or all of this prefix's (current key
     /// schema), returning how many were deleted. `SCAN` + `UNLINK`, so Redis
     /// never blocks on a huge `KEYS`.
-    pub async fn purge(&self, model: Option<&str>) -> Result<u64, OpError> {
+    pub(crate) async fn purge(&self, model: Option<&str>) -> Result<u64, OpError> {
         if !self.inner.breaker.allows_requests() {
             return Err(OpError::Unavailable);
         }
@@ -440,6 +445,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::BreakerState;
     use riskhost_engine::bindings::{Contribution, ModelError, Score, Unit};
 
     // These talk to the real Redis of `tests/services.sh`, each test under a

@@ -115,10 +115,6 @@ impl Warehouse {
         &self.settings.database
     }
 
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     /// The client, with the database selected.
     pub fn client(&self) -> clickhouse::Client {
         self.client
@@ -178,7 +174,7 @@ impl Warehouse {
 
 /// The error and its causes in one line (the crate's top-level message is
 /// often just "network error").
-pub fn error_text(e: &clickhouse::error::Error) -> String {
+pub(crate) fn error_text(e: &clickhouse::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {

@@ -1,16 +1,23 @@
 //! riskhost-db: the database connections every other crate shares.
 //!
-//! - [`postgres`]: [`postgres::PgPool`], the pooled PostgreSQL client
+//! - `postgres.rs`: [`PgPool`], the pooled PostgreSQL client
 //!   (deadpool-postgres) with metrics, time bounds and error translation,
-//!   and the migrations that create riskhost's tables.
-//! - [`clickhouse`]: [`clickhouse::Warehouse`], the pooled ClickHouse HTTP
-//!   client shared by the ClickHouse market source and the score-event sink.
+//!   and [`migrate`], the migrations that create riskhost's tables.
+//! - `clickhouse.rs`: [`Warehouse`], the pooled ClickHouse HTTP client
+//!   shared by the ClickHouse market source and the score-event sink.
+//!
+//! The crate's API is what this file re-exports.
 //!
 //! May not: know what the tables mean (market data, keys and events are
 //! their own crates' business), or depend on any riskhost crate.
 
-pub mod clickhouse;
-pub mod postgres;
+mod clickhouse;
+mod postgres;
+
+pub use self::clickhouse::{
+    ServerVersion, Warehouse, WarehouseSettings, validate_name as validate_clickhouse_name,
+};
+pub use self::postgres::{PgPool, PgSettings, migrate};
 
 /// Why a database could not be used.
 ///

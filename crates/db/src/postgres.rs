@@ -52,7 +52,7 @@ pub struct PgSettings {
 }
 
 /// Checks a schema name; it is interpolated into SQL, so the rule is strict.
-pub fn validate_schema(schema: &str) -> Result<(), DbError> {
+pub(crate) fn validate_schema(schema: &str) -> Result<(), DbError> {
     let mut chars = schema.chars();
     let ok = schema.len() <= 63
         && chars
@@ -159,7 +159,7 @@ impl PgPool {
     }
 
     /// A pooled connection, or `Unavailable` saying why there is none.
-    pub async fn connection(&self) -> Result<Object, DbError> {
+    pub(crate) async fn connection(&self) -> Result<Object, DbError> {
         self.pool.get().await.map_err(|e| {
             use deadpool_postgres::PoolError;
             let message = match e {

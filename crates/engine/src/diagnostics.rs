@@ -3,7 +3,7 @@
 /// What a model said before it trapped, from its stderr: a Rust panic's
 /// location and message, a Python exception with the line that raised it,
 /// or else the last line printed.
-pub fn last_words(stderr: &str) -> Option<String> {
+pub(crate) fn last_words(stderr: &str) -> Option<String> {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)

@@ -12,13 +12,18 @@
 //! Compilation is reachable two ways: [`ModelEngine::load`] compiles in this
 //! process; [`ModelEngine::check`], a [`Precompiler`] built from
 //! [`ModelEngine::compile_settings`] (in another process, whose time and
-//! memory its caller bounds: `riskhost_models::compile`) and
+//! memory its caller bounds: `riskhost_models::Compilation`) and
 //! [`ModelEngine::load_artifact`] do the same work in three steps. Either
 //! way the component passes the shape pre-check (`shape.rs`) first. The
 //! engine itself spawns nothing.
 //!
 //! Everything here is blocking and CPU-bound: callers run it on a blocking
 //! thread, never on the async runtime.
+//!
+//! The crate's API is what this file defines and re-exports, and the
+//! [`bindings`] module: the one public module, because the contract's
+//! generated types (`Job`, `Score`, `ModelError`, …) are named by that path
+//! so they never collide with the host's own.
 
 pub mod bindings;
 mod cputime;
@@ -26,7 +31,7 @@ mod diagnostics;
 mod limits;
 mod name;
 mod output_log;
-pub mod sandbox;
+mod sandbox;
 mod shape;
 mod validate;
 
@@ -40,10 +45,11 @@ use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use self::limits::{
-    FuelBudget, LIMIT_KEYS, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits,
-    ModelLimitsArg, SandboxLimits,
+    FuelBudget, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits, ModelLimitsArg,
+    SandboxLimits,
 };
-pub use self::sandbox::{CapturedOutput, Determinism, SandboxState};
+pub use self::sandbox::Determinism;
+use self::sandbox::{CapturedOutput, SandboxState};
 pub use self::shape::{ShapeLimits, ShapeStats};
 pub use self::validate::{
     DataDescription, ModelDescription, ParamDescription, ParamError, unit_name,

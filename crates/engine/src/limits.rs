@@ -65,8 +65,10 @@ impl Default for SandboxLimits {
 }
 
 impl SandboxLimits {
-    /// The default deadline of a batch call of `jobs` jobs.
-    pub fn deadline_for(&self, jobs: usize) -> Duration {
+    /// The default deadline of a batch call of `jobs` jobs (the tests'
+    /// reference for a model without an override).
+    #[cfg(test)]
+    pub(crate) fn deadline_for(&self, jobs: usize) -> Duration {
         deadline(
             self.deadline_base,
             self.deadline_per_job,
@@ -102,7 +104,7 @@ impl SandboxLimits {
     /// The limits of load-time calls (`info()`), made before the model's
     /// name is known: the defaults, with room for the largest memory cap so
     /// a model given more memory can be loaded at all.
-    pub fn for_loading(&self) -> ModelLimits {
+    pub(crate) fn for_loading(&self) -> ModelLimits {
         ModelLimits {
             memory_bytes: self.largest_memory_bytes(),
             ..self.for_model("")
@@ -110,7 +112,7 @@ impl SandboxLimits {
     }
 
     /// The largest memory cap of any model; what the instance pool reserves.
-    pub fn largest_memory_bytes(&self) -> usize {
+    pub(crate) fn largest_memory_bytes(&self) -> usize {
         self.overrides
             .values()
             .filter_map(|o| o.memory_bytes)
@@ -119,7 +121,7 @@ impl SandboxLimits {
 
     /// Whether any model runs with a fuel budget, which makes every call pay
     /// for fuel accounting.
-    pub fn meters_fuel(&self) -> bool {
+    pub(crate) fn meters_fuel(&self) -> bool {
         self.fuel.is_some()
             || self
                 .overrides
@@ -153,7 +155,7 @@ pub struct FuelBudget {
 }
 
 impl FuelBudget {
-    pub fn for_jobs(&self, jobs: usize) -> u64 {
+    pub(crate) fn for_jobs(&self, jobs: usize) -> u64 {
         self.base
             .saturating_add(self.per_job.saturating_mul(jobs as u64))
     }
@@ -174,7 +176,7 @@ pub struct ModelLimits {
 }
 
 impl ModelLimits {
-    pub fn deadline_for(&self, jobs: usize) -> Duration {
+    pub(crate) fn deadline_for(&self, jobs: usize) -> Duration {
         deadline(
             self.deadline_base,
             self.deadline_per_job,
@@ -183,7 +185,7 @@ impl ModelLimits {
         )
     }
 
-    pub fn fuel_for(&self, jobs: usize) -> Option<u64> {
+    pub(crate) fn fuel_for(&self, jobs: usize) -> Option<u64> {
         self.fuel.map(|f| f.for_jobs(jobs))
     }
 
@@ -191,7 +193,7 @@ impl ModelLimits {
     /// per-job allowance, but never more than the model's memory cap, so a
     /// guest can make the host allocate no more for its answer than it may
     /// allocate itself (2 MiB × 257 would be 514 MiB under a 64 MiB cap).
-    pub fn output_budget(&self, jobs: usize) -> usize {
+    pub(crate) fn output_budget(&self, jobs: usize) -> usize {
         self.max_output_bytes_per_job
             .saturating_mul(jobs.saturating_add(1))
             .min(self.memory_bytes)
@@ -237,7 +239,7 @@ pub struct ModelLimitsArg {
 }
 
 /// The keys `--model-limits` accepts, in the order the help lists them.
-pub const LIMIT_KEYS: &[&str] = &[
+pub(crate) const LIMIT_KEYS: &[&str] = &[
     "memory_mib",
     "deadline_ms",
     "deadline_per_job_us",

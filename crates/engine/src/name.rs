@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// The longest model name, in bytes.
-pub const MAX_MODEL_NAME_BYTES: usize = 64;
+pub(crate) const MAX_MODEL_NAME_BYTES: usize = 64;
 
 /// A checked model name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,10 +55,6 @@ impl ModelName {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
     }
 }
 

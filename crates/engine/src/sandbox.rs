@@ -31,7 +31,7 @@ use wasmtime_wasi::{
 };
 
 /// Store data of one model call.
-pub struct SandboxState {
+pub(crate) struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
@@ -59,7 +59,7 @@ pub struct Determinism {
 }
 
 impl SandboxState {
-    pub fn new(
+    pub(crate) fn new(
         determinism: Determinism,
         memory_limit_bytes: usize,
         deadline: Instant,
@@ -94,13 +94,13 @@ impl SandboxState {
 /// Host memory per WASI resource-table entry, counted generously (the entry,
 /// its boxed payload and its child set): what one guest-created stream,
 /// pollable or socket costs the host outside the guest's memory cap.
-pub const RESOURCE_ENTRY_HOST_BYTES: usize = 256;
+pub(crate) const RESOURCE_ENTRY_HOST_BYTES: usize = 256;
 
 /// The most WASI resources a call may hold at once: what fits in 1/16 of the
 /// model's memory cap at [`RESOURCE_ENTRY_HOST_BYTES`] each (16,384 under
 /// the default 64 MiB), never fewer than 1,024. wasmtime's own default is a
 /// million, i.e. hundreds of MiB of host memory whatever the cap.
-pub fn resource_table_capacity(memory_limit_bytes: usize) -> usize {
+pub(crate) fn resource_table_capacity(memory_limit_bytes: usize) -> usize {
     (memory_limit_bytes / 16 / RESOURCE_ENTRY_HOST_BYTES).max(1024)
 }
 
@@ -114,7 +114,9 @@ pub fn resource_table_capacity(memory_limit_bytes: usize) -> usize {
 /// model's call slots forever. Every wait a guest can start passes through
 /// these two functions (streams' blocking calls wait on the same readiness,
 /// and the only streams the sandbox hands out are always ready).
-pub fn link_deadline_bounded_poll(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+pub(crate) fn link_deadline_bounded_poll(
+    linker: &mut Linker<SandboxState>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let linked = sync_poll::add_to_linker::<SandboxState, DeadlineBoundedPoll>(linker, |state| {
         BoundedWaits {
@@ -183,7 +185,7 @@ impl sync_poll::HostPollable for BoundedWaits<'_> {
 
 /// Caps linear memory and tables per instance and remembers whether the cap
 /// was hit, so a trap that follows can be reported as resource exhaustion.
-pub struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     memory_limit_bytes: usize,
     pub(crate) memory_limit_hit: bool,
     /// Linear memory of all the instance's memories now, and at most so far:
@@ -302,13 +304,13 @@ impl rand_core::TryRng for SeededRandom {
 
 /// The stdout and stderr of one call, each kept up to a byte cap.
 #[derive(Clone)]
-pub struct CapturedOutput {
-    pub stdout: TruncatingPipe,
-    pub stderr: TruncatingPipe,
+pub(crate) struct CapturedOutput {
+    pub(crate) stdout: TruncatingPipe,
+    pub(crate) stderr: TruncatingPipe,
 }
 
 impl CapturedOutput {
-    pub fn new(cap_bytes: usize) -> Self {
+    pub(crate) fn new(cap_bytes: usize) -> Self {
         CapturedOutput {
             stdout: TruncatingPipe::new(cap_bytes),
             stderr: TruncatingPipe::new(cap_bytes),
@@ -320,7 +322,7 @@ impl CapturedOutput {
 /// rest. Unlike wasmtime's `MemoryOutputPipe` it never fails a write: a model
 /// that prints too much must not be turned into a model that traps.
 #[derive(Clone)]
-pub struct TruncatingPipe {
+pub(crate) struct TruncatingPipe {
     inner: Arc<Mutex<PipeBuffer>>,
 }
 
@@ -331,7 +333,7 @@ struct PipeBuffer {
 }
 
 impl TruncatingPipe {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         TruncatingPipe {
             inner: Arc::new(Mutex::new(PipeBuffer {
                 cap,
@@ -353,7 +355,7 @@ impl TruncatingPipe {
     }
 
     /// What was kept so far (lossy UTF-8), leaving it in place.
-    pub fn contents(&self) -> String {
+    pub(crate) fn contents(&self) -> String {
         match self.inner.lock() {
             Ok(b) => String::from_utf8_lossy(&b.kept).into_owned(),
             Err(poisoned) => String::from_utf8_lossy(&poisoned.into_inner().kept).into_owned(),
@@ -361,7 +363,7 @@ impl TruncatingPipe {
     }
 
     /// What was kept (lossy UTF-8) and how many bytes were dropped.
-    pub fn take(&self) -> (String, u64) {
+    pub(crate) fn take(&self) -> (String, u64) {
         let mut buf = match self.inner.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),

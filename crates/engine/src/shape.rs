@@ -8,7 +8,7 @@
 //! (`wasmparser`, no validation) and one that exceeds a limit is refused
 //! with a message naming the limit. The limits sit far above what real
 //! models need (docs/sandbox.md lists both); the compile budget
-//! (`riskhost_models::compile`) bounds whatever still slips through.
+//! (`riskhost_models::Compilation`) bounds whatever still slips through.
 
 use wasmparser::{Encoding, Operator, Parser, Payload};
 
@@ -51,7 +51,7 @@ pub struct ShapeStats {
 /// Measures every function body of `bytes` (a component or a core module)
 /// and refuses the first one over `limits`. Bytes that do not parse pass:
 /// compilation validates them and reports the error with wasmtime's words.
-pub fn check(bytes: &[u8], limits: &ShapeLimits) -> Result<ShapeStats, String> {
+pub(crate) fn check(bytes: &[u8], limits: &ShapeLimits) -> Result<ShapeStats, String> {
     let mut stats = ShapeStats::default();
     let mut body_index = 0;
     for payload in Parser::new(0).parse_all(bytes) {

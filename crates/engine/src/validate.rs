@@ -13,7 +13,7 @@ use super::bindings::{Job, MarketData, ModelInfo, Portfolio, Position, PriceSeri
 use crate::ModelName;
 
 /// Longest lookback any model may ask for (20 years of trading days).
-pub const MAX_LOOKBACK_DAYS: u32 = 5040;
+pub(crate) const MAX_LOOKBACK_DAYS: u32 = 5040;
 
 /// What the host knows about a loaded model, as served by `GET /v1/models`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -148,7 +148,7 @@ impl ModelDescription {
     }
 
     /// The default parameter vector.
-    pub fn default_params(&self) -> Vec<f64> {
+    pub(crate) fn default_params(&self) -> Vec<f64> {
         self.params.iter().map(|p| p.default).collect()
     }
 }
@@ -168,7 +168,7 @@ fn is_semver(s: &str) -> bool {
 }
 
 /// Checks `info()` and turns it into the host's description.
-pub fn describe(info: ModelInfo) -> Result<ModelDescription, String> {
+pub(crate) fn describe(info: ModelInfo) -> Result<ModelDescription, String> {
     if !ModelName::is_valid(&info.name) {
         return Err(format!(
             "name `{}` must be lower-kebab-case ASCII (a-z, 0-9, '-'), starting with a letter, at most 64 bytes",
@@ -265,7 +265,7 @@ pub fn describe(info: ModelInfo) -> Result<ModelDescription, String> {
 
 /// A canned batch for the warm-up call: two synthetic instruments with enough
 /// history for the default parameters, one long and one short position.
-pub fn warm_up_batch(description: &ModelDescription) -> (MarketData, Vec<Job>) {
+pub(crate) fn warm_up_batch(description: &ModelDescription) -> (MarketData, Vec<Job>) {
     let params = description.default_params();
     let lookback = description.lookback_for(&params).max(1);
     let closes = |seed: u64| {

@@ -26,7 +26,6 @@
 //! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`].
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,8 +37,7 @@ use tracing::Instrument as _;
 
 use super::spool::Spool;
 use super::{EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
-use riskhost_db::DbError;
-use riskhost_db::clickhouse::{ServerVersion, Warehouse, validate_name};
+use riskhost_db::{DbError, ServerVersion, Warehouse, validate_clickhouse_name};
 
 #[derive(Debug, clickhouse::Row, Serialize)]
 struct EventRow<'a> {
@@ -159,7 +157,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFA
 /// riskhost lacks: what the writer does at start and `riskhost db migrate`
 /// does on demand. Answers the server's version.
 pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVersion, DbError> {
-    validate_name("table", table)?;
+    validate_clickhouse_name("table", table)?;
     let version = wh.server_version().await?;
     let db = wh.database();
     wh.execute(
@@ -337,7 +335,7 @@ impl ClickHouseSink {
         wh: Warehouse,
         args: &EventSettings,
     ) -> Result<Arc<ClickHouseSink>, DbError> {
-        validate_name("table", &args.table)?;
+        validate_clickhouse_name("table", &args.table)?;
         let spool_dir = args.data_dir.join("spool");
         let spool = Spool::open(&spool_dir, args.spool_max_bytes).map_err(|e| {
             DbError::Invalid(format!(
@@ -739,11 +737,6 @@ impl Writer {
             self.write(std::mem::take(&mut buffer)).await;
         }
     }
-}
-
-/// Where the spool of a data dir lives (for tests and docs).
-pub fn spool_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("spool")
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! - [`EventSink`]: `record` never blocks or fails; `flush` runs at shutdown;
 //!   `history` answers `GET /v1/portfolios/{id}/scores`.
 //! - [`NoSink`] (default) and [`LogSink`] (`--events log`): nothing stored.
-//! - [`clickhouse::ClickHouseSink`]: batched inserts into a MergeTree table,
-//!   with a local append-only [`spool`] while ClickHouse is down or slow.
+//! - [`ClickHouseSink`] (`clickhouse.rs`): batched inserts into a MergeTree
+//!   table ([`create_events_table`]), with a local append-only spool
+//!   (`spool.rs`) while ClickHouse is down or slow.
 //! - [`with_request`], [`current_request_id`], [`current_key_id`]: the
 //!   request an event belongs to, kept in a task-local by the HTTP layer
 //!   (which owns the `x-request-id` header and authentication) and read by
@@ -14,9 +15,13 @@
 //!
 //! May not: block or fail a request, or read HTTP or scoring types (the
 //! scoring layer builds its own [`ScoreEvent`]s).
+//!
+//! The crate's API is what this file defines and re-exports.
 
-pub mod clickhouse;
-pub mod spool;
+mod clickhouse;
+mod spool;
+
+pub use self::clickhouse::{ClickHouseSink, create_events_table};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -174,7 +179,7 @@ impl ScoreEvent {
     }
 
     /// Bytes the event holds in memory, near enough to bound a queue by.
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         EVENT_FIXED_BYTES + self.strings().iter().map(|s| s.len()).sum::<usize>()
     }
 }

@@ -21,7 +21,7 @@ use super::ScoreEvent;
 const SEGMENT_EVENTS: usize = 50_000;
 
 /// The spool folder's state.
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
     /// Sequence numbers of the segments on disk, oldest first; the last one
     /// may be `active`.
@@ -42,16 +42,16 @@ struct Active {
 }
 
 /// What an fsync must cover for everything appended so far to be on disk.
-pub struct SyncTarget {
+pub(crate) struct SyncTarget {
     /// The active segment (a second handle on it), if there is one.
-    pub file: Option<File>,
+    pub(crate) file: Option<File>,
     /// The spool folder, when a segment was created since the last sync.
-    pub dir: Option<File>,
+    pub(crate) dir: Option<File>,
 }
 
 impl Spool {
     /// Opens (creating) `dir` and finds the segments a previous run left.
-    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let mut segments = Vec::new();
         let mut bytes = 0;
@@ -88,18 +88,18 @@ impl Spool {
     }
 
     /// Events waiting in the spool.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.pending
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
 
     /// Appends `events`. Err when the spool is full (nothing written) or
     /// the disk refuses (lines before the failure may be on disk; replay
     /// skips a torn one).
-    pub fn append(&mut self, events: &[ScoreEvent]) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, events: &[ScoreEvent]) -> std::io::Result<()> {
         let mut lines = Vec::with_capacity(events.len() * 320);
         for e in events {
             serde_json::to_writer(&mut lines, e)?;
@@ -146,7 +146,7 @@ impl Spool {
     /// machine, not only of the process: closed segments were synced when
     /// they closed, so the active one and, after a new segment appeared,
     /// the folder's entry for it.
-    pub fn sync_target(&mut self) -> std::io::Result<SyncTarget> {
+    pub(crate) fn sync_target(&mut self) -> std::io::Result<SyncTarget> {
         let file = match &self.active {
             Some(active) => Some(active.writer.get_ref().try_clone()?),
             None => None,
@@ -160,7 +160,7 @@ impl Spool {
     }
 
     /// Closes the active segment (so it can be replayed), syncing it to disk.
-    pub fn rotate(&mut self) -> std::io::Result<()> {
+    pub(crate) fn rotate(&mut self) -> std::io::Result<()> {
         if let Some(mut active) = self.active.take() {
             active.writer.flush()?;
             active.writer.get_ref().sync_data()?;
@@ -170,7 +170,7 @@ impl Spool {
 
     /// The oldest segment's events, closing it first if it is the active one.
     /// Unreadable lines are skipped; their count is returned too.
-    pub fn oldest(&mut self) -> std::io::Result<Option<(u64, Vec<ScoreEvent>, u64)>> {
+    pub(crate) fn oldest(&mut self) -> std::io::Result<Option<(u64, Vec<ScoreEvent>, u64)>> {
         let Some(&seq) = self.segments.front() else {
             return Ok(None);
         };
@@ -189,7 +189,7 @@ impl Spool {
     }
 
     /// Deletes a replayed segment.
-    pub fn remove(&mut self, seq: u64, events: u64) -> std::io::Result<()> {
+    pub(crate) fn remove(&mut self, seq: u64, events: u64) -> std::io::Result<()> {
         let path = self.path(seq);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         std::fs::remove_file(&path)?;

@@ -3,7 +3,7 @@
 //! Changes need a key of scope `admin` ([`Admin`]); listing the versions of
 //! a model needs scope `score` ([`Scorer`]), like `GET /v1/models`.
 //!
-//! Handlers only translate: every decision is in [`riskhost_models::deploy`].
+//! Handlers only translate: every decision is in [`riskhost_models::ModelManager`].
 
 use std::sync::Arc;
 
@@ -19,12 +19,12 @@ use utoipa_axum::routes;
 
 use crate::api::{ApiError, ApiPath, AppState, ErrorBody};
 use crate::auth::{Admin, Scorer};
-use riskhost_models::deploy::{DeployError, Deployed, VersionId, VersionsView};
 use riskhost_models::signing::{DetachedSignature, SIGNATURE_HEADER};
+use riskhost_models::{DeployError, Deployed, VersionId, VersionsView};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
-pub fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
+pub(crate) fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(
             // Room for a maximal component; the engine enforces the limit

@@ -29,9 +29,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-use riskhost_models::registry::{LoadFailure, rfc3339};
-use riskhost_scoring::batch::{BatchError, BatchRequest};
-use riskhost_scoring::{ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService};
+use riskhost_models::{LoadFailure, rfc3339};
+use riskhost_scoring::{
+    BatchError, BatchRequest, ErrorClass, ScoreError, ScoreRequest, ScoreResponse, ScoringService,
+};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -42,11 +43,11 @@ pub struct AppState {
     /// Keys, scopes, anonymous scoring and per-caller rate limits.
     pub auth: riskhost_auth::Authenticator,
     /// Deploys, rolls back and removes model versions (the admin routes).
-    pub models: Arc<riskhost_models::deploy::ModelManager>,
+    pub models: Arc<riskhost_models::ModelManager>,
     /// Finished backtests, readable again by the key that ran them.
     pub backtests: riskhost_backtest::BacktestStore,
     /// `--backtest-max-cells` and the portfolio bound of a backtest.
-    pub backtest_limits: riskhost_scoring::backtest::BacktestLimits,
+    pub backtest_limits: riskhost_scoring::BacktestLimits,
 }
 
 /// HTTP settings.
@@ -75,7 +76,7 @@ impl Default for HttpLimits {
 /// `routes!`, which registers the handler and its `#[utoipa::path]`
 /// together: a route cannot be served undocumented (`tests/it/openapi.rs`
 /// checks the document against what the server answers).
-pub fn documented_routes(
+pub(crate) fn documented_routes(
     limits: HttpLimits,
     max_component_bytes: usize,
 ) -> OpenApiRouter<Arc<AppState>> {
@@ -144,17 +145,17 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Machine-readable, stable: e.g. `unknown_model`, `invalid_params`.
     #[schema(example = "unknown_model")]
-    pub code: String,
+    pub(crate) code: String,
     /// For humans; may change between releases.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// An error answer.
@@ -179,13 +180,13 @@ impl ApiError {
     }
 
     /// Asks the client to retry after `secs` (503s).
-    pub fn with_retry_after(mut self, secs: u32) -> Self {
+    pub(crate) fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after_secs = Some(secs);
         self
     }
 
     /// Adds a header to the answer (e.g. `WWW-Authenticate`).
-    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+    pub(crate) fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
         self.extra_header = Some((name, HeaderValue::from_static(value)));
         self
     }
@@ -272,7 +273,7 @@ impl From<JsonRejection> for ApiError {
 /// `Json` whose rejections are JSON errors too. It reads the whole body
 /// before judging the content type, so a rejected request leaves its
 /// keep-alive connection usable for the client's next request.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub(crate) T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -326,7 +327,7 @@ where
 /// `Path` whose rejections are JSON errors too: a parameter that does not
 /// decode (`%FF` is not UTF-8) or parse is a 400 `invalid_path`. Every route
 /// with a path parameter takes it through this extractor.
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl<S, T> FromRequestParts<S> for ApiPath<T>
 where
@@ -415,8 +416,8 @@ impl From<BatchError> for ApiError {
     responses(
         (status = 200, description = "One cell per (portfolio, model), portfolio-major. With `Accept: application/x-ndjson`, each line is one `BatchCell`.",
             content(
-                (riskhost_scoring::batch::BatchResponse = "application/json"),
-                (riskhost_scoring::batch::BatchCell = "application/x-ndjson"),
+                (riskhost_scoring::BatchResponse = "application/json"),
+                (riskhost_scoring::BatchCell = "application/x-ndjson"),
             )),
         (status = 400, description = "Malformed JSON or unreadable body", body = ErrorBody),
         (status = 404, description = "Unknown model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
@@ -496,7 +497,7 @@ struct LimitsView {
 }
 
 impl LimitsView {
-    fn of(entry: &riskhost_models::registry::ModelEntry) -> LimitsView {
+    fn of(entry: &riskhost_models::ModelEntry) -> LimitsView {
         let limits = &entry.model.limits;
         let bulkhead = entry.bulkhead.limits();
         LimitsView {

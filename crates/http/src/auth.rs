@@ -14,11 +14,21 @@ use riskhost_auth::{AuthError, Caller, Scope};
 use crate::api::{ApiError, AppState};
 
 /// Proof that the caller may use a `score` route (a key of scope `score` or
-/// `admin`, or an anonymous caller under `--anonymous-scoring`).
-pub struct Scorer(pub Caller);
+/// `admin`, or an anonymous caller under `--anonymous-scoring`). Only this
+/// module can make one (the private field); the caller's key id is
+/// recorded here, and the backtest routes read it to keep a backtest for
+/// the key that ran it ([`Scorer::key_id`]).
+pub(crate) struct Scorer(Caller);
 
-/// Proof that the caller holds a key of scope `admin`.
-pub struct Admin(pub Caller);
+impl Scorer {
+    /// The caller's key id; empty for an anonymous caller.
+    pub(crate) fn key_id(&self) -> &str {
+        self.0.key_id()
+    }
+}
+
+/// Proof that the caller holds a key of scope `admin`; made only here.
+pub(crate) struct Admin(());
 
 impl FromRequestParts<Arc<AppState>> for Scorer {
     type Rejection = ApiError;
@@ -38,7 +48,9 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Admin).await.map(Admin)
+        authorize(parts, state, Scope::Admin)
+            .await
+            .map(|_| Admin(()))
     }
 }
 

@@ -4,7 +4,7 @@
 //! in-memory [`riskhost_backtest::BacktestStore`] under the key that ran it,
 //! and only that key reads it back (another caller gets 404, as for an id
 //! that never existed). Handlers only translate: the scoring is
-//! [`riskhost_scoring::backtest`]'s, the statistics and the page are
+//! [`riskhost_scoring`]'s (`ScoringService::backtest`), the statistics and the page are
 //! [`riskhost_backtest`]'s.
 
 use std::sync::Arc;
@@ -19,10 +19,10 @@ use utoipa_axum::routes;
 use crate::api::{ApiError, ApiJson, ApiPath, AppState, ErrorBody};
 use crate::auth::Scorer;
 use riskhost_backtest::Backtest;
-use riskhost_scoring::backtest::{BacktestError, BacktestRequest};
+use riskhost_scoring::{BacktestError, BacktestRequest};
 
 /// The `/v1/backtests` routes.
-pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(run_backtest))
         .routes(routes!(get_backtest))
@@ -78,7 +78,7 @@ fn report_url(id: &str) -> String {
     )
 )]
 async fn run_backtest(
-    Scorer(caller): Scorer,
+    scorer: Scorer,
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<BacktestRequest>,
 ) -> Result<Response, ApiError> {
@@ -89,7 +89,7 @@ async fn run_backtest(
         .await?;
     backtest.report_url = Some(report_url(&backtest.id));
     let backtest = Arc::new(backtest);
-    state.backtests.insert(caller.key_id(), backtest.clone());
+    state.backtests.insert(scorer.key_id(), backtest.clone());
     let location =
         HeaderValue::from_str(&format!("/v1/backtests/{}", backtest.id)).map_err(|e| {
             ApiError::new(
@@ -108,7 +108,7 @@ async fn run_backtest(
 
 /// The backtest `id` if the caller's key ran it and it is still kept.
 fn stored(state: &AppState, caller: &Scorer, id: &str) -> Option<Arc<Backtest>> {
-    state.backtests.get(id, caller.0.key_id())
+    state.backtests.get(id, caller.key_id())
 }
 
 fn unknown_backtest(id: &str) -> ApiError {
@@ -167,7 +167,7 @@ async fn backtest_report(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let backtest = stored(&state, &scorer, &id).ok_or_else(|| unknown_backtest(&id))?;
-    let page = riskhost_backtest::report::html(&backtest);
+    let page = riskhost_backtest::report_html(&backtest);
     Ok((
         [(
             header::CONTENT_TYPE,

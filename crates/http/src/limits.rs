@@ -41,7 +41,7 @@ impl RequestLimits {
     /// `with_timeout`, the request timeout. Model uploads go without the
     /// timeout: a deploy is not cut off half-way (the engine bounds
     /// compilation itself).
-    pub fn wrap<S>(
+    pub(crate) fn wrap<S>(
         &self,
         router: utoipa_axum::router::OpenApiRouter<S>,
         with_timeout: bool,

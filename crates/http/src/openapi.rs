@@ -22,7 +22,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 use crate::request_log::REQUEST_ID_HEADER;
 
 /// Name of the security scheme in `components.securitySchemes`.
-pub const BEARER: &str = "bearer";
+pub(crate) const BEARER: &str = "bearer";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +45,7 @@ pub const BEARER: &str = "bearer";
         (name = "operations", description = "Probes, metrics and this document (open)"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The document: the operations `api::documented_routes` registers, then
 /// what they all share. Served at `/openapi.json`; `riskhost openapi`
@@ -134,7 +134,7 @@ fn error_response(description: &str) -> Response {
 }
 
 /// The answers of a route behind an API key: 401, 403 and 429.
-pub struct AuthErrors;
+pub(crate) struct AuthErrors;
 
 impl IntoResponses for AuthErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
@@ -172,7 +172,7 @@ fn string_schema() -> Schema {
 }
 
 /// A model component's bytes (`PUT /v1/models/{name}`).
-pub struct ComponentBytes;
+pub(crate) struct ComponentBytes;
 
 impl PartialSchema for ComponentBytes {
     fn schema() -> RefOr<Schema> {
@@ -187,7 +187,7 @@ impl PartialSchema for ComponentBytes {
 impl ToSchema for ComponentBytes {}
 
 /// Prometheus' text exposition format (`GET /metrics`).
-pub struct MetricsText;
+pub(crate) struct MetricsText;
 
 impl PartialSchema for MetricsText {
     fn schema() -> RefOr<Schema> {
@@ -201,7 +201,7 @@ impl PartialSchema for MetricsText {
 impl ToSchema for MetricsText {}
 
 /// An OpenAPI document (`GET /openapi.json`).
-pub struct DocumentSchema;
+pub(crate) struct DocumentSchema;
 
 impl PartialSchema for DocumentSchema {
     fn schema() -> RefOr<Schema> {

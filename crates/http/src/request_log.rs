@@ -16,19 +16,19 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::{ApiError, AppState};
 use riskhost_events::{HistoryEntry, HistoryError, HistoryQuery, with_request};
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest accepted client request id; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
 /// The request's id, in the request's extensions (for the request span).
 #[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
+pub(crate) struct RequestId(pub(crate) Arc<str>);
 
 /// Uses the client's `x-request-id` when it is 1–128 visible ASCII
 /// characters, else a fresh UUID; scopes it for the handlers and echoes it.
 /// It is the outermost layer of the router, so every answer carries it.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
+pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
     let id: Arc<str> = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -49,7 +49,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
 
 /// The span of one HTTP request: every log line of the request is inside
 /// it. `key_id` is recorded by authentication once the key is known.
-pub fn request_span(request: &Request) -> tracing::Span {
+pub(crate) fn request_span(request: &Request) -> tracing::Span {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -82,7 +82,7 @@ pub fn request_span(request: &Request) -> tracing::Span {
 /// The completion line of a request (the access log), inside its span.
 /// Its own target, so `RUST_LOG=info,riskhost::access=warn` turns it off
 /// where a line per request costs too much.
-pub fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
+pub(crate) fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
     if span.is_disabled() {
         // A probe's debug-level span below the log level: no line either.
         return;
@@ -99,23 +99,23 @@ pub fn log_response(response: &Response, latency: Duration, span: &tracing::Span
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct HistoryParams {
+pub(crate) struct HistoryParams {
     /// Only this model's scores.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// `YYYY-MM-DD` (start of that day, UTC) or RFC 3339; inclusive.
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// `YYYY-MM-DD` (the whole day is included) or RFC 3339 (exclusive).
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// At most 10,000; 1,000 by default.
     #[param(minimum = 1, maximum = 10000)]
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// A portfolio's recorded scores, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HistoryResponse {
-    pub portfolio_id: String,
-    pub scores: Vec<HistoryEntry>,
+pub(crate) struct HistoryResponse {
+    pub(crate) portfolio_id: String,
+    pub(crate) scores: Vec<HistoryEntry>,
 }
 
 const MAX_LIMIT: u32 = 10_000;
@@ -158,7 +158,7 @@ fn invalid_query(message: String) -> ApiError {
         crate::openapi::AuthErrors,
     )
 )]
-pub async fn score_history(
+pub(crate) async fn score_history(
     _: crate::auth::Scorer,
     State(state): State<Arc<AppState>>,
     crate::api::ApiPath(portfolio_id): crate::api::ApiPath<String>,

@@ -21,7 +21,7 @@ use super::{
     DataError, MarketDataSource, PriceTable, PriceWindow, SnapshotId, StoredPortfolio,
     StoredPosition,
 };
-use riskhost_db::clickhouse::Warehouse;
+use riskhost_db::Warehouse;
 
 /// Days between 1970-01-01 and `date`, as ClickHouse's `Date` (UInt16).
 fn ch_date(date: NaiveDate) -> u16 {

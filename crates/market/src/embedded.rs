@@ -97,7 +97,7 @@ impl EmbeddedSource {
     /// Replaces the stored portfolios. Every portfolio needs a valid,
     /// unique id, at least one position, finite non-zero quantities and
     /// only instruments the table holds.
-    pub fn with_portfolios(
+    pub(crate) fn with_portfolios(
         mut self,
         portfolios: impl IntoIterator<Item = StoredPortfolio>,
     ) -> Result<EmbeddedSource, DataError> {

@@ -6,31 +6,40 @@
 //! with a [`SnapshotId`], which is part of every cache key, so a score is
 //! never served from a cache filled with other data.
 //!
-//! - [`table`]: [`PriceTable`], the validated, forward-filled in-memory table.
-//! - [`csv`]: the loader for `--prices FILE.csv`.
-//! - [`sample`]: the deterministic generator of the bundled sample data.
-//! - [`embedded`]: [`EmbeddedSource`], a source over an in-memory table.
-//! - [`postgres`]: [`PostgresSource`], pooled PostgreSQL with migrations.
-//! - [`clickhouse`]: [`ClickHouseSource`], ClickHouse over HTTP.
-//! - [`window`]: what the database sources share (cached calendar and
+//! - `table.rs`: [`PriceTable`], the validated, forward-filled in-memory
+//!   table, and [`validate_instrument_id`].
+//! - `csv.rs`: the loader for `--prices FILE.csv`.
+//! - `sample.rs`: the deterministic generator of the bundled sample data.
+//! - `embedded.rs`: [`EmbeddedSource`], a source over an in-memory table.
+//! - `postgres.rs`: [`PostgresSource`], pooled PostgreSQL, and
+//!   [`seed_postgres`].
+//! - `clickhouse.rs`: [`ClickHouseSource`], ClickHouse over HTTP, its
+//!   tables ([`create_clickhouse_tables`]) and [`seed_clickhouse`].
+//! - `window.rs`: what the database sources share (cached calendar and
 //!   version, window assembly with the table's fill rules).
+//!
+//! The crate's API is what this file re-exports.
 
-pub mod clickhouse;
-pub mod csv;
-pub mod embedded;
-pub mod postgres;
-pub mod sample;
-pub mod table;
-pub mod window;
+mod clickhouse;
+mod csv;
+mod embedded;
+mod postgres;
+mod sample;
+mod table;
+mod window;
 
 use chrono::NaiveDate;
 
-pub use self::clickhouse::ClickHouseSource;
+pub use self::clickhouse::{
+    ClickHouseSource, create_tables as create_clickhouse_tables, seed as seed_clickhouse,
+};
 pub use self::csv::{load_prices_csv, load_prices_csv_file};
 pub use self::embedded::{EmbeddedSource, sample_portfolios};
-pub use self::postgres::PostgresSource;
-pub use self::sample::sample_table;
-pub use self::table::{PriceTable, PriceWindow, WindowSeries};
+pub use self::postgres::{PostgresSource, SeedReport, seed as seed_postgres};
+pub use self::sample::{sample_instrument_info, sample_table};
+pub use self::table::{
+    MAX_INSTRUMENT_ID_LEN, PriceTable, PriceWindow, WindowSeries, validate_instrument_id,
+};
 
 /// A provider of daily closes and stored portfolios.
 ///
@@ -173,7 +182,7 @@ pub enum DataError {
 
 impl DataError {
     /// The error for a window asked of `pinned` when the data is at `now`.
-    pub fn moved(pinned: &SnapshotId, now: &str) -> DataError {
+    pub(crate) fn moved(pinned: &SnapshotId, now: &str) -> DataError {
         DataError::SnapshotMoved {
             pinned: pinned.to_string(),
             now: format!("{}@{now}", pinned.source),

@@ -2,7 +2,7 @@
 //! through a deadpool connection pool.
 //!
 //! Tables live in one schema (`--postgres-schema`), created by the
-//! migrations of `riskhost_db::postgres` that the host runs at start-up and
+//! migrations of `riskhost_db::migrate` that the host runs at start-up and
 //! `riskhost db migrate` runs on demand. A window is one query (every
 //! instrument of the batch, `instrument = ANY($1)`, over the window's dates,
 //! plus the last close before it per instrument) filled by
@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
-use riskhost_db::postgres::PgPool;
+use riskhost_db::PgPool;
 use tokio_postgres::types::ToSql;
 
 use super::window::{MarketMeta, MetaCache, MetaLoader, Observation, assemble_window};

@@ -95,12 +95,12 @@ use chrono::{Datelike, NaiveDate, Weekday};
 use super::table::PriceTable;
 
 /// The generator's seed: the bytes of `"RISKHOST"`.
-pub const SEED: u64 = 0x5249_534B_484F_5354;
+pub(crate) const SEED: u64 = 0x5249_534B_484F_5354;
 
 /// First date of the sample data.
-pub const FIRST_DATE: NaiveDate = ymd(2015, 1, 2);
+pub(crate) const FIRST_DATE: NaiveDate = ymd(2015, 1, 2);
 /// Last date of the sample data.
-pub const LAST_DATE: NaiveDate = ymd(2018, 12, 31);
+pub(crate) const LAST_DATE: NaiveDate = ymd(2018, 12, 31);
 
 const TRADING_DAYS_PER_YEAR: f64 = 252.0;
 const GARCH_OMEGA: f64 = 0.02;
@@ -121,7 +121,7 @@ const fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
 
 /// Asset classes; each has its own factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AssetClass {
+pub(crate) enum AssetClass {
     EquityIndex,
     Stock,
     Bond,
@@ -132,7 +132,7 @@ pub enum AssetClass {
 
 impl AssetClass {
     /// Every class, in the order their factor shocks are drawn.
-    pub const ALL: [AssetClass; 6] = [
+    pub(crate) const ALL: [AssetClass; 6] = [
         AssetClass::EquityIndex,
         AssetClass::Stock,
         AssetClass::Bond,
@@ -148,21 +148,21 @@ impl AssetClass {
 
 /// One instrument's parameters; see the module documentation.
 #[derive(Debug, Clone, Copy)]
-pub struct InstrumentSpec {
-    pub id: &'static str,
-    pub class: AssetClass,
+pub(crate) struct InstrumentSpec {
+    pub(crate) id: &'static str,
+    pub(crate) class: AssetClass,
     /// Close on the first date.
-    pub start: f64,
+    pub(crate) start: f64,
     /// Annualised volatility.
-    pub vol: f64,
+    pub(crate) vol: f64,
     /// Annual drift (arithmetic).
-    pub drift: f64,
+    pub(crate) drift: f64,
     /// Loading on the market factor (a correlation weight).
-    pub market: f64,
+    pub(crate) market: f64,
     /// Loading on the class factor (a correlation weight).
-    pub class_loading: f64,
+    pub(crate) class_loading: f64,
     /// Decimals closes are quoted with (at most 9).
-    pub decimals: u32,
+    pub(crate) decimals: u32,
 }
 
 // A positional constructor keeps the parameter table readable as a table.
@@ -193,7 +193,7 @@ use AssetClass::{Bond, Commodity, Crypto, EquityIndex, Fx, Stock};
 
 /// The bundled instruments, in generation order.
 #[rustfmt::skip]
-pub const INSTRUMENTS: [InstrumentSpec; 24] = [
+pub(crate) const INSTRUMENTS: [InstrumentSpec; 24] = [
     spec("SPX",    EquityIndex,  2058.20, 0.18,   0.07,  0.95,  0.10, 2),
     spec("NDX",    EquityIndex,  4230.24, 0.22,   0.10,  0.88,  0.15, 2),
     spec("SX5E",   EquityIndex,  3139.44, 0.20,   0.01,  0.60,  0.55, 2),

@@ -278,7 +278,7 @@ impl PriceTable {
     }
 
     /// The first trading date.
-    pub fn first_date(&self) -> NaiveDate {
+    pub(crate) fn first_date(&self) -> NaiveDate {
         // The calendar is never empty: `build` rejects empty input.
         self.calendar[0]
     }

@@ -24,20 +24,20 @@ use super::{DataError, PriceWindow, WindowSeries};
 /// What a database source must know before it can cut a window, for one
 /// version of its data.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MarketMeta {
+pub(crate) struct MarketMeta {
     /// The content version, part of the [`super::SnapshotId`].
-    pub version: String,
+    pub(crate) version: String,
     /// Sorted, distinct trading dates: every date any instrument has a close.
-    pub calendar: Vec<NaiveDate>,
+    pub(crate) calendar: Vec<NaiveDate>,
     /// Known instrument ids.
-    pub instruments: HashSet<String>,
+    pub(crate) instruments: HashSet<String>,
 }
 
 /// A window's place in the calendar: indices of its first and last date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowSpan {
-    pub start: usize,
-    pub end: usize,
+pub(crate) struct WindowSpan {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 impl MarketMeta {
@@ -53,7 +53,7 @@ impl MarketMeta {
     /// Same rule as [`super::PriceTable::resolve_as_of`]: `None` is the last
     /// date, a date inside the range the trading date on or before it, a date
     /// outside the range a client error.
-    pub fn resolve_as_of(&self, as_of: Option<NaiveDate>) -> Result<NaiveDate, DataError> {
+    pub(crate) fn resolve_as_of(&self, as_of: Option<NaiveDate>) -> Result<NaiveDate, DataError> {
         let (first, last) = self.bounds()?;
         let Some(as_of) = as_of else {
             return Ok(last);
@@ -67,7 +67,7 @@ impl MarketMeta {
 
     /// Checks a window request exactly as [`super::PriceTable::window`] does
     /// (range, trading date, unknown instruments) and places it in the calendar.
-    pub fn span(
+    pub(crate) fn span(
         &self,
         instruments: &[&str],
         as_of: NaiveDate,
@@ -100,16 +100,16 @@ impl MarketMeta {
 
 /// One observation as a database returns it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub instrument: String,
-    pub date: NaiveDate,
-    pub close: f64,
+pub(crate) struct Observation {
+    pub(crate) instrument: String,
+    pub(crate) date: NaiveDate,
+    pub(crate) close: f64,
 }
 
 /// Why observations do not fit the cached calendar: the data changed after
 /// the calendar was read. The caller refreshes its [`MarketMeta`] and retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CalendarMismatch(pub NaiveDate);
+pub(crate) struct CalendarMismatch(pub(crate) NaiveDate);
 
 /// Per instrument: the last close before the window, and the closes inside it.
 type Collected = (Option<(NaiveDate, f64)>, Vec<Option<f64>>);
@@ -120,7 +120,7 @@ type Collected = (Option<(NaiveDate, f64)>, Vec<Option<f64>>);
 ///
 /// Filling matches [`super::PriceTable`]: a date without a close carries the
 /// previous one, dates before the first close are NaN.
-pub fn assemble_window(
+pub(crate) fn assemble_window(
     instruments: &[&str],
     dates: &[NaiveDate],
     as_of: NaiveDate,
@@ -184,7 +184,7 @@ pub fn assemble_window(
 /// How a source reads its [`MarketMeta`]: a cheap version probe, and the
 /// full load when the version moved.
 #[async_trait::async_trait]
-pub trait MetaLoader: Send + Sync {
+pub(crate) trait MetaLoader: Send + Sync {
     /// The current content version (one cheap query).
     async fn probe_version(&self) -> Result<String, DataError>;
     /// Version, calendar and instruments, read consistently.
@@ -196,7 +196,7 @@ pub trait MetaLoader: Send + Sync {
 /// Requests inside the TTL use the cached meta without touching the
 /// database; the first request after it probes the version (one query,
 /// single-flight) and reloads the calendar only when the version moved.
-pub struct MetaCache {
+pub(crate) struct MetaCache {
     current: ArcSwapOption<MarketMeta>,
     checked_at: Mutex<Option<Instant>>,
     refresh: tokio::sync::Mutex<()>,
@@ -204,7 +204,7 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         MetaCache {
             current: ArcSwapOption::empty(),
             checked_at: Mutex::new(None),
@@ -214,7 +214,7 @@ impl MetaCache {
     }
 
     /// The meta last loaded, however old (for [`super::MarketDataSource::snapshot`]).
-    pub fn cached(&self) -> Option<Arc<MarketMeta>> {
+    pub(crate) fn cached(&self) -> Option<Arc<MarketMeta>> {
         self.current.load_full()
     }
 
@@ -232,7 +232,7 @@ impl MetaCache {
     }
 
     /// The meta, re-checked against the database if older than the TTL.
-    pub async fn get(&self, loader: &dyn MetaLoader) -> Result<Arc<MarketMeta>, DataError> {
+    pub(crate) async fn get(&self, loader: &dyn MetaLoader) -> Result<Arc<MarketMeta>, DataError> {
         if self.fresh()
             && let Some(meta) = self.current.load_full()
         {
@@ -250,7 +250,7 @@ impl MetaCache {
 
     /// Re-reads the meta now: after a query saw a newer version than the
     /// cached one. `force` skips the cheap probe.
-    pub async fn reload(
+    pub(crate) async fn reload(
         &self,
         loader: &dyn MetaLoader,
         force: bool,

@@ -109,7 +109,7 @@ pub struct Deployed {
 }
 
 /// A compiled and validated version, not yet stored or active.
-pub struct Prepared {
+pub(crate) struct Prepared {
     model: LoadedModel,
     bytes: Vec<u8>,
     source: String,
@@ -118,7 +118,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.model.name()
     }
 }
@@ -211,7 +211,7 @@ impl ModelManager {
     }
 
     /// The signature policy in force.
-    pub fn signatures(&self) -> &SignaturePolicy {
+    pub(crate) fn signatures(&self) -> &SignaturePolicy {
         &self.settings.signatures
     }
 
@@ -242,7 +242,7 @@ impl ModelManager {
     /// Checks the signature of `bytes` (whose digest is `digest`), then
     /// compiles and validates them off the async runtime. A failure is
     /// recorded against `source`.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         &self,
         bytes: Vec<u8>,
         digest: &str,
@@ -317,7 +317,7 @@ impl ModelManager {
     /// Checks `signature` for a stored version and, when it is fit to keep,
     /// stores it with the version (the newest good signature wins, so a
     /// version re-signed after a key rotation loads under the new key).
-    pub async fn attach_signature(
+    pub(crate) async fn attach_signature(
         &self,
         record: &VersionRecord,
         signature: String,
@@ -362,7 +362,7 @@ impl ModelManager {
     }
 
     /// Stores a prepared version and makes it active.
-    pub async fn commit(&self, prepared: Prepared) -> Result<Deployed, DeployError> {
+    pub(crate) async fn commit(&self, prepared: Prepared) -> Result<Deployed, DeployError> {
         let Prepared {
             model,
             bytes,
@@ -508,7 +508,7 @@ impl ModelManager {
 
     /// Loads a stored version (from its compiled artifact when there is a
     /// usable one), validating it like a new one. It is not made active.
-    pub async fn load_stored(&self, digest: &str) -> Result<Arc<ModelEntry>, DeployError> {
+    pub(crate) async fn load_stored(&self, digest: &str) -> Result<Arc<ModelEntry>, DeployError> {
         let record = self
             .store
             .get(digest)
@@ -728,7 +728,7 @@ impl ModelManager {
 
 /// How many components load at once at start-up: one per core, since
 /// compiling is CPU-bound.
-pub fn load_parallelism() -> usize {
+pub(crate) fn load_parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

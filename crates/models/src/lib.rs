@@ -1,26 +1,48 @@
 //! riskhost-models: which model versions exist, which one of each model is
 //! live, and the only ways a version becomes live.
 //!
-//! - [`registry`]: name → active version (`ArcSwap`), the standby LRU of
-//!   other loaded versions, load failures, bulkheads, model references.
-//! - [`store`]: the content-addressed store under `--data-dir` (component
-//!   bytes, records, active versions, compiled artifacts).
-//! - [`signing`]: ed25519 signatures over a component's digest and the
-//!   policy that enforces them.
-//! - [`deploy`]: [`deploy::ModelManager`], the one path to activation
-//!   (file, upload, rollback, restore), serialised.
-//! - [`compile`]: compiling under a budget of time and memory, in a worker
-//!   process that can be abandoned (and the worker's side of it).
-//! - [`loader`]: files → registry without a store (the CLI's one-shot runs).
-//! - [`watcher`]: the plugins directory (start-up scan, then a watch).
+//! - `registry.rs`: [`ModelRegistry`], name → active version (`ArcSwap`),
+//!   the standby LRU of other loaded versions, load failures, bulkheads,
+//!   model references.
+//! - `store.rs`: [`ModelStore`], the content-addressed store under
+//!   `--data-dir` (component bytes, records, active versions, compiled
+//!   artifacts).
+//! - [`signing`]: ed25519 signatures over a component's digest, their keys
+//!   and text formats, and the policy that enforces them.
+//! - `deploy.rs`: [`ModelManager`], the one path to activation (file,
+//!   upload, rollback, restore), serialised.
+//! - `compile.rs`: [`Compilation`], compiling under a budget of time and
+//!   memory in a worker process that can be abandoned, and the worker's
+//!   side of it ([`run_compile_worker`]).
+//! - `loader.rs`: [`load_file`], [`load_directory`]: files → registry
+//!   without a store (the CLI's one-shot runs).
+//! - `watcher.rs`: [`watch_directory`], the plugins directory (start-up
+//!   scan, then a watch).
+//!
+//! The crate's API is what this file re-exports, and the [`signing`]
+//! module: the one public module, because its functions (`generate_key`,
+//! `key_id`, `parse_secret_key`, …) name what they do only under it.
 //!
 //! May not: know about HTTP, caches, market data or score events; a version
-//! is made live only through [`deploy`] (or [`loader`] for one-shot runs).
+//! is made live only through [`ModelManager`] (or [`load_file`] and
+//! [`load_directory`] for one-shot runs).
 
-pub mod compile;
-pub mod deploy;
-pub mod loader;
-pub mod registry;
+mod compile;
+mod deploy;
+mod loader;
+mod registry;
 pub mod signing;
-pub mod store;
-pub mod watcher;
+mod store;
+mod watcher;
+
+pub use self::compile::{Compilation, CompileBudget, Isolated, run_worker as run_compile_worker};
+pub use self::deploy::{
+    DeployError, DeploySettings, Deployed, ModelManager, VersionId, VersionView, VersionsView,
+};
+pub use self::loader::{load_directory, load_file};
+pub use self::registry::{
+    Bulkhead, BulkheadLimits, DEFAULT_STANDBY_VERSIONS, LoadFailure, ModelEntry, ModelRef,
+    ModelRegistry, Overloaded, ResolveError, rfc3339,
+};
+pub use self::store::{Activation, ModelStore, StoreError};
+pub use self::watcher::{WatchSettings, run as watch_directory};

@@ -11,7 +11,7 @@ use crate::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use riskhost_engine::ModelEngine;
 
 /// The `.wasm` files of a directory, sorted by name.
-pub fn component_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn component_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"))

@@ -207,7 +207,7 @@ pub enum ResolveError {
 
 /// Loads stored versions that are not in memory, for pinned references.
 #[async_trait::async_trait]
-pub trait VersionLoader: Send + Sync + 'static {
+pub(crate) trait VersionLoader: Send + Sync + 'static {
     /// The digest of the stored version of `name` that `pin` (`1.2.0` or
     /// `sha256:…`) names, if there is one.
     fn find(&self, name: &str, pin: &str) -> Option<String>;
@@ -260,7 +260,7 @@ impl ModelRegistry {
 
     /// Lets pinned references reach stored versions that are not loaded.
     /// Set once, at start-up; later calls are ignored.
-    pub fn set_version_loader(&self, loader: Arc<dyn VersionLoader>) {
+    pub(crate) fn set_version_loader(&self, loader: Arc<dyn VersionLoader>) {
         let _ = self.loader.set(loader);
     }
 
@@ -287,7 +287,7 @@ impl ModelRegistry {
 
     /// Stops serving `name` (neither by name nor pinned); returns the version
     /// that was active. Calls in flight finish on it.
-    pub fn deactivate(&self, name: &str) -> Option<Arc<ModelEntry>> {
+    pub(crate) fn deactivate(&self, name: &str) -> Option<Arc<ModelEntry>> {
         let mut removed = None;
         self.active.rcu(|current| {
             let mut next = BTreeMap::clone(current);
@@ -318,7 +318,7 @@ impl ModelRegistry {
     }
 
     /// Keeps a loaded, non-active version on standby.
-    pub fn keep_on_standby(&self, entry: Arc<ModelEntry>) {
+    pub(crate) fn keep_on_standby(&self, entry: Arc<ModelEntry>) {
         self.standby.insert(entry.model.digest.clone(), entry);
     }
 
@@ -335,7 +335,7 @@ impl ModelRegistry {
     }
 
     /// Forgets the failure recorded for `source` (e.g. its file was removed).
-    pub fn clear_failure(&self, source: &str) {
+    pub(crate) fn clear_failure(&self, source: &str) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(source);
         }

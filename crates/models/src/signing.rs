@@ -33,7 +33,7 @@ use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
 /// The prefix of every signed message (then the 32 digest bytes).
-pub const DOMAIN: &[u8] = b"riskhost-model-signature-v1\0";
+pub(crate) const DOMAIN: &[u8] = b"riskhost-model-signature-v1\0";
 /// First line of a signature file.
 const SIG_HEADER: &str = "riskhost-signature-v1";
 /// Prefix of a public key's text form.
@@ -41,7 +41,7 @@ const PUBLIC_PREFIX: &str = "ed25519:";
 /// Prefix of the secret key line in a key file.
 const SECRET_PREFIX: &str = "ed25519-secret:";
 /// Largest signature file (or header) accepted; a real one is ~200 bytes.
-pub const MAX_SIGNATURE_BYTES: usize = 4096;
+pub(crate) const MAX_SIGNATURE_BYTES: usize = 4096;
 /// The admin API's header carrying the base64 of a `.sig` file.
 pub const SIGNATURE_HEADER: &str = "x-riskhost-signature";
 
@@ -110,7 +110,7 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
 }
 
 /// Parses `ed25519:<base64 of 32 bytes>`.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
+pub(crate) fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
     let text = text.trim();
     let b64 = text.strip_prefix(PUBLIC_PREFIX).ok_or_else(|| {
         KeyError::Invalid(format!(
@@ -330,10 +330,6 @@ impl TrustedKeys {
         self.keys.is_empty()
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
-    }
-
     /// Checks a signature file's text against `digest` (`sha256:<hex>`).
     /// Returns the key id that signed it.
     pub fn verify(&self, digest: &str, signature: Option<&str>) -> Result<String, SignatureError> {
@@ -363,7 +359,7 @@ impl TrustedKeys {
 }
 
 /// Reads a file of public keys.
-pub fn read_key_file(path: &Path) -> Result<Vec<VerifyingKey>, KeyError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Vec<VerifyingKey>, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,

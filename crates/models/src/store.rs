@@ -73,23 +73,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// One stored version of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionRecord {
+pub(crate) struct VersionRecord {
     /// `sha256:<hex>` of the component bytes: the version's identity.
-    pub digest: String,
+    pub(crate) digest: String,
     /// The model name from `info()`.
-    pub name: String,
+    pub(crate) name: String,
     /// The semver from `info()` (metadata).
-    pub version: String,
-    pub size_bytes: usize,
+    pub(crate) version: String,
+    pub(crate) size_bytes: usize,
     /// Where it first came from: `file:<path>` or `api:<name>`.
-    pub source: String,
+    pub(crate) source: String,
     /// When it was first stored (first loaded).
-    pub stored_at: DateTime<Utc>,
+    pub(crate) stored_at: DateTime<Utc>,
     /// The publisher's detached signature (`.sig` file text), if one came
     /// with the version; re-checked whenever the version is loaded while
     /// signatures are required (`signing.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
+    pub(crate) signature: Option<String>,
 }
 
 /// One change of a model's active version.
@@ -138,7 +138,7 @@ impl std::fmt::Debug for ModelStore {
 }
 
 /// The hex part of a `sha256:<hex>` digest, checked, so it is safe in a path.
-pub fn digest_hex(digest: &str) -> Result<&str, StoreError> {
+pub(crate) fn digest_hex(digest: &str) -> Result<&str, StoreError> {
     match digest.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64
@@ -220,10 +220,6 @@ impl ModelStore {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every
         // update is a single insert/assignment), so poisoning is ignored.
@@ -238,12 +234,12 @@ impl ModelStore {
     }
 
     /// The record of one version.
-    pub fn get(&self, digest: &str) -> Option<VersionRecord> {
+    pub(crate) fn get(&self, digest: &str) -> Option<VersionRecord> {
         self.lock().versions.get(digest).cloned()
     }
 
     /// Every stored version of `name`, oldest first.
-    pub fn versions_of(&self, name: &str) -> Vec<VersionRecord> {
+    pub(crate) fn versions_of(&self, name: &str) -> Vec<VersionRecord> {
         let mut out: Vec<VersionRecord> = self
             .lock()
             .versions
@@ -257,7 +253,7 @@ impl ModelStore {
 
     /// The stored version a pin names: `sha256:…` exactly, or a semver, for
     /// which the active version wins, then the most recently stored one.
-    pub fn find(&self, name: &str, pin: &str) -> Option<VersionRecord> {
+    pub(crate) fn find(&self, name: &str, pin: &str) -> Option<VersionRecord> {
         let inner = self.lock();
         if pin.starts_with("sha256:") {
             return inner.versions.get(pin).filter(|r| r.name == name).cloned();
@@ -277,7 +273,11 @@ impl ModelStore {
 
     /// Stores a component and its record (no-op for a digest already stored;
     /// the first record is kept). Returns the record in the store.
-    pub fn put(&self, bytes: &[u8], record: VersionRecord) -> Result<VersionRecord, StoreError> {
+    pub(crate) fn put(
+        &self,
+        bytes: &[u8],
+        record: VersionRecord,
+    ) -> Result<VersionRecord, StoreError> {
         if let Some(existing) = self.get(&record.digest) {
             return Ok(existing);
         }
@@ -300,7 +300,7 @@ impl ModelStore {
     /// Records `signature` as the publisher's signature of a stored version
     /// (replacing an earlier one: the newest valid signature is kept, so a
     /// version re-signed with a rotated key stays loadable).
-    pub fn set_signature(&self, digest: &str, signature: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_signature(&self, digest: &str, signature: &str) -> Result<(), StoreError> {
         let mut record = self
             .get(digest)
             .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
@@ -319,7 +319,7 @@ impl ModelStore {
     }
 
     /// The component bytes of a version, checked against the digest.
-    pub fn read_bytes(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn read_bytes(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
         if self.get(digest).is_none() {
             return Err(StoreError::Missing(digest.to_owned()));
         }
@@ -336,7 +336,7 @@ impl ModelStore {
     }
 
     /// The active digest of every model that has one.
-    pub fn active_all(&self) -> BTreeMap<String, String> {
+    pub(crate) fn active_all(&self) -> BTreeMap<String, String> {
         self.lock()
             .state
             .models
@@ -345,7 +345,7 @@ impl ModelStore {
             .collect()
     }
 
-    pub fn active(&self, name: &str) -> Option<String> {
+    pub(crate) fn active(&self, name: &str) -> Option<String> {
         self.lock()
             .state
             .models
@@ -354,7 +354,7 @@ impl ModelStore {
     }
 
     /// The activation log of a model, oldest first.
-    pub fn history(&self, name: &str) -> Vec<Activation> {
+    pub(crate) fn history(&self, name: &str) -> Vec<Activation> {
         self.lock()
             .state
             .models
@@ -366,7 +366,7 @@ impl ModelStore {
     /// The version a rollback without a target goes to: the most recent
     /// activation of another stored version. Two rollbacks in a row
     /// therefore toggle between the last two versions.
-    pub fn previous(&self, name: &str) -> Option<String> {
+    pub(crate) fn previous(&self, name: &str) -> Option<String> {
         let inner = self.lock();
         let model = inner.state.models.get(name)?;
         model
@@ -380,7 +380,12 @@ impl ModelStore {
 
     /// Records `digest` (or nothing) as the active version of `name` and
     /// persists the state.
-    pub fn set_active(&self, name: &str, digest: Option<&str>, by: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_active(
+        &self,
+        name: &str,
+        digest: Option<&str>,
+        by: &str,
+    ) -> Result<(), StoreError> {
         {
             let mut inner = self.lock();
             let model = inner.state.models.entry(name.to_owned()).or_default();
@@ -401,7 +406,7 @@ impl ModelStore {
 
     /// Deletes every version of `name`, its artifacts and its state.
     /// Returns the digests removed.
-    pub fn remove_model(&self, name: &str) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn remove_model(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let removed: Vec<String> = {
             let mut inner = self.lock();
             inner.state.models.remove(name);
@@ -446,11 +451,6 @@ impl ModelStore {
         write_atomic(&path, &json)
     }
 
-    /// Whether compiled artifacts may be used at all (see the module docs).
-    pub fn artifacts_trusted(&self) -> bool {
-        self.artifacts_trusted
-    }
-
     fn artifact_paths(
         &self,
         engine_key: &str,
@@ -465,7 +465,7 @@ impl ModelStore {
     }
 
     /// Writes the compiled artifact of `digest` for engine `engine_key`.
-    pub fn write_artifact(
+    pub(crate) fn write_artifact(
         &self,
         engine_key: &str,
         digest: &str,
@@ -483,7 +483,7 @@ impl ModelStore {
 
     /// The artifact of `digest` for `engine_key`, if one exists and matches
     /// its checksum. A mismatching one is deleted.
-    pub fn verified_artifact(&self, engine_key: &str, digest: &str) -> Option<PathBuf> {
+    pub(crate) fn verified_artifact(&self, engine_key: &str, digest: &str) -> Option<PathBuf> {
         if !self.artifacts_trusted {
             return None;
         }
@@ -501,7 +501,7 @@ impl ModelStore {
     }
 
     /// Deletes an artifact that failed to load (e.g. from an incompatible build).
-    pub fn discard_artifact(&self, engine_key: &str, digest: &str) {
+    pub(crate) fn discard_artifact(&self, engine_key: &str, digest: &str) {
         if let Ok((artifact, checksum)) = self.artifact_paths(engine_key, digest) {
             let _ = std::fs::remove_file(artifact);
             let _ = std::fs::remove_file(checksum);
@@ -525,7 +525,7 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()

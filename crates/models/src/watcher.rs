@@ -64,7 +64,7 @@ const MAX_SETTLE: Duration = Duration::from_secs(60);
 
 /// How long a component without a matching signature waits for its `.sig`
 /// to land when signatures are required.
-pub const SIGNATURE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const SIGNATURE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a file provided when last loaded.
 #[derive(Debug, Clone)]

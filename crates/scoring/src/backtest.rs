@@ -26,12 +26,12 @@ use riskhost_backtest::{
 use riskhost_cache::CanonicalPosition;
 use riskhost_engine::ParamError;
 use riskhost_market::SnapshotId;
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 
 /// The parameter a backtestable model declares: the VaR's confidence level.
-pub const CONFIDENCE_PARAM: &str = "confidence";
+pub(crate) const CONFIDENCE_PARAM: &str = "confidence";
 /// The horizon parameter a VaR model may declare; a backtest forces it to 1.
-pub const HORIZON_PARAM: &str = "horizon_days";
+pub(crate) const HORIZON_PARAM: &str = "horizon_days";
 /// The unit a backtestable model scores in: a loss is compared with it.
 const BACKTESTABLE_UNIT: &str = "currency_amount";
 /// Days scored concurrently; each day's calls still queue on the model's

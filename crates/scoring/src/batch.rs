@@ -25,7 +25,7 @@ use riskhost_cache::{CacheTier, CachedScore, score_key};
 use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{ParamError, unit_name};
 use riskhost_market::DataError;
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 
 /// Bounds on one batch request.
 #[derive(Debug, Clone, Copy)]

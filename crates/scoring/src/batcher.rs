@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 
 use super::ScoreError;
 use super::jobs::{DataPin, Executor, JobResult, PreparedJob};
-use riskhost_models::registry::{ModelEntry, Overloaded};
+use riskhost_models::{ModelEntry, Overloaded};
 
 /// Settings of the dynamic batcher.
 #[derive(Debug, Clone, Copy)]
@@ -76,14 +76,14 @@ impl Drop for Admission {
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The collectors, one per model digest.
-pub struct Batchers {
+pub(crate) struct Batchers {
     settings: DynamicBatching,
     executor: Arc<Executor>,
     queues: Arc<Mutex<HashMap<String, mpsc::Sender<Pending>>>>,
 }
 
 impl Batchers {
-    pub fn new(settings: DynamicBatching, executor: Arc<Executor>) -> Self {
+    pub(crate) fn new(settings: DynamicBatching, executor: Arc<Executor>) -> Self {
         Batchers {
             settings,
             executor,
@@ -92,7 +92,7 @@ impl Batchers {
     }
 
     /// Queues a job for its model version and waits for its result.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         entry: &Arc<ModelEntry>,
         pin: DataPin,

@@ -14,15 +14,15 @@ use riskhost_events::{
     ScoreEvent, bounded_field, current_key_id, current_request_id, now_us, params_hash,
 };
 use riskhost_market::SnapshotId;
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 
 /// What a single request asked, for the event of a request that failed
 /// before its model or parameters resolved.
-pub struct Asked<'a> {
-    pub model: &'a str,
-    pub portfolio_id: Option<&'a str>,
-    pub params: &'a BTreeMap<String, f64>,
-    pub as_of: Option<NaiveDate>,
+pub(crate) struct Asked<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) portfolio_id: Option<&'a str>,
+    pub(crate) params: &'a BTreeMap<String, f64>,
+    pub(crate) as_of: Option<NaiveDate>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -30,7 +30,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// The event of one single request.
-pub fn single(
+pub(crate) fn single(
     asked: Asked<'_>,
     result: &Result<ScoreResponse, ScoreError>,
     latency: Duration,
@@ -78,7 +78,7 @@ pub fn single(
 /// One event per cell of a batch; `models` in request order with their
 /// resolved parameters. `path` says which route asked: `batch`, or
 /// `backtest` for one day of a backtest.
-pub fn batch(
+pub(crate) fn batch(
     cells: &[BatchCell],
     models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
     as_of: NaiveDate,

@@ -11,20 +11,20 @@ use std::time::Instant;
 
 use super::ScoreError;
 use chrono::NaiveDate;
-use riskhost_cache::{CanonicalPosition, ScoreKey, key::days_since_epoch};
+use riskhost_cache::{CanonicalPosition, ScoreKey, days_since_epoch};
 use riskhost_engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
 };
 use riskhost_engine::{Determinism, ModelEngine};
 use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId, WindowSeries};
-use riskhost_models::registry::ModelEntry;
+use riskhost_models::ModelEntry;
 use tracing::Instrument as _;
 
 /// The largest gross exposure (Σ |quantity × close|) a job may hold. Far
 /// beyond any real book, and below √f64::MAX (≈ 1.3e154), so that a model
 /// can square valuations (variances, covariances) without overflowing to a
 /// non-finite score.
-pub const MAX_GROSS_EXPOSURE: f64 = 1e150;
+pub(crate) const MAX_GROSS_EXPOSURE: f64 = 1e150;
 
 /// The data a request is scored on: its valuation date and the market-data
 /// snapshot its memo keys name. Windows are fetched at the pin only, so a
@@ -38,7 +38,7 @@ pub struct DataPin {
 
 /// How often a request re-pins when its snapshot moves while it is scored:
 /// only a source updated faster than a window can be read exhausts it.
-pub const SNAPSHOT_ATTEMPTS: usize = 3;
+pub(crate) const SNAPSHOT_ATTEMPTS: usize = 3;
 
 /// One (portfolio, model) computation with everything resolved.
 #[derive(Debug, Clone)]
@@ -205,13 +205,13 @@ impl IndexedWindow {
 
 /// What the model answered for one job: a score or its own error. Both are
 /// deterministic in the job, so the memo may keep either (per policy).
-pub type ModelOutcome = Result<bindings::Score, ModelError>;
+pub(crate) type ModelOutcome = Result<bindings::Score, ModelError>;
 
 /// The outcome of one job: the model's answer, or why there is none (the
 /// call failed, the data was unavailable, …), which is never memoized. The
 /// model's error stays a `ModelError` until a response is written, so it is
 /// converted once, there.
-pub type JobResult = Result<ModelOutcome, ScoreError>;
+pub(crate) type JobResult = Result<ModelOutcome, ScoreError>;
 
 impl Executor {
     /// Fetches one window for all `jobs` (union of instruments, longest

@@ -3,32 +3,44 @@
 //! For every request the service resolves the model version, resolves the
 //! parameters against the model's `info()`, canonicalises the portfolio,
 //! resolves the as-of date, and derives the memo key. Misses become
-//! [`jobs::PreparedJob`]s that run in the sandbox behind the model's
-//! bulkhead: a single request through the dynamic batcher ([`batcher`]), a
-//! batch request in chunks over one prefetched price window ([`batch`]), a
-//! backtest day by day over one window cut per day ([`backtest`]).
-//! Concurrent identical misses share one computation ([`single_flight`]).
-//! All I/O happens here, never in a model.
+//! [`PreparedJob`]s (`jobs.rs`) that run in the sandbox behind the model's
+//! bulkhead: a single request through the dynamic batcher (`batcher.rs`),
+//! a batch request in chunks over one prefetched price window
+//! ([`BatchRequest`], `batch.rs`), a backtest day by day over one window
+//! cut per day ([`BacktestRequest`], `backtest.rs`). Concurrent identical misses share one
+//! computation (`single_flight.rs`). All I/O happens here, never in a
+//! model.
+//!
+//! The crate's API is what this file defines and re-exports.
 
-pub mod backtest;
-pub mod batch;
-pub mod batcher;
-pub mod events;
-pub mod jobs;
-pub mod request;
-pub mod single_flight;
+mod backtest;
+mod batch;
+mod batcher;
+mod events;
+mod jobs;
+mod request;
+mod single_flight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 
-pub use request::{
+pub use self::backtest::{
+    BacktestError, BacktestLimits, BacktestRequest, DAYS_IN_FLIGHT as BACKTEST_DAYS_IN_FLIGHT,
+};
+pub use self::batch::{
+    BatchCell, BatchError, BatchLimits, BatchRequest, BatchResponse, CellError, CellOutcome,
+    CellScore,
+};
+pub use self::batcher::DynamicBatching;
+pub use self::jobs::{DataPin, Executor, IndexedWindow, PreparedJob, call_determinism};
+pub use self::request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
+    canonicalize,
 };
 
 use batcher::Batchers;
-use jobs::{DataPin, Executor, PreparedJob};
 use riskhost_cache::{
     CachePolicy, CacheTier, CachedScore, CanonicalPosition, ScoreCache, ScoreKey, score_key,
 };
@@ -36,7 +48,7 @@ use riskhost_engine::bindings::{self, ModelError};
 use riskhost_engine::{CallError, ModelEngine, ParamError, unit_name};
 use riskhost_events::{EventSink, NoSink};
 use riskhost_market::{DataError, MarketDataSource, SnapshotId, StoredPortfolio};
-use riskhost_models::registry::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
+use riskhost_models::{ModelEntry, ModelRegistry, Overloaded, ResolveError};
 
 /// How an error should be answered; the HTTP layer maps it to a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +132,7 @@ impl ScoreError {
 
     /// Whether the data moved under the request's pin: the request pins
     /// the new snapshot and runs again.
-    pub fn is_snapshot_moved(&self) -> bool {
+    pub(crate) fn is_snapshot_moved(&self) -> bool {
         matches!(self, ScoreError::Data(e) if matches!(e.as_ref(), DataError::SnapshotMoved { .. }))
     }
 

@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use riskhost_cache::{CacheTier, CanonicalPosition};
-use riskhost_market::table::{MAX_INSTRUMENT_ID_LEN, validate_instrument_id};
+use riskhost_market::{MAX_INSTRUMENT_ID_LEN, validate_instrument_id};
 
 /// `POST /v1/score`.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +42,7 @@ impl PortfolioInput {
     /// The stored portfolio this input names: its `id`, when it gives no
     /// `positions` of its own (inline positions win over a stored portfolio
     /// of the same id).
-    pub fn stored_id(&self) -> Option<&str> {
+    pub(crate) fn stored_id(&self) -> Option<&str> {
         match (&self.positions, &self.id) {
             (None, Some(id)) => Some(id),
             _ => None,
@@ -109,9 +109,9 @@ impl Default for PortfolioLimits {
     }
 }
 
-/// Checks an instrument identifier (see `market::table::validate_instrument_id`),
+/// Checks an instrument identifier (see `riskhost_market::validate_instrument_id`),
 /// quoting at most a prefix of an over-long one back to the client.
-pub fn check_instrument(instrument: &str) -> Result<(), String> {
+pub(crate) fn check_instrument(instrument: &str) -> Result<(), String> {
     if instrument.len() > MAX_INSTRUMENT_ID_LEN {
         let prefix: String = instrument.chars().take(16).collect();
         return Err(format!(
@@ -123,7 +123,7 @@ pub fn check_instrument(instrument: &str) -> Result<(), String> {
     validate_instrument_id(instrument)
 }
 
-/// The canonical form of a portfolio (see `cache::key`): merged by
+/// The canonical form of a portfolio (see `riskhost_cache::score_key`): merged by
 /// instrument, zero quantities dropped, sorted by instrument.
 ///
 /// The quantities of one instrument are added in a fixed order (sorted),

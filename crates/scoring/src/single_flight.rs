@@ -28,13 +28,13 @@ use tokio::sync::watch;
 type Flight<V> = Arc<watch::Sender<Option<V>>>;
 
 /// Deduplicates concurrent computations by key.
-pub struct SingleFlight<K, V> {
+pub(crate) struct SingleFlight<K, V> {
     flights: Mutex<HashMap<K, Flight<V>>>,
 }
 
 /// How a caller got its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// It computed the value.
     Leader,
     /// It waited for another caller's computation.
@@ -48,7 +48,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SingleFlight {
             flights: Mutex::new(HashMap::new()),
         }
@@ -63,7 +63,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     /// Runs `compute` unless a computation for `key` is already running, in
     /// which case it waits for that one's value. `compute` is only polled by
     /// a leader (futures are lazy), so a follower's is dropped unrun.
-    pub async fn run<F>(&self, key: K, compute: F) -> (V, Role)
+    pub(crate) async fn run<F>(&self, key: K, compute: F) -> (V, Role)
     where
         F: Future<Output = V>,
     {
@@ -97,13 +97,15 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
         (value, Role::Leader)
     }
 
-    /// Keys being computed now.
-    pub fn in_flight(&self) -> usize {
+    /// Keys being computed now (for the tests).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.lock().len()
     }
 
-    /// Callers waiting for the computation of `key`.
-    pub fn waiters(&self, key: &K) -> usize {
+    /// Callers waiting for the computation of `key` (for the tests).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self, key: &K) -> usize {
         self.lock().get(key).map_or(0, |f| f.receiver_count())
     }
 }

@@ -14,14 +14,14 @@ use riskhost_engine::bindings as host;
 use riskhost_market::{PriceTable, PriceWindow};
 
 /// SplitMix64: a tiny, fixed, seedable generator.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -30,24 +30,24 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Approximately standard normal (Irwin–Hall: twelve uniforms minus six).
-    pub fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
     }
 }
 
 /// `n` instrument ids, `SYN000`, `SYN001`, … (sorted as strings).
-pub fn instrument_ids(n: usize) -> Vec<String> {
+pub(crate) fn instrument_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("SYN{i:03}")).collect()
 }
 
 /// A table of `instruments × dates` closes on consecutive weekdays from
 /// 2020-01-06, from a fixed seed: every run benchmarks the same data.
-pub fn synthetic_table(instruments: usize, dates: usize) -> anyhow::Result<PriceTable> {
+pub(crate) fn synthetic_table(instruments: usize, dates: usize) -> anyhow::Result<PriceTable> {
     let ids = instrument_ids(instruments);
     let calendar = weekdays(NaiveDate::from_ymd_opt(2020, 1, 6), dates)?;
     let mut rng = Rng::new(0x5eed_f00d_be0c_0001);
@@ -94,24 +94,24 @@ fn weekdays(start: Option<NaiveDate>, n: usize) -> anyhow::Result<Vec<NaiveDate>
 /// One job, independent of the binding types: positions as
 /// `(series index, quantity)` and the parameter values in `info()` order.
 #[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub id: String,
-    pub positions: Vec<(u32, f64)>,
-    pub params: Vec<f64>,
+pub(crate) struct JobSpec {
+    pub(crate) id: String,
+    pub(crate) positions: Vec<(u32, f64)>,
+    pub(crate) params: Vec<f64>,
 }
 
 /// The same batch in the host's and in the SDK's types.
-pub struct Batch {
-    pub host_market: host::MarketData,
-    pub host_jobs: Vec<host::Job>,
-    pub sdk_market: riskhost_sdk::MarketData,
-    pub sdk_jobs: Vec<riskhost_sdk::Job>,
+pub(crate) struct Batch {
+    pub(crate) host_market: host::MarketData,
+    pub(crate) host_jobs: Vec<host::Job>,
+    pub(crate) sdk_market: riskhost_sdk::MarketData,
+    pub(crate) sdk_jobs: Vec<riskhost_sdk::Job>,
 }
 
 impl Batch {
     /// Converts a price window as the host's scoring path does (series in
     /// window order, dates as days since 1970-01-01).
-    pub fn new(window: &PriceWindow, jobs: &[JobSpec]) -> Batch {
+    pub(crate) fn new(window: &PriceWindow, jobs: &[JobSpec]) -> Batch {
         let as_of = window.as_of.format("%Y-%m-%d").to_string();
         let dates = window.epoch_days();
         let host_market = host::MarketData {
@@ -179,7 +179,7 @@ impl Batch {
     }
 
     /// Bytes of closes handed to the model per call.
-    pub fn close_bytes(&self) -> usize {
+    pub(crate) fn close_bytes(&self) -> usize {
         self.host_market
             .series
             .iter()
@@ -190,7 +190,7 @@ impl Batch {
 
 /// `count` portfolios each holding every one of `series` instruments, with
 /// different, non-zero quantities (some short) per portfolio.
-pub fn portfolios(count: usize, series: u32, params: &[f64], seed: u64) -> Vec<JobSpec> {
+pub(crate) fn portfolios(count: usize, series: u32, params: &[f64], seed: u64) -> Vec<JobSpec> {
     let mut rng = Rng::new(seed);
     (0..count)
         .map(|p| JobSpec {
@@ -209,17 +209,17 @@ pub fn portfolios(count: usize, series: u32, params: &[f64], seed: u64) -> Vec<J
 
 /// How closely wasm and native answers agree.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Agreement {
+pub(crate) struct Agreement {
     /// Numbers compared (values and breakdown entries).
-    pub compared: usize,
+    pub(crate) compared: usize,
     /// Of those, bit-for-bit equal.
-    pub identical: usize,
+    pub(crate) identical: usize,
     /// Largest relative difference seen.
-    pub max_relative: f64,
+    pub(crate) max_relative: f64,
 }
 
 impl Agreement {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.identical == self.compared {
             format!("wasm = native bit for bit ({} numbers)", self.compared)
         } else {
@@ -232,11 +232,11 @@ impl Agreement {
 }
 
 /// Largest relative difference accepted between wasm and native.
-pub const TOLERANCE: f64 = 1e-12;
+pub(crate) const TOLERANCE: f64 = 1e-12;
 
 /// Checks that the wasm and native results are the same scores (every job
 /// must succeed), bit for bit or within [`TOLERANCE`] relative.
-pub fn compare(
+pub(crate) fn compare(
     wasm: &[Result<host::Score, host::ModelError>],
     native: &[Result<riskhost_sdk::Score, riskhost_sdk::ModelError>],
 ) -> anyhow::Result<Agreement> {

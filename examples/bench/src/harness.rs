@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Copy)]
-pub struct Sampling {
+pub(crate) struct Sampling {
     /// Time spent running the code before any sample is taken.
-    pub warm_up: Duration,
+    pub(crate) warm_up: Duration,
     /// Number of samples.
-    pub samples: usize,
+    pub(crate) samples: usize,
     /// Target duration of one sample.
-    pub sample_time: Duration,
+    pub(crate) sample_time: Duration,
 }
 
 impl Sampling {
     /// Full mode: the numbers written to BENCHMARKS.md.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         Sampling {
             warm_up: Duration::from_secs(1),
             samples: 30,
@@ -35,7 +35,7 @@ impl Sampling {
     }
 
     /// `--quick`: a smoke run, the whole suite in well under a minute.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         Sampling {
             warm_up: Duration::from_millis(200),
             samples: 10,
@@ -46,15 +46,15 @@ impl Sampling {
 
 /// Median and range of the per-sample mean times of one measurement.
 #[derive(Debug, Clone, Copy)]
-pub struct Stats {
-    pub median: Duration,
-    pub min: Duration,
-    pub max: Duration,
+pub(crate) struct Stats {
+    pub(crate) median: Duration,
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Stats {
     /// The same statistics for `1/n` of an iteration (e.g. per job of a batch).
-    pub fn per(self, n: usize) -> Stats {
+    pub(crate) fn per(self, n: usize) -> Stats {
         let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
         Stats {
             median: self.median / n,
@@ -67,7 +67,7 @@ impl Stats {
 /// Measures `a` and `b` with their samples interleaved (a, b, a, b, …), so
 /// that both see the same background load and their ratio is fair on a
 /// shared, noisy machine.
-pub fn measure_pair<A, B>(
+pub(crate) fn measure_pair<A, B>(
     sampling: Sampling,
     mut a: impl FnMut() -> anyhow::Result<A>,
     mut b: impl FnMut() -> anyhow::Result<B>,

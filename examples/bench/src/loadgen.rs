@@ -36,14 +36,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// A request that takes longer than this counts as failed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The bench's API key, `bench.<secret>`: made once per run; every
 /// server started by the run is given its digest, every request carries it.
-pub fn bearer_token() -> &'static str {
+pub(crate) fn bearer_token() -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
-        riskhost_auth::keys::generate_token("bench")
+        riskhost_auth::generate_token("bench")
             .unwrap_or_else(|e| panic!("cannot make the bench's API key: {e}"))
     })
 }
@@ -59,17 +59,17 @@ fn with_authorization(builder: hyper::http::request::Builder) -> hyper::http::re
 }
 
 /// The body of request number `n` (numbers are unique within a [`Target`]).
-pub type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
+pub(crate) type BodyFn = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
 /// Called with every successful response body and the time it was read.
-pub type InspectFn = Arc<dyn Fn(&[u8], Instant) + Send + Sync>;
+pub(crate) type InspectFn = Arc<dyn Fn(&[u8], Instant) + Send + Sync>;
 
 /// Where the load goes and what it sends.
 #[derive(Clone)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub path: String,
-    pub body: BodyFn,
-    pub inspect: Option<InspectFn>,
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) path: String,
+    pub(crate) body: BodyFn,
+    pub(crate) inspect: Option<InspectFn>,
     /// Numbers the requests; shared by every phase of every run against this
     /// target, so "a new portfolio per request" stays new across repetitions.
     counter: Arc<AtomicU64>,
@@ -77,7 +77,7 @@ pub struct Target {
 
 impl Target {
     /// POSTs of `body(n)` to `path` (JSON).
-    pub fn post(addr: SocketAddr, path: &str, body: BodyFn) -> Target {
+    pub(crate) fn post(addr: SocketAddr, path: &str, body: BodyFn) -> Target {
         Target {
             addr,
             path: path.to_owned(),
@@ -88,11 +88,11 @@ impl Target {
     }
 
     /// The same body on every request.
-    pub fn post_fixed(addr: SocketAddr, path: &str, body: Bytes) -> Target {
+    pub(crate) fn post_fixed(addr: SocketAddr, path: &str, body: Bytes) -> Target {
         Target::post(addr, path, Arc::new(move |_: u64| body.clone()))
     }
 
-    pub fn inspect(mut self, f: InspectFn) -> Target {
+    pub(crate) fn inspect(mut self, f: InspectFn) -> Target {
         self.inspect = Some(f);
         self
     }
@@ -100,7 +100,7 @@ impl Target {
 
 /// How one phase ends.
 #[derive(Debug, Clone, Copy)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// After this long (requests in flight then still finish and count).
     After(Duration),
     /// After this many requests in all.
@@ -108,34 +108,34 @@ pub enum Stop {
 }
 
 /// What one phase (a repetition, or the warm-up) measured.
-pub struct Phase {
-    pub elapsed: Duration,
+pub(crate) struct Phase {
+    pub(crate) elapsed: Duration,
     /// Latencies of every answered request (successful or not), in µs.
-    pub histogram: Histogram<u64>,
-    pub ok: u64,
-    pub errors: u64,
-    pub first_error: Option<String>,
+    pub(crate) histogram: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
 }
 
 impl Phase {
-    pub fn throughput(&self) -> f64 {
+    pub(crate) fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
 /// A measurement: its repetitions, and their latencies merged.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Successful requests per second, one value per repetition.
-    pub throughput: Vec<f64>,
-    pub histogram: Histogram<u64>,
-    pub ok: u64,
-    pub errors: u64,
-    pub first_error: Option<String>,
+    pub(crate) throughput: Vec<f64>,
+    pub(crate) histogram: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
 }
 
 impl Outcome {
     /// Latency at quantile `q`, in milliseconds.
-    pub fn ms(&self, q: f64) -> f64 {
+    pub(crate) fn ms(&self, q: f64) -> f64 {
         self.histogram.value_at_quantile(q) as f64 / 1000.0
     }
 }
@@ -144,15 +144,15 @@ impl Outcome {
 /// repetitions of `rep` each; `rate` = total requests per second, or `None`
 /// for a closed loop.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
-    pub connections: usize,
-    pub warm_up: Duration,
-    pub rep: Stop,
-    pub reps: usize,
-    pub rate: Option<f64>,
+pub(crate) struct Plan {
+    pub(crate) connections: usize,
+    pub(crate) warm_up: Duration,
+    pub(crate) rep: Stop,
+    pub(crate) reps: usize,
+    pub(crate) rate: Option<f64>,
 }
 
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min at 3 significant digits; never fails for these bounds.
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
@@ -160,7 +160,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// Runs `plan` against `target`.
-pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
     if !plan.warm_up.is_zero() {
         phase(
             target,
@@ -194,7 +194,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
 }
 
 /// One phase: `connections` tasks until `stop`.
-pub async fn phase(
+pub(crate) async fn phase(
     target: &Target,
     connections: usize,
     stop: Stop,
@@ -398,7 +398,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 
 /// One request on a fresh connection: `(status, body)`. For control
 /// requests (readiness, warming the memo), not for measurements.
-pub async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,

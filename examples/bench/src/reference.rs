@@ -17,13 +17,13 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 /// The reference server; stopped (its runtime shut down) on drop.
-pub struct Reference {
-    pub addr: SocketAddr,
+pub(crate) struct Reference {
+    pub(crate) addr: SocketAddr,
     rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Reference {
-    pub fn start() -> anyhow::Result<Reference> {
+    pub(crate) fn start() -> anyhow::Result<Reference> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

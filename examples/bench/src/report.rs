@@ -13,29 +13,29 @@ use crate::scenarios::LoadSampling;
 
 /// One line of the results table.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// Which scenario, e.g. `model compute`.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// What was measured within it, e.g. `var-historical · batch 100 · wasm`.
-    pub variant: String,
+    pub(crate) variant: String,
     /// The median of the per-sample means, or the value of a one-off reading.
-    pub median: f64,
+    pub(crate) median: f64,
     /// Fastest per-sample mean; `None` for a one-off reading.
-    pub min: Option<f64>,
+    pub(crate) min: Option<f64>,
     /// Slowest per-sample mean; `None` for a one-off reading.
-    pub max: Option<f64>,
+    pub(crate) max: Option<f64>,
     /// Unit of `median`, `min` and `max`, e.g. `µs/job`.
-    pub unit: &'static str,
+    pub(crate) unit: &'static str,
     /// What the number is compared with, and the ratio or difference.
-    pub reference: String,
+    pub(crate) reference: String,
     /// The target and whether this run met it; empty when there is none.
-    pub goal: String,
-    pub note: String,
+    pub(crate) goal: String,
+    pub(crate) note: String,
 }
 
 impl Row {
     /// A timed row, in microseconds.
-    pub fn timed(scenario: &str, variant: String, stats: Stats, unit: &'static str) -> Row {
+    pub(crate) fn timed(scenario: &str, variant: String, stats: Stats, unit: &'static str) -> Row {
         Row {
             scenario: scenario.to_owned(),
             variant,
@@ -51,7 +51,12 @@ impl Row {
 
     /// Repeated readings (e.g. throughput per repetition): their median and
     /// min–max. `values` may be empty (then the row reads 0).
-    pub fn sampled(scenario: &str, variant: String, values: &[f64], unit: &'static str) -> Row {
+    pub(crate) fn sampled(
+        scenario: &str,
+        variant: String,
+        values: &[f64],
+        unit: &'static str,
+    ) -> Row {
         let mut v: Vec<f64> = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -74,7 +79,7 @@ impl Row {
     }
 
     /// A row holding one reading, not a timing (e.g. a file size).
-    pub fn reading(scenario: &str, variant: String, value: f64, unit: &'static str) -> Row {
+    pub(crate) fn reading(scenario: &str, variant: String, value: f64, unit: &'static str) -> Row {
         Row {
             scenario: scenario.to_owned(),
             variant,
@@ -88,29 +93,29 @@ impl Row {
         }
     }
 
-    pub fn reference(mut self, reference: String) -> Row {
+    pub(crate) fn reference(mut self, reference: String) -> Row {
         self.reference = reference;
         self
     }
 
     /// Sets the goal as `target` and marks it met or missed.
-    pub fn goal(mut self, target: &str, met: bool) -> Row {
+    pub(crate) fn goal(mut self, target: &str, met: bool) -> Row {
         self.goal = format!("{target} · {}", if met { "met" } else { "**missed**" });
         self
     }
 
-    pub fn note(mut self, note: String) -> Row {
+    pub(crate) fn note(mut self, note: String) -> Row {
         self.note = note;
         self
     }
 }
 
-pub fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
 /// A number with about three significant digits.
-pub fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     let a = x.abs();
     if a >= 100.0 {
         format!("{x:.0}")
@@ -124,7 +129,7 @@ pub fn number(x: f64) -> String {
 }
 
 /// The results as a markdown table.
-pub fn table(rows: &[Row]) -> String {
+pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| Scenario | Variant | Median | Min–max | Unit | Reference / ratio | Goal | Note |\n\
          |---|---|---:|---:|---|---|---|---|\n",
@@ -158,20 +163,20 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// What the numbers were measured on.
-pub struct Machine {
-    pub cores: String,
-    pub cpu: String,
+pub(crate) struct Machine {
+    pub(crate) cores: String,
+    pub(crate) cpu: String,
     /// The kernel release (`/proc/sys/kernel/osrelease`).
-    pub kernel: String,
-    pub rustc: String,
-    pub commit: Option<String>,
+    pub(crate) kernel: String,
+    pub(crate) rustc: String,
+    pub(crate) commit: Option<String>,
     /// The 1-minute load average when the run started (other work on the
     /// machine), if known.
-    pub load_at_start: Option<String>,
+    pub(crate) load_at_start: Option<String>,
 }
 
 impl Machine {
-    pub fn detect(root: &Path) -> Machine {
+    pub(crate) fn detect(root: &Path) -> Machine {
         let cores = std::thread::available_parallelism()
             .map(|n| n.to_string())
             .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -210,7 +215,7 @@ impl Machine {
 }
 
 /// The 1-minute load average from /proc/loadavg.
-pub fn load_average() -> Option<String> {
+pub(crate) fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next().map(str::to_owned)
 }
@@ -227,7 +232,7 @@ fn command_output(dir: &Path, program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// The current UTC date and time, `YYYY-MM-DD HH:MM UTC`.
-pub fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -238,7 +243,7 @@ pub fn now_utc() -> String {
 }
 
 /// One run: a heading with the date and command, the machine, and the table.
-pub fn run_section(
+pub(crate) fn run_section(
     command: &str,
     machine: &Machine,
     quick: bool,
@@ -278,17 +283,18 @@ pub fn run_section(
 }
 
 /// The heading under which runs are inserted, newest first.
-pub const RESULTS_HEADING: &str = "## Results";
+pub(crate) const RESULTS_HEADING: &str = "## Results";
 
 /// The lines around the newest run in BENCHMARKS.md: what is between them
 /// is generated and replaced by the next `--write`, which moves it below.
-pub const BEGIN: &str = "<!-- bench:latest:begin (generated by `cargo xtask bench --write`) -->";
-pub const END: &str = "<!-- bench:latest:end -->";
+pub(crate) const BEGIN: &str =
+    "<!-- bench:latest:begin (generated by `cargo xtask bench --write`) -->";
+pub(crate) const END: &str = "<!-- bench:latest:end -->";
 
 /// Puts `section` at the top of the Results section of `path`, between the
 /// markers, and moves the run that was there just below them, so every
 /// earlier run stays, newest first.
-pub fn insert_run(path: &Path, section: &str) -> anyhow::Result<()> {
+pub(crate) fn insert_run(path: &Path, section: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {} (it holds the results)", path.display()))?;
     let updated = insert_into(&text, section).with_context(|| path.display().to_string())?;

@@ -22,14 +22,14 @@ use crate::loadgen;
 /// production (digest compare, scope check, the key's token bucket); the
 /// key's rate is set far above what two cores can send, so the bucket is
 /// paid for but never refuses.
-pub struct Host {
-    pub bin: PathBuf,
-    pub rt: tokio::runtime::Handle,
+pub(crate) struct Host {
+    pub(crate) bin: PathBuf,
+    pub(crate) rt: tokio::runtime::Handle,
     key_spec: String,
 }
 
 impl Host {
-    pub fn new(bin: PathBuf, rt: tokio::runtime::Handle) -> anyhow::Result<Host> {
+    pub(crate) fn new(bin: PathBuf, rt: tokio::runtime::Handle) -> anyhow::Result<Host> {
         let help = Command::new(&bin)
             .args(["serve", "--help"])
             .output()
@@ -46,13 +46,13 @@ impl Host {
 
     /// Starts `riskhost serve` with `args` on a free loopback port and the
     /// data directory `data_dir`, and waits until `/readyz` answers 200.
-    pub fn serve(&self, data_dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
+    pub(crate) fn serve(&self, data_dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
         self.serve_logging(data_dir, args, None)
     }
 
     /// [`Host::serve`] with the log filter `rust_log` instead of the
     /// default level (to measure what logging costs).
-    pub fn serve_logging(
+    pub(crate) fn serve_logging(
         &self,
         data_dir: &Path,
         args: &[&str],
@@ -117,27 +117,27 @@ impl Host {
 }
 
 /// A running `riskhost serve`; killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     rt: tokio::runtime::Handle,
     /// From spawn to the first 200 of `/readyz`.
-    pub ready_after: Duration,
+    pub(crate) ready_after: Duration,
 }
 
 impl Server {
-    pub fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
         self.rt
             .block_on(loadgen::request(self.addr, Method::GET, path, Bytes::new()))
     }
 
-    pub fn post(&self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+    pub(crate) fn post(&self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         self.rt
             .block_on(loadgen::request(self.addr, Method::POST, path, body))
     }
 
     /// POSTs and requires a 200.
-    pub fn post_ok(&self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+    pub(crate) fn post_ok(&self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
         let (status, answer) = self.post(path, body)?;
         if status != 200 {
             bail!(
@@ -148,12 +148,12 @@ impl Server {
         Ok(answer)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Resident memory now, in MiB.
-    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+    pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
         rss_mib(self.pid())
     }
 }
@@ -166,7 +166,7 @@ impl Drop for Server {
 }
 
 /// `VmRSS` of a process, in MiB.
-pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
@@ -180,13 +180,13 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
 /// A private `redis-server` on a free loopback port, without persistence;
 /// killed on drop. Private so the benchmark neither reads nor disturbs the
 /// shared Redis other work uses.
-pub struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    pub url: String,
+    pub(crate) url: String,
 }
 
 impl Redis {
-    pub fn start() -> anyhow::Result<Redis> {
+    pub(crate) fn start() -> anyhow::Result<Redis> {
         let port = free_port()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -218,17 +218,17 @@ impl Drop for Redis {
 }
 
 /// A loopback port nothing listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// A scratch directory under the system's temp dir, removed on drop.
-pub struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    pub fn new(what: &str) -> anyhow::Result<Scratch> {
+    pub(crate) fn new(what: &str) -> anyhow::Result<Scratch> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -242,11 +242,11 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -258,7 +258,7 @@ impl Drop for Scratch {
 }
 
 fn hex_digest(token: &str) -> String {
-    riskhost_auth::keys::digest(token)
+    riskhost_auth::token_digest(token)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

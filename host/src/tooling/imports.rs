@@ -15,7 +15,7 @@ use wasmtime::component::types::ComponentItem;
 /// How the sandbox answers one import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Treatment {
+pub(crate) enum Treatment {
     /// Works as the model expects (e.g. stream plumbing).
     Provided,
     /// Linked, but answers with a deterministic stand-in (frozen clocks,
@@ -28,7 +28,7 @@ pub enum Treatment {
 }
 
 impl Treatment {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Treatment::Provided => "provided",
             Treatment::Virtualised => "virtualised",
@@ -40,18 +40,18 @@ impl Treatment {
 
 /// One import of a component and what the sandbox does with it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ImportReport {
+pub(crate) struct ImportReport {
     /// The import's name, e.g. `wasi:clocks/wall-clock@0.2.0`.
-    pub name: String,
+    pub(crate) name: String,
     /// `instance`, `function`, `type`, `resource`, `module` or `component`.
-    pub kind: &'static str,
-    pub treatment: Treatment,
+    pub(crate) kind: &'static str,
+    pub(crate) treatment: Treatment,
     /// What the model sees, in one line.
-    pub note: &'static str,
+    pub(crate) note: &'static str,
 }
 
 /// The imports of a compiled component with the sandbox's treatment of each.
-pub fn imports(engine: &Engine, component: &Component) -> Vec<ImportReport> {
+pub(crate) fn imports(engine: &Engine, component: &Component) -> Vec<ImportReport> {
     component
         .component_type()
         .imports(engine)
@@ -68,7 +68,7 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<ImportReport> {
 }
 
 /// The export names of a compiled component.
-pub fn exports(engine: &Engine, component: &Component) -> Vec<String> {
+pub(crate) fn exports(engine: &Engine, component: &Component) -> Vec<String> {
     component
         .component_type()
         .exports(engine)
@@ -89,7 +89,7 @@ fn kind(item: &ComponentItem) -> &'static str {
 
 /// The sandbox's treatment of an import, by interface name (version ignored:
 /// the linker accepts any 0.2.x of the interfaces it provides).
-pub fn treatment(name: &str) -> (Treatment, &'static str) {
+pub(crate) fn treatment(name: &str) -> (Treatment, &'static str) {
     let (interface, version) = name.split_once('@').unwrap_or((name, ""));
     if interface.starts_with("wasi:") && !version.is_empty() && !version.starts_with("0.2.") {
         return (

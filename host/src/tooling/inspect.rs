@@ -20,28 +20,28 @@ use riskhost_engine::{LoadedModel, ModelDescription, ModelEngine, SandboxLimits}
 
 /// Everything `inspect` reports, as printed with `--json`.
 #[derive(Debug, Serialize)]
-pub struct Inspection {
-    pub file: String,
-    pub size_bytes: usize,
-    pub digest: String,
+pub(crate) struct Inspection {
+    pub(crate) file: String,
+    pub(crate) size_bytes: usize,
+    pub(crate) digest: String,
     /// Whether the server would load and serve it.
-    pub valid: bool,
+    pub(crate) valid: bool,
     /// Why it would not, when it would not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// What `info()` says (absent when the component did not get that far).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub info: Option<ModelDescription>,
+    pub(crate) info: Option<ModelDescription>,
     /// Empty when the file is not a component.
-    pub imports: Vec<ImportReport>,
-    pub exports: Vec<String>,
+    pub(crate) imports: Vec<ImportReport>,
+    pub(crate) exports: Vec<String>,
     /// Time of the whole load (compile, link, info, warm-up), in milliseconds.
-    pub load_ms: u64,
+    pub(crate) load_ms: u64,
 }
 
 /// Reads and loads a component the way the server does, keeping the compiled
 /// model when it loaded. Shared with `riskhost model test`.
-pub fn load(
+pub(crate) fn load(
     engine: &ModelEngine,
     path: &Path,
 ) -> anyhow::Result<(Inspection, Option<LoadedModel>)> {
@@ -86,7 +86,7 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let engine = Arc::new(ModelEngine::new(args.sandbox.limits())?);
     let path = args.file.clone();
     let task_engine = engine.clone();
@@ -111,7 +111,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 /// The human-readable report.
-pub fn render(i: &Inspection, limits: &SandboxLimits) -> String {
+pub(crate) fn render(i: &Inspection, limits: &SandboxLimits) -> String {
     let mut out = String::new();
     let mut line = |s: String| {
         out.push_str(&s);

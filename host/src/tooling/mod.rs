@@ -8,11 +8,11 @@
 //! live apart from the server modules: nothing on the request path depends
 //! on them.
 
-pub mod imports;
-pub mod inspect;
-pub mod new;
-pub mod sign;
-pub mod test;
+pub(crate) mod imports;
+pub(crate) mod inspect;
+pub(crate) mod new;
+pub(crate) mod sign;
+pub(crate) mod test;
 
 use std::path::PathBuf;
 
@@ -22,7 +22,7 @@ use crate::config::SandboxArgs;
 
 /// Languages `riskhost new` can scaffold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Lang {
+pub(crate) enum Lang {
     /// A Rust crate on the riskhost SDK, built for wasm32-wasip2.
     Rust,
     /// A Python module built into a component with componentize-py.
@@ -30,23 +30,23 @@ pub enum Lang {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct NewArgs {
+pub(crate) struct NewArgs {
     /// Model name: lower-kebab-case, e.g. `my-var`; also the project folder's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Language of the model.
     #[arg(long, value_enum)]
-    pub lang: Lang,
+    pub(crate) lang: Lang,
     /// Folder to create (default: ./NAME); it must not exist or be empty.
     #[arg(long)]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// The riskhost SDK (`sdk/` of a riskhost checkout) a Rust project depends
     /// on; defaults to the checkout this binary was built from.
     #[arg(long)]
-    pub sdk_path: Option<PathBuf>,
+    pub(crate) sdk_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum ModelCommand {
+pub(crate) enum ModelCommand {
     /// Describe a component: info(), digest, size, imports and whether it loads.
     Inspect(InspectArgs),
     /// Load a component as the server does, score sample portfolios and time the calls.
@@ -60,47 +60,47 @@ pub enum ModelCommand {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     /// The component (`.wasm`).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub(crate) sandbox: SandboxArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// The component (`.wasm`).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// A portfolio JSON file to score; repeat for several (default: the bundled sample portfolios).
     #[arg(long = "portfolio")]
-    pub portfolios: Vec<PathBuf>,
+    pub(crate) portfolios: Vec<PathBuf>,
     /// Daily closes as CSV (`date,instrument,close`) instead of the bundled sample data.
     #[arg(long, env = "RISKHOST_PRICES")]
-    pub prices: Option<PathBuf>,
+    pub(crate) prices: Option<PathBuf>,
     /// A parameter, as NAME=VALUE; repeat for several.
     #[arg(long = "param", value_parser = crate::config::parse_param)]
-    pub params: Vec<(String, f64)>,
+    pub(crate) params: Vec<(String, f64)>,
     /// Valuation date (YYYY-MM-DD); the latest date in the data by default.
     #[arg(long, value_parser = riskhost_scoring::parse_date)]
-    pub as_of: Option<chrono::NaiveDate>,
+    pub(crate) as_of: Option<chrono::NaiveDate>,
     /// Timed calls per portfolio (each in a fresh instance, as the server runs them).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub repeat: u32,
+    pub(crate) repeat: u32,
     /// Also time calls holding this many copies of each portfolio's job (batch cost).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub batch: Option<u32>,
+    pub(crate) batch: Option<u32>,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub(crate) sandbox: SandboxArgs,
 }
 
 /// Runs `riskhost model …`.
-pub async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
+pub(crate) async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Inspect(args) => inspect::run(args).await,
         ModelCommand::Test(args) => test::run(args).await,

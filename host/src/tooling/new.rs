@@ -16,7 +16,7 @@ use super::{Lang, NewArgs};
 
 /// The componentize-py release Python projects build with; the version the
 /// host's tests run (examples/python/build.sh pins the same).
-pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+pub(crate) const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 /// The contract, copied into Python projects.
 const MODEL_WIT: &str = include_str!("../../../wit/model.wit");
@@ -51,7 +51,7 @@ fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk")
 }
 
-pub fn run(args: &NewArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &NewArgs) -> anyhow::Result<()> {
     let dir = args
         .dir
         .clone()
@@ -76,7 +76,7 @@ pub fn run(args: &NewArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the project; returns the files written.
-pub fn scaffold(args: &NewArgs, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn scaffold(args: &NewArgs, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     check_name(&args.name)?;
     if dir.exists() {
         let empty = std::fs::read_dir(dir)

@@ -13,41 +13,41 @@ use riskhost_engine::ModelEngine;
 use riskhost_models::signing::{self, DetachedSignature, TrustedKeys};
 
 #[derive(Debug, Clone, Args)]
-pub struct KeygenArgs {
+pub(crate) struct KeygenArgs {
     /// Where to write the secret key (created owner-only, 0600); the public
     /// key goes to `FILE.pub` and standard output.
     #[arg(long)]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Replace an existing key file.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct SignArgs {
+pub(crate) struct SignArgs {
     /// The component (`.wasm`) to sign.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The secret key file written by `riskhost model keygen`.
     #[arg(long)]
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
     /// Where to write the signature (default: `FILE.sig`, beside the component).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The component (`.wasm`) to check.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// A trusted public key (`ed25519:…`); repeat for several.
     #[arg(long = "trusted-key")]
-    pub trusted_keys: Vec<String>,
+    pub(crate) trusted_keys: Vec<String>,
     /// A file of trusted public keys, one per line; repeat for several.
     #[arg(long = "trusted-keys-file")]
-    pub trusted_keys_files: Vec<PathBuf>,
+    pub(crate) trusted_keys_files: Vec<PathBuf>,
     /// The signature file (default: `FILE.sig`, beside the component).
     #[arg(long)]
-    pub sig: Option<PathBuf>,
+    pub(crate) sig: Option<PathBuf>,
 }
 
 fn sig_path_of(file: &Path) -> PathBuf {
@@ -57,7 +57,7 @@ fn sig_path_of(file: &Path) -> PathBuf {
 }
 
 /// `riskhost model keygen`.
-pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+pub(crate) fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     let key = signing::generate_key()?;
     let mut options = std::fs::File::options();
     options.write(true);
@@ -107,7 +107,7 @@ fn sig_pub_path(secret: &Path) -> PathBuf {
 }
 
 /// `riskhost model sign`.
-pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
+pub(crate) fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.key)
         .with_context(|| format!("cannot read the key file {}", args.key.display()))?;
     #[cfg(unix)]
@@ -142,7 +142,7 @@ pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
 
 /// `riskhost model verify`: exit code 0 when the component carries a valid
 /// signature by a trusted key, 1 (with the reason) otherwise.
-pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+pub(crate) fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let trusted = TrustedKeys::load(&args.trusted_keys, &args.trusted_keys_files)?;
     if trusted.is_empty() {
         bail!("no trusted key: give --trusted-key or --trusted-keys-file");

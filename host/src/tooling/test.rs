@@ -32,71 +32,69 @@ use riskhost_cache::{InProcessCache, score_key};
 use riskhost_engine::bindings::{Job, MarketData, ModelError, Score};
 use riskhost_engine::{Determinism, ModelEngine, unit_name};
 use riskhost_market::MarketDataSource;
-use riskhost_models::registry::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
-use riskhost_scoring::batcher::DynamicBatching;
-use riskhost_scoring::jobs::{DataPin, Executor, PreparedJob, call_determinism};
+use riskhost_models::{Bulkhead, BulkheadLimits, ModelEntry, ModelRegistry};
 use riskhost_scoring::{
-    PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse, ScoringSettings,
-    prepare_portfolio,
+    DataPin, DynamicBatching, Executor, PortfolioInput, PortfolioLimits, PositionInput,
+    PreparedJob, ScoreRequest, ScoreResponse, ScoringSettings, call_determinism, prepare_portfolio,
 };
 
 /// What `model test` found, as printed with `--json`.
 #[derive(Debug, Serialize)]
-pub struct TestReport {
-    pub model: Inspection,
-    pub portfolios: Vec<PortfolioReport>,
-    pub passed: usize,
-    pub failed: usize,
+pub(crate) struct TestReport {
+    pub(crate) model: Inspection,
+    pub(crate) portfolios: Vec<PortfolioReport>,
+    pub(crate) passed: usize,
+    pub(crate) failed: usize,
 }
 
 /// One portfolio's outcome.
 #[derive(Debug, Serialize)]
-pub struct PortfolioReport {
+pub(crate) struct PortfolioReport {
     /// The portfolio's id, or its file name when it has none.
-    pub portfolio: String,
+    pub(crate) portfolio: String,
     /// Distinct instruments held, once the portfolio was resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub positions: Option<usize>,
-    pub ok: bool,
+    pub(crate) positions: Option<usize>,
+    pub(crate) ok: bool,
     /// The score as the server would serve it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<ScoreResponse>,
+    pub(crate) score: Option<ScoreResponse>,
     /// The error as the server would answer it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorReport>,
+    pub(crate) error: Option<ErrorReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timing: Option<Timing>,
+    pub(crate) timing: Option<Timing>,
     /// Broken promises (non-determinism, batch dependence).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ErrorReport {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct ErrorReport {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 /// The cost of calls of one job, each in a fresh instance.
 #[derive(Debug, Serialize)]
-pub struct Timing {
-    pub calls: u32,
-    pub median_us: f64,
-    pub min_us: f64,
-    pub max_us: f64,
+pub(crate) struct Timing {
+    pub(crate) calls: u32,
+    pub(crate) median_us: f64,
+    pub(crate) min_us: f64,
+    pub(crate) max_us: f64,
     /// Peak linear memory of the instance over the calls.
-    pub peak_memory_bytes: usize,
+    pub(crate) peak_memory_bytes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<BatchTiming>,
+    pub(crate) batch: Option<BatchTiming>,
 }
 
 /// The cost of calls holding `jobs` copies of the job.
 #[derive(Debug, Serialize)]
-pub struct BatchTiming {
-    pub jobs: u32,
-    pub calls: u32,
-    pub median_us: f64,
-    pub per_job_us: f64,
-    pub peak_memory_bytes: usize,
+pub(crate) struct BatchTiming {
+    pub(crate) jobs: u32,
+    pub(crate) calls: u32,
+    pub(crate) median_us: f64,
+    pub(crate) per_job_us: f64,
+    pub(crate) peak_memory_bytes: usize,
 }
 
 /// A portfolio to score and what to call it in the report.
@@ -105,7 +103,7 @@ struct Case {
     input: PortfolioInput,
 }
 
-pub async fn run(args: TestArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
     init_logging();
     let market = crate::services::market_source(args.prices.as_deref())?;
     let services = crate::services::Services::new(
@@ -255,7 +253,7 @@ fn init_logging() {
 /// The portfolios to score: the given files, or the bundled samples.
 fn cases(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Case>> {
     if files.is_empty() {
-        let samples = riskhost_market::embedded::sample_portfolios()
+        let samples = riskhost_market::sample_portfolios()
             .map_err(|e| anyhow::anyhow!("the bundled sample portfolios are broken: {e}"))?;
         return Ok(samples
             .into_iter()

@@ -13,26 +13,26 @@ use std::time::{Duration, Instant};
 use super::{TempDir, binary, workspace};
 
 /// The shared PostgreSQL.
-pub fn pg_url() -> String {
+pub(crate) fn pg_url() -> String {
     std::env::var("RISKHOST_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// The shared ClickHouse.
-pub fn ch_url() -> String {
+pub(crate) fn ch_url() -> String {
     std::env::var("RISKHOST_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
 /// A name unique to this test run: `t_<tag>_<pid>_<random>`, valid as a
 /// PostgreSQL schema and a ClickHouse database.
-pub fn unique_name(tag: &str) -> String {
+pub(crate) fn unique_name(tag: &str) -> String {
     use std::hash::{BuildHasher, RandomState};
     let r = RandomState::new().hash_one(Instant::now()) % 1_000_000_000;
     format!("t_{tag}_{}_{r}", std::process::id())
 }
 
 /// Runs SQL with `psql` against `url`, returning its unaligned output.
-pub fn psql(url: &str, sql: &str) -> String {
+pub(crate) fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
         .output()
@@ -46,7 +46,7 @@ pub fn psql(url: &str, sql: &str) -> String {
 }
 
 /// Runs a ClickHouse query over HTTP, returning the text answer.
-pub fn ch_query(url: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn ch_query(url: &str, sql: &str) -> Result<String, String> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -66,7 +66,7 @@ pub fn ch_query(url: &str, sql: &str) -> Result<String, String> {
 }
 
 /// Runs `riskhost db <args>` and asserts success.
-pub fn riskhost_db(args: &[&str]) -> String {
+pub(crate) fn riskhost_db(args: &[&str]) -> String {
     let out = Command::new(binary())
         .arg("db")
         .args(args)
@@ -82,13 +82,13 @@ pub fn riskhost_db(args: &[&str]) -> String {
 }
 
 /// A schema in the shared PostgreSQL, dropped with the value.
-pub struct PgSchema {
-    pub url: String,
-    pub name: String,
+pub(crate) struct PgSchema {
+    pub(crate) url: String,
+    pub(crate) name: String,
 }
 
 impl PgSchema {
-    pub fn new(tag: &str) -> PgSchema {
+    pub(crate) fn new(tag: &str) -> PgSchema {
         PgSchema {
             url: pg_url(),
             name: unique_name(tag),
@@ -109,13 +109,13 @@ impl Drop for PgSchema {
 }
 
 /// A database in a ClickHouse, dropped with the value.
-pub struct ChDatabase {
-    pub url: String,
-    pub name: String,
+pub(crate) struct ChDatabase {
+    pub(crate) url: String,
+    pub(crate) name: String,
 }
 
 impl ChDatabase {
-    pub fn new(url: &str, tag: &str) -> ChDatabase {
+    pub(crate) fn new(url: &str, tag: &str) -> ChDatabase {
         ChDatabase {
             url: url.to_owned(),
             name: unique_name(tag),
@@ -130,7 +130,7 @@ impl Drop for ChDatabase {
 }
 
 /// A port nobody listens on right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -139,7 +139,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until `check` holds, panicking with `what` after `timeout`.
 #[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
@@ -152,13 +152,13 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// A PostgreSQL cluster of its own (initdb into a temp dir, a spare port),
 /// for tests that stop the database. Runs as the `postgres` user when the
 /// tests run as root, since PostgreSQL refuses root.
-pub struct DedicatedPostgres {
+pub(crate) struct DedicatedPostgres {
     dir: TempDir,
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 impl DedicatedPostgres {
-    pub fn start() -> DedicatedPostgres {
+    pub(crate) fn start() -> DedicatedPostgres {
         let dir = TempDir::new("pg");
         let as_root = Command::new("id")
             .arg("-u")
@@ -219,12 +219,12 @@ impl DedicatedPostgres {
         );
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// Starts the cluster and waits until it accepts connections.
-    pub fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             self.port,
@@ -245,7 +245,7 @@ impl DedicatedPostgres {
     }
 
     /// Stops the cluster (fast: open connections are closed).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.run(&[
             &format!("{PG_BIN}/pg_ctl"),
             "-D",
@@ -273,14 +273,14 @@ impl Drop for DedicatedPostgres {
 
 /// A ClickHouse server of its own (`tests/clickhouse.sh` with a temp dir and
 /// spare ports), for tests that stop it.
-pub struct DedicatedClickHouse {
+pub(crate) struct DedicatedClickHouse {
     dir: TempDir,
-    pub http_port: u16,
+    pub(crate) http_port: u16,
     tcp_port: u16,
 }
 
 impl DedicatedClickHouse {
-    pub fn start() -> DedicatedClickHouse {
+    pub(crate) fn start() -> DedicatedClickHouse {
         let ch = DedicatedClickHouse {
             dir: TempDir::new("ch"),
             http_port: free_port(),
@@ -290,7 +290,7 @@ impl DedicatedClickHouse {
         ch
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
@@ -299,7 +299,7 @@ impl DedicatedClickHouse {
     }
 
     /// Starts it (again) and waits until it answers.
-    pub fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         let out = Command::new(workspace().join("tests/clickhouse.sh"))
             .env("CH_DIR", self.dir.path())
             .env("CH_HTTP_PORT", self.http_port.to_string())
@@ -315,7 +315,7 @@ impl DedicatedClickHouse {
     }
 
     /// Stops it and waits until the process is gone.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let pid = std::fs::read_to_string(self.pid_file()).expect("clickhouse pid file");
         let pid = pid.trim().to_owned();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();

@@ -2,8 +2,8 @@
 //! binary on an ephemeral port and talks to it over HTTP.
 #![allow(dead_code)]
 
-pub mod db;
-pub mod routes;
+pub(crate) mod db;
+pub(crate) mod routes;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The workspace root.
-pub fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -22,7 +22,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// The example models, built by `plugins/build.sh` (which `tests/run.sh` runs first).
-pub fn plugins_dir() -> PathBuf {
+pub(crate) fn plugins_dir() -> PathBuf {
     let dir = workspace().join("plugins/dist");
     for model in ["var-historical", "var-parametric", "es-historical"] {
         assert!(
@@ -36,7 +36,7 @@ pub fn plugins_dir() -> PathBuf {
 
 /// The test models (hostile, slow, Monte Carlo), built by
 /// `tests/plugins/build.sh` (which `tests/run.sh` runs first).
-pub fn test_plugins_dir() -> PathBuf {
+pub(crate) fn test_plugins_dir() -> PathBuf {
     let dir = workspace().join("tests/plugins/dist");
     assert!(
         dir.is_dir(),
@@ -48,7 +48,7 @@ pub fn test_plugins_dir() -> PathBuf {
 
 /// A fresh plugins directory holding the named example models (from
 /// `plugins/dist`) and test models (from `tests/plugins/dist`).
-pub fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
+pub(crate) fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
     let dir = TempDir::new("plugins");
     for (source, names) in [(plugins_dir(), examples), (test_plugins_dir(), test_models)] {
         for name in names {
@@ -68,7 +68,7 @@ pub fn plugins_with(examples: &[&str], test_models: &[&str]) -> TempDir {
 /// the one cargo built for these tests. The override exists because
 /// worktrees sharing one CARGO_TARGET_DIR also share `target/debug/riskhost`,
 /// which another checkout's build can replace while these tests run.
-pub fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("RISKHOST_TEST_BINARY")
         .ok()
         .filter(|path| !path.is_empty())
@@ -76,10 +76,10 @@ pub fn binary() -> String {
 }
 
 /// A riskhost server process, killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
-    pub base: String,
-    pub client: reqwest::blocking::Client,
+    pub(crate) base: String,
+    pub(crate) client: reqwest::blocking::Client,
     /// The model store of this server, unless the test gave `--data-dir`.
     _data_dir: Option<TempDir>,
     /// What the server logged to stderr, when started by [`Server::start_logging`].
@@ -89,7 +89,7 @@ pub struct Server {
 impl Server {
     /// Starts `riskhost serve` with the example models plus `extra` flags and
     /// waits until it is ready.
-    pub fn start(extra: &[&str]) -> Server {
+    pub(crate) fn start(extra: &[&str]) -> Server {
         let plugins = plugins_dir();
         let mut args = vec!["--plugins", plugins.to_str().unwrap_or_default()];
         args.extend_from_slice(extra);
@@ -101,19 +101,19 @@ impl Server {
     /// `--anonymous-scoring` unless `args` set it (most suites score
     /// without keys; tests/it/auth.rs passes `--anonymous-scoring=false`), and
     /// no rate limit and no failed-authentication budget unless `args` set one.
-    pub fn start_with(args: &[&str]) -> Server {
+    pub(crate) fn start_with(args: &[&str]) -> Server {
         Self::launch(args, None, true)
     }
 
     /// Like [`Server::start_with`], returning once the server listens,
     /// before it is ready (models may still be loading).
-    pub fn start_unready(args: &[&str]) -> Server {
+    pub(crate) fn start_unready(args: &[&str]) -> Server {
         Self::launch(args, None, false)
     }
 
     /// Like [`Server::start_with`], logging JSON lines at `filter`
     /// (`RUST_LOG` syntax) into a buffer that [`Server::logs`] returns.
-    pub fn start_logging(args: &[&str], filter: &str) -> Server {
+    pub(crate) fn start_logging(args: &[&str], filter: &str) -> Server {
         Self::launch(args, Some(filter), true)
     }
 
@@ -192,7 +192,7 @@ impl Server {
         server
     }
 
-    pub fn wait_ready(&self, timeout: Duration) {
+    pub(crate) fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(r) = self.client.get(self.url("/readyz")).send()
@@ -208,18 +208,18 @@ impl Server {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// GET, returning status and JSON body.
-    pub fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         let r = self.client.get(self.url(path)).send().expect("GET failed");
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
 
-    pub fn get_text(&self, path: &str) -> String {
+    pub(crate) fn get_text(&self, path: &str) -> String {
         self.client
             .get(self.url(path))
             .send()
@@ -229,7 +229,7 @@ impl Server {
     }
 
     /// POST JSON, returning status and JSON body.
-    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client
             .post(self.url(path))
@@ -241,7 +241,7 @@ impl Server {
     }
 
     /// POST raw bytes with a content type.
-    pub fn post_raw(
+    pub(crate) fn post_raw(
         &self,
         path: &str,
         content_type: &str,
@@ -258,12 +258,12 @@ impl Server {
         (status, r.json().unwrap_or(Value::Null))
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The JSON log lines so far (servers started by [`Server::start_logging`]).
-    pub fn logs(&self) -> Vec<Value> {
+    pub(crate) fn logs(&self) -> Vec<Value> {
         self.logs
             .as_ref()
             .and_then(|l| l.lock().ok().map(|l| l.clone()))
@@ -274,7 +274,7 @@ impl Server {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -283,7 +283,7 @@ impl Server {
     }
 
     /// Waits for the process to exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -307,7 +307,7 @@ impl Drop for Server {
 /// Asserts an error answer: the status, the code, and that the message
 /// mentions `needle`.
 #[track_caller]
-pub fn assert_error(answer: &(u16, Value), status: u16, code: &str, needle: &str) {
+pub(crate) fn assert_error(answer: &(u16, Value), status: u16, code: &str, needle: &str) {
     let (got_status, body) = answer;
     assert_eq!(*got_status, status, "unexpected status; body: {body}");
     assert_eq!(body["error"]["code"], code, "unexpected code; body: {body}");
@@ -319,10 +319,10 @@ pub fn assert_error(answer: &(u16, Value), status: u16, code: &str, needle: &str
 }
 
 /// A fresh temporary directory under the target dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "riskhost-test-{tag}-{}-{}",
             std::process::id(),
@@ -332,7 +332,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -349,7 +349,7 @@ fn rand_suffix() -> u64 {
 }
 
 /// The digest of `name`'s active version, as `GET /v1/models` lists it.
-pub fn active_digest(server: &Server, name: &str) -> Option<String> {
+pub(crate) fn active_digest(server: &Server, name: &str) -> Option<String> {
     let (_, body) = server.get("/v1/models");
     body["models"]
         .as_array()?
@@ -361,7 +361,7 @@ pub fn active_digest(server: &Server, name: &str) -> Option<String> {
 
 /// The load error `GET /v1/models` lists for the source ending in
 /// `source_suffix`, if any.
-pub fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
+pub(crate) fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
     let (_, body) = server.get("/v1/models");
     body["failures"]
         .as_array()?
@@ -377,7 +377,7 @@ pub fn failure_of(server: &Server, source_suffix: &str) -> Option<String> {
 
 /// Polls `check` every 10 ms until it holds; fails after `timeout`.
 #[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -386,14 +386,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 }
 
 /// `sha256:<hex>` of `bytes`: a version's digest as riskhost names it.
-pub fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 /// `bytes` plus a custom section holding `tag`: a valid component with the
 /// same behaviour and a digest of its own (a new version of a model).
-pub fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
     let name = b"riskhost-test";
     let mut payload = Vec::new();
     leb128(name.len(), &mut payload);
@@ -419,14 +419,14 @@ fn leb128(mut n: usize, out: &mut Vec<u8>) {
 }
 
 /// The status and JSON body of an answer (`Null` when the body is not JSON).
-pub fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
+pub(crate) fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
     let response = response.expect("request failed");
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(Value::Null))
 }
 
 /// A request to `path` carrying the admin `token`.
-pub fn admin_request(
+pub(crate) fn admin_request(
     server: &Server,
     token: &str,
     method: reqwest::Method,
@@ -440,7 +440,7 @@ pub fn admin_request(
 
 /// `PUT /v1/models/{name}`: uploads a component, with its signature header
 /// (`x-riskhost-signature`) when given.
-pub fn put_model(
+pub(crate) fn put_model(
     server: &Server,
     token: &str,
     name: &str,
@@ -462,7 +462,12 @@ pub fn put_model(
 
 /// `POST /v1/models/{name}/rollback`, with `body` (`{"to": …}`) or none
 /// (back to the previous version).
-pub fn rollback(server: &Server, token: &str, name: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn rollback(
+    server: &Server,
+    token: &str,
+    name: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let request = admin_request(
         server,
         token,
@@ -476,7 +481,7 @@ pub fn rollback(server: &Server, token: &str, name: &str, body: Option<Value>) -
 }
 
 /// Writes `bytes` to `path` and syncs them, so a watcher sees whole files.
-pub fn write_file(path: &Path, bytes: &[u8]) {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) {
     use std::io::Write as _;
     let mut file = std::fs::File::create(path).expect("create");
     file.write_all(bytes).expect("write");
@@ -484,7 +489,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
 }
 
 /// One of the sample portfolios of `examples/portfolios/`, as JSON.
-pub fn sample_portfolio(name: &str) -> Value {
+pub(crate) fn sample_portfolio(name: &str) -> Value {
     let path = workspace()
         .join("examples/portfolios")
         .join(format!("{name}.json"));
@@ -496,7 +501,7 @@ pub fn sample_portfolio(name: &str) -> Value {
 /// starts with `series` where a series may end: before its labels, between
 /// labels, or before the value. `riskhost_events_queued` does not match
 /// `riskhost_events_queued_bytes 3`.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| {
             l.strip_prefix(series)
@@ -509,7 +514,7 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 
 impl Server {
     /// [`metric_value`] of this server's `/metrics` now.
-    pub fn metric(&self, series: &str) -> Option<f64> {
+    pub(crate) fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.get_text("/metrics"), series)
     }
 }

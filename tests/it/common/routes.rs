@@ -5,7 +5,7 @@
 /// Every route riskhost serves, with the scope its key needs (`None`: open).
 /// The one authoritative list: the document must hold exactly these, and
 /// the server must answer each of them.
-pub const ROUTES: &[(&str, &str, Option<&str>)] = &[
+pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/score", Some("score")),
     ("POST", "/v1/score/batch", Some("score")),
     ("GET", "/v1/models", Some("score")),
@@ -27,7 +27,7 @@ pub const ROUTES: &[(&str, &str, Option<&str>)] = &[
 
 /// Whether a concrete request path is an instance of the route `template`
 /// (`{name}` matches one segment).
-pub fn matches(template: &str, path: &str) -> bool {
+pub(crate) fn matches(template: &str, path: &str) -> bool {
     let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
     t.len() == p.len()
         && t.iter()

@@ -146,7 +146,7 @@ impl Drop for Schema {
     }
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let portfolios = portfolios();
     let schema = Schema::create(ctx, &portfolios)?;
     let data = Scratch::new("batch")?;

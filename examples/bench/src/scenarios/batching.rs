@@ -13,7 +13,7 @@ use crate::service::Scratch;
 
 const SCENARIO: &str = "dynamic batching";
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let data = Scratch::new("batching")?;
     let dist = ctx.dist_arg();
     let mut outcomes = Vec::new();

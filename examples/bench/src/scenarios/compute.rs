@@ -26,18 +26,18 @@ use crate::harness::measure_pair;
 use crate::report::{Row, micros, number};
 
 const SCENARIO: &str = "model compute";
-pub const INSTRUMENTS: usize = 50;
-pub const LOOKBACK: usize = 500;
+pub(crate) const INSTRUMENTS: usize = 50;
+pub(crate) const LOOKBACK: usize = 500;
 /// More dates than the window needs, so the window is a cut, not the table.
 const DATES: usize = LOOKBACK + 21;
 const PARAMS: [f64; 3] = [0.99, 1.0, LOOKBACK as f64];
 const BATCHES: [usize; 2] = [1, 100];
 /// Largest accepted wasm/native ratio of the time per job.
-pub const GOAL_RATIO: f64 = 1.3;
+pub(crate) const GOAL_RATIO: f64 = 1.3;
 
 /// The scenario's market: every instrument of the synthetic table over the
 /// last `LOOKBACK` returns, cut as the host cuts a request's window.
-pub fn market_window() -> anyhow::Result<PriceWindow> {
+pub(crate) fn market_window() -> anyhow::Result<PriceWindow> {
     let table = data::synthetic_table(INSTRUMENTS, DATES)?;
     let ids: Vec<&str> = table.instruments().iter().map(String::as_str).collect();
     table
@@ -45,7 +45,7 @@ pub fn market_window() -> anyhow::Result<PriceWindow> {
         .context("cannot cut the price window")
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let window = market_window()?;
     let specs = data::portfolios(BATCHES[1], INSTRUMENTS as u32, &PARAMS, 42);
     let determinism = Determinism {

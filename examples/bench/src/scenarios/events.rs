@@ -19,7 +19,7 @@ const MODEL: &str = "var-historical";
 const UNIQUE_FROM: u64 = 2_000_000;
 const CONNECTIONS: usize = 64;
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let clickhouse = std::env::var("RISKHOST_BENCH_CLICKHOUSE_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned());
     let data = Scratch::new("events")?;

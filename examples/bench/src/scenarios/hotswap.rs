@@ -54,7 +54,7 @@ fn digest_of(body: &[u8]) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let swaps = if ctx.quick { 5 } else { 20 };
     let original = std::fs::read(ctx.dist.join(format!("{MODEL}.wasm")))?;
     let plugins = Scratch::new("swap-plugins")?;

@@ -58,7 +58,7 @@ impl Tiers {
     }
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let redis = Redis::start()?;
     let data = Scratch::new("http")?;
     let dist = ctx.dist_arg();
@@ -179,7 +179,7 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-pub fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
+pub(crate) fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Outcome> {
     let outcome = ctx.rt.block_on(crate::loadgen::run(target, plan))?;
     if outcome.ok == 0 {
         bail!(
@@ -192,6 +192,6 @@ pub fn measure(ctx: &Context, target: &Target, plan: Plan) -> anyhow::Result<Out
     Ok(outcome)
 }
 
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     Row::sampled("", String::new(), values, "").median
 }

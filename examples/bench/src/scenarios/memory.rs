@@ -22,7 +22,7 @@ fn idle_rss(server: &Server) -> anyhow::Result<f64> {
     server.rss_mib()
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let data = Scratch::new("memory")?;
     let empty_plugins = Scratch::new("memory-empty")?;
     let dist = ctx.dist_arg();

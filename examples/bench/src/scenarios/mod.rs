@@ -9,17 +9,17 @@
 //! `riskhost serve` (release build) on loopback ([`crate::service`]) and load
 //! it with [`crate::loadgen`].
 
-pub mod backtest;
-pub mod batch;
-pub mod batching;
-pub mod compute;
-pub mod events;
-pub mod hotswap;
-pub mod http;
-pub mod memory;
-pub mod overhead;
-pub mod sizes;
-pub mod startup;
+pub(crate) mod backtest;
+pub(crate) mod batch;
+pub(crate) mod batching;
+pub(crate) mod compute;
+pub(crate) mod events;
+pub(crate) mod hotswap;
+pub(crate) mod http;
+pub(crate) mod memory;
+pub(crate) mod overhead;
+pub(crate) mod sizes;
+pub(crate) mod startup;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,14 +35,14 @@ use crate::service::Host;
 
 /// A scenario: its key (for `--only`), its name (for progress output) and
 /// what runs it.
-pub struct Scenario {
-    pub key: &'static str,
-    pub name: &'static str,
-    pub run: fn(&Context) -> anyhow::Result<Vec<Row>>,
+pub(crate) struct Scenario {
+    pub(crate) key: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) run: fn(&Context) -> anyhow::Result<Vec<Row>>,
 }
 
 /// Every scenario, in the order of the table (the issue's numbering).
-pub const ALL: &[Scenario] = &[
+pub(crate) const ALL: &[Scenario] = &[
     Scenario {
         key: "compute",
         name: "1. model compute, wasm vs native",
@@ -102,20 +102,20 @@ pub const ALL: &[Scenario] = &[
 
 /// How long and how often the service scenarios load a server.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadSampling {
+pub(crate) struct LoadSampling {
     /// Load before the measured repetitions (connections opened, memo and
     /// instance pool warm); not recorded.
-    pub warm_up: Duration,
+    pub(crate) warm_up: Duration,
     /// Measured repetitions; throughput is reported as their median and
     /// min–max, latency percentiles over all their requests.
-    pub reps: usize,
-    pub rep_time: Duration,
+    pub(crate) reps: usize,
+    pub(crate) rep_time: Duration,
     /// Repetitions of the one-off measurements (batches, start-ups, swaps).
-    pub runs: usize,
+    pub(crate) runs: usize,
 }
 
 impl LoadSampling {
-    pub fn full() -> LoadSampling {
+    pub(crate) fn full() -> LoadSampling {
         LoadSampling {
             warm_up: Duration::from_secs(1),
             reps: 3,
@@ -124,7 +124,7 @@ impl LoadSampling {
         }
     }
 
-    pub fn quick() -> LoadSampling {
+    pub(crate) fn quick() -> LoadSampling {
         LoadSampling {
             warm_up: Duration::from_millis(500),
             reps: 2,
@@ -134,7 +134,7 @@ impl LoadSampling {
     }
 
     /// A closed loop at `connections` for the usual warm-up and repetitions.
-    pub fn closed(self, connections: usize) -> Plan {
+    pub(crate) fn closed(self, connections: usize) -> Plan {
         Plan {
             connections,
             warm_up: self.warm_up,
@@ -144,7 +144,7 @@ impl LoadSampling {
         }
     }
 
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         format!(
             "warm-up {} ms, {} repetitions of {} ms; one-off measurements {} runs",
             self.warm_up.as_millis(),
@@ -156,31 +156,31 @@ impl LoadSampling {
 }
 
 /// The example models: file stem in `plugins/dist/` = model name.
-pub const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
+pub(crate) const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
 
 /// A model as the product runs it, with where it came from.
-pub struct Model {
-    pub name: &'static str,
-    pub path: PathBuf,
-    pub size_bytes: usize,
-    pub loaded: LoadedModel,
+pub(crate) struct Model {
+    pub(crate) name: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) size_bytes: usize,
+    pub(crate) loaded: LoadedModel,
 }
 
 /// What every scenario shares: options, the engine and the loaded models,
 /// and for the service scenarios the `riskhost` binary and a tokio runtime
 /// for the load generator.
-pub struct Context {
-    pub root: PathBuf,
-    pub quick: bool,
-    pub sampling: Sampling,
-    pub load: LoadSampling,
-    pub engine: ModelEngine,
-    pub models: Vec<Model>,
+pub(crate) struct Context {
+    pub(crate) root: PathBuf,
+    pub(crate) quick: bool,
+    pub(crate) sampling: Sampling,
+    pub(crate) load: LoadSampling,
+    pub(crate) engine: ModelEngine,
+    pub(crate) models: Vec<Model>,
     /// The directory the example models were loaded from.
-    pub dist: PathBuf,
-    pub host: Host,
+    pub(crate) dist: PathBuf,
+    pub(crate) host: Host,
     /// Runs the load generator and the reference server's clients.
-    pub rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 impl Context {
@@ -188,7 +188,12 @@ impl Context {
     /// example models from `dist` (normally `plugins/dist/`) through
     /// `ModelEngine::load`.
     /// `quick` selects [`Sampling::quick`] over [`Sampling::full`].
-    pub fn new(root: &Path, dist: &Path, bin: &Path, quick: bool) -> anyhow::Result<Context> {
+    pub(crate) fn new(
+        root: &Path,
+        dist: &Path,
+        bin: &Path,
+        quick: bool,
+    ) -> anyhow::Result<Context> {
         let engine = ModelEngine::new(SandboxLimits::default())?;
         let mut models = Vec::new();
         for name in MODELS {
@@ -233,7 +238,7 @@ impl Context {
     }
 
     /// `--plugins` for a server that loads the example models.
-    pub fn dist_arg(&self) -> String {
+    pub(crate) fn dist_arg(&self) -> String {
         self.dist.display().to_string()
     }
 }
@@ -241,7 +246,7 @@ impl Context {
 /// The score request of the HTTP scenarios: a 5-position portfolio on the
 /// bundled instruments, the first position's quantity set to `quantity`
 /// (a distinct quantity is a distinct memo key, so a cache miss).
-pub fn score_body(model: &str, quantity: u64) -> Bytes {
+pub(crate) fn score_body(model: &str, quantity: u64) -> Bytes {
     Bytes::from(format!(
         r#"{{"model":"{model}","portfolio":{{"positions":[{{"instrument":"SPX","quantity":{quantity}}},{{"instrument":"TLT","quantity":-200}},{{"instrument":"AAPL","quantity":50}},{{"instrument":"GOLD","quantity":30}},{{"instrument":"EURUSD","quantity":10000}}]}}}}"#
     ))
@@ -249,7 +254,7 @@ pub fn score_body(model: &str, quantity: u64) -> Bytes {
 
 /// The row of a load measurement: median and min–max throughput over the
 /// repetitions, the latency percentiles in the note, zero errors as the goal.
-pub fn load_row(scenario: &str, variant: String, outcome: &Outcome) -> Row {
+pub(crate) fn load_row(scenario: &str, variant: String, outcome: &Outcome) -> Row {
     let note = format!(
         "p50 {} ms · p99 {} ms · p99.9 {} ms · {} requests, {} errors",
         number(outcome.ms(0.5)),
@@ -271,7 +276,7 @@ pub fn load_row(scenario: &str, variant: String, outcome: &Outcome) -> Row {
 }
 
 /// `a / b` as a ratio for the reference column, e.g. `0.52× reference`.
-pub fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
     } else {
@@ -280,13 +285,14 @@ pub fn ratio(a: f64, b: f64) -> String {
 }
 
 /// A model's `score_batch`, compiled natively.
-pub type NativeScoreBatch = fn(
+pub(crate) type NativeScoreBatch = fn(
     &riskhost_sdk::MarketData,
     &[riskhost_sdk::Job],
-) -> Vec<Result<riskhost_sdk::Score, riskhost_sdk::ModelError>>;
+)
+    -> Vec<Result<riskhost_sdk::Score, riskhost_sdk::ModelError>>;
 
 /// The native `score_batch` of a model, by name.
-pub fn native(name: &str) -> anyhow::Result<NativeScoreBatch> {
+pub(crate) fn native(name: &str) -> anyhow::Result<NativeScoreBatch> {
     use riskhost_sdk::Model as _;
     Ok(match name {
         "var-historical" => var_historical::VarHistorical::score_batch,

@@ -26,9 +26,9 @@ use crate::report::{Row, micros, number};
 const SCENARIO: &str = "call overhead";
 const PARAMS: [f64; 3] = [0.5, 1.0, 2.0];
 /// Largest accepted wasm − native time per call, in µs.
-pub const GOAL_MICROS: f64 = 20.0;
+pub(crate) const GOAL_MICROS: f64 = 20.0;
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let table = data::synthetic_table(1, 10)?;
     let ids: Vec<&str> = table.instruments().iter().map(String::as_str).collect();
     let window = table

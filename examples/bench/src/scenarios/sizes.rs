@@ -6,7 +6,7 @@ use crate::report::Row;
 
 const SCENARIO: &str = "component size";
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     Ok(ctx
         .models
         .iter()

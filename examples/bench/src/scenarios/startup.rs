@@ -17,7 +17,7 @@ use crate::service::Scratch;
 const SCENARIO: &str = "start-up";
 const PYTHON_MODEL: &str = "var-parametric-py";
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let runs = ctx.load.runs;
     let data = Scratch::new("startup")?;
     let dist = ctx.dist_arg();
@@ -132,7 +132,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
 }
 
 /// `examples/python/dist/var-parametric-py.wasm`, built first if missing.
-pub fn python_model(ctx: &Context) -> anyhow::Result<PathBuf> {
+pub(crate) fn python_model(ctx: &Context) -> anyhow::Result<PathBuf> {
     let path = ctx
         .root
         .join(format!("examples/python/dist/{PYTHON_MODEL}.wasm"));
@@ -152,7 +152,7 @@ pub fn python_model(ctx: &Context) -> anyhow::Result<PathBuf> {
 }
 
 /// The note of a row that could not be measured, with the reason.
-pub fn not_measured(e: &anyhow::Error) -> String {
+pub(crate) fn not_measured(e: &anyhow::Error) -> String {
     let reason: String = format!("{e:#}").chars().take(150).collect();
     format!("NOT MEASURED: {reason}")
 }

@@ -9,7 +9,7 @@ use riskhost_sdk::{Job, MarketData, Portfolio, Position, PriceSeries, Score};
 
 /// Market data with one series per `(instrument, closes)`, on consecutive
 /// dates ending on the as-of date.
-pub fn market(series: &[(&str, &[f64])]) -> MarketData {
+pub(crate) fn market(series: &[(&str, &[f64])]) -> MarketData {
     let n = series[0].1.len() as i32;
     MarketData {
         as_of: "2024-03-28".to_owned(),
@@ -26,7 +26,7 @@ pub fn market(series: &[(&str, &[f64])]) -> MarketData {
 
 /// A job holding `(series index, quantity)` positions with parameters
 /// `[confidence, horizon_days, lookback_days]`.
-pub fn job(positions: &[(u32, f64)], params: [f64; 3]) -> Job {
+pub(crate) fn job(positions: &[(u32, f64)], params: [f64; 3]) -> Job {
     Job {
         portfolio: Portfolio {
             id: "test".to_owned(),
@@ -44,7 +44,7 @@ pub fn job(positions: &[(u32, f64)], params: [f64; 3]) -> Job {
 ///
 /// ACME closes 100, 125, 100, 80, 100, 100: returns +0.25, −0.2, −0.2, +0.25, 0.
 /// BOLT closes  50,  50,  40, 50,  40,  50: returns 0, −0.2, +0.25, −0.2, +0.25.
-pub fn example_market() -> MarketData {
+pub(crate) fn example_market() -> MarketData {
     market(&[
         ("ACME", &[100.0, 125.0, 100.0, 80.0, 100.0, 100.0]),
         ("BOLT", &[50.0, 50.0, 40.0, 50.0, 40.0, 50.0]),
@@ -52,11 +52,11 @@ pub fn example_market() -> MarketData {
 }
 
 /// 10 ACME (value 10 × 100 = 1000) and −5 BOLT (value −5 × 50 = −250).
-pub const EXAMPLE_POSITIONS: [(u32, f64); 2] = [(0, 10.0), (1, -5.0)];
+pub(crate) const EXAMPLE_POSITIONS: [(u32, f64); 2] = [(0, 10.0), (1, -5.0)];
 
 /// Random-walk closes for `instruments` instruments (named I00, I01, …),
 /// reproducible from `seed`; daily returns are roughly ±2%.
-pub fn random_market(seed: u64, instruments: usize, closes: usize) -> MarketData {
+pub(crate) fn random_market(seed: u64, instruments: usize, closes: usize) -> MarketData {
     let mut rng = SplitMix64::new(seed);
     let names: Vec<String> = (0..instruments).map(|i| format!("I{i:02}")).collect();
     let series: Vec<Vec<f64>> = (0..instruments)
@@ -80,7 +80,7 @@ pub fn random_market(seed: u64, instruments: usize, closes: usize) -> MarketData
 }
 
 /// Random non-zero quantities for every instrument of a market, long and short.
-pub fn random_positions(seed: u64, instruments: usize) -> Vec<(u32, f64)> {
+pub(crate) fn random_positions(seed: u64, instruments: usize) -> Vec<(u32, f64)> {
     let mut rng = SplitMix64::new(seed);
     (0..instruments as u32)
         .map(|i| {
@@ -92,7 +92,7 @@ pub fn random_positions(seed: u64, instruments: usize) -> Vec<(u32, f64)> {
 
 /// `|actual − expected| ≤ 1e-9 × max(|expected|, 1)`: relative for the
 /// currency amounts of the tests, absolute near zero.
-pub fn assert_close(actual: f64, expected: f64) {
+pub(crate) fn assert_close(actual: f64, expected: f64) {
     assert!(
         (actual - expected).abs() <= 1e-9 * expected.abs().max(1.0),
         "expected {expected}, got {actual}"
@@ -101,7 +101,7 @@ pub fn assert_close(actual: f64, expected: f64) {
 
 /// The breakdown has exactly these `(instrument, value)` entries, in order,
 /// and they sum to the score's value.
-pub fn assert_breakdown(score: &Score, expected: &[(&str, f64)]) {
+pub(crate) fn assert_breakdown(score: &Score, expected: &[(&str, f64)]) {
     let names: Vec<&str> = score.breakdown.iter().map(|c| c.name.as_str()).collect();
     let expected_names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, expected_names);
@@ -111,7 +111,7 @@ pub fn assert_breakdown(score: &Score, expected: &[(&str, f64)]) {
     assert_breakdown_sums_to_value(score);
 }
 
-pub fn assert_breakdown_sums_to_value(score: &Score) {
+pub(crate) fn assert_breakdown_sums_to_value(score: &Score) {
     let sum: f64 = score.breakdown.iter().map(|c| c.value).sum();
     let scale: f64 = score
         .breakdown
@@ -127,7 +127,7 @@ pub fn assert_breakdown_sums_to_value(score: &Score) {
 }
 
 /// The `## Conventions` section of a README, whitespace-normalised.
-pub fn readme_conventions(model: &str) -> String {
+pub(crate) fn readme_conventions(model: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(model)
@@ -143,8 +143,8 @@ pub fn readme_conventions(model: &str) -> String {
 }
 
 /// Collapses every run of whitespace to one space.
-pub fn normalize(text: &str) -> String {
+pub(crate) fn normalize(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-pub const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
+pub(crate) const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
