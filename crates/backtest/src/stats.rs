@@ -71,8 +71,8 @@ pub struct Coverage {
 
 /// The cumulative probability below which a count is green, and below which
 /// it is yellow (the Basel Committee's 1996 framework).
-pub const GREEN_BELOW: f64 = 0.95;
-pub const YELLOW_BELOW: f64 = 0.9999;
+pub(crate) const GREEN_BELOW: f64 = 0.95;
+pub(crate) const YELLOW_BELOW: f64 = 0.9999;
 
 /// `x · ln y` with the limit 0 · ln 0 = 0.
 fn xlny(x: f64, y: f64) -> f64 {
@@ -94,7 +94,7 @@ fn likelihood_ratio(null: f64, alternative: f64) -> f64 {
 
 /// Kupiec's POF test of `exceptions` in `observations` against the rate
 /// `p = 1 − confidence`. `p` must lie in (0, 1).
-pub fn kupiec(observations: u64, exceptions: u64, p: f64) -> Kupiec {
+pub(crate) fn kupiec(observations: u64, exceptions: u64, p: f64) -> Kupiec {
     let (t, x) = (observations as f64, exceptions as f64);
     let observed = if t > 0.0 { x / t } else { 0.0 };
     let null = xlny(t - x, 1.0 - p) + xlny(x, p);
@@ -108,7 +108,7 @@ pub fn kupiec(observations: u64, exceptions: u64, p: f64) -> Kupiec {
 
 /// Christoffersen's independence test on the indicator sequence, plus the
 /// conditional-coverage test that adds Kupiec's statistic.
-pub fn christoffersen(exceptions: &[bool], kupiec: &Kupiec) -> Christoffersen {
+pub(crate) fn christoffersen(exceptions: &[bool], kupiec: &Kupiec) -> Christoffersen {
     let (mut n00, mut n01, mut n10, mut n11) = (0u64, 0u64, 0u64, 0u64);
     for pair in exceptions.windows(2) {
         match (pair[0], pair[1]) {
@@ -147,7 +147,7 @@ pub fn christoffersen(exceptions: &[bool], kupiec: &Kupiec) -> Christoffersen {
 }
 
 /// P(X ≤ exceptions), X ~ Binomial(observations, p).
-pub fn cumulative_probability(observations: u64, exceptions: u64, p: f64) -> f64 {
+pub(crate) fn cumulative_probability(observations: u64, exceptions: u64, p: f64) -> f64 {
     match Binomial::new(p, observations) {
         Ok(binomial) => binomial.cdf(exceptions),
         Err(_) => f64::NAN,
@@ -156,7 +156,7 @@ pub fn cumulative_probability(observations: u64, exceptions: u64, p: f64) -> f64
 
 /// The zone of a cumulative probability. At 99 % over 250 days this gives
 /// the Basel table: 0–4 green, 5–9 yellow, 10 or more red.
-pub fn traffic_light(cumulative: f64) -> TrafficLight {
+pub(crate) fn traffic_light(cumulative: f64) -> TrafficLight {
     if cumulative < GREEN_BELOW {
         TrafficLight::Green
     } else if cumulative < YELLOW_BELOW {

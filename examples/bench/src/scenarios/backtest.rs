@@ -44,7 +44,7 @@ fn portfolio(rng: &mut Rng, ids: &[String], n: usize) -> Value {
     json!({"id": format!("book-{n}"), "positions": positions})
 }
 
-pub fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let scratch = Scratch::new("backtest")?;
     let table = synthetic_table(INSTRUMENTS, DATES)?;
     let prices = scratch.join("prices.csv");
