@@ -243,9 +243,9 @@ impl ScoringService {
             let asked = given.insert(HORIZON_PARAM.to_owned(), 1.0);
             match asked {
                 Some(days) if days != 1.0 => {
-                    format!("1 day (`{HORIZON_PARAM}` forced to 1; {days} was asked)")
+                    format!("1 day ({HORIZON_PARAM} forced to 1; {days} was asked)")
                 }
-                _ => format!("1 day (`{HORIZON_PARAM}` forced to 1)"),
+                _ => format!("1 day ({HORIZON_PARAM} forced to 1)"),
             }
         } else {
             "1 day (the model declares no horizon: its VaR is taken as one-day)".to_owned()
