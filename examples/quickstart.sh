@@ -16,7 +16,7 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasi
 if [ -x target/release/riskhost ] && [ -f plugins/dist/var-historical.wasm ]; then
     step "Checking the build (a second run takes seconds: only what changed is rebuilt)"
 else
-    step "First build: riskhost and its wasmtime/Cranelift engine, about 5 minutes on 2 cores (a second run takes seconds)"
+    step "First build: riskhost and its wasmtime/Cranelift engine, about 10–12 minutes on 2 cores (a second run takes seconds)"
 fi
 step "Building the example models (plugins/build.sh: three small Rust components)"
 plugins/build.sh

@@ -84,9 +84,15 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             let body = json!({"model": "var-historical", "portfolios": &books[..portfolios],
                               "from": from, "to": to, "params": {"confidence": confidence}});
             let started = Instant::now();
-            let answer =
-                server.post_ok("/v1/backtests", Bytes::from(serde_json::to_vec(&body)?))?;
+            let (status, answer) =
+                server.post("/v1/backtests", Bytes::from(serde_json::to_vec(&body)?))?;
             times.push(started.elapsed().as_secs_f64());
+            if status != 201 {
+                bail!(
+                    "POST /v1/backtests: HTTP {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
             check(&answer, portfolios, days)?;
         }
         let row = Row::sampled(
