@@ -9,6 +9,7 @@ use crate::common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{Server, TempDir, assert_error, binary, plugins_with, workspace};
 use serde_json::{Value, json};
@@ -576,4 +577,49 @@ fn the_statistics_match_scipy() {
         );
         assert_eq!(got.traffic_light.as_str(), fixture["zone"], "{name}: zone");
     }
+}
+
+#[test]
+fn every_day_of_a_backtest_is_a_score_event_marked_backtest() {
+    use crate::common::db::{ChDatabase, ch_query, ch_url, wait_until};
+    let ch = ChDatabase::new(&ch_url(), "backtest");
+    let dir = TempDir::new("backtest-events");
+    let (server, _plugins) = start(
+        &dir,
+        &[
+            "--clickhouse-url",
+            &ch.url,
+            "--clickhouse-database",
+            &ch.name,
+            "--events-flush-ms",
+            "100",
+        ],
+    );
+    let (status, answer) = run_backtest(&server, "2021-02-15", "2021-03-31");
+    assert_eq!(status, 201, "{answer}");
+    let days = answer["portfolios"][0]["observations"].as_u64().expect("T");
+    let query = |sql: &str| {
+        ch_query(
+            &ch.url,
+            &sql.replace("{table}", &format!("{}.score_events", ch.name)),
+        )
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    wait_until(
+        "the backtest's events are in ClickHouse",
+        Duration::from_secs(30),
+        || query("SELECT count() FROM {table} WHERE path = 'backtest'") == Some(days),
+    );
+    // One event per day, each as of its own day, with the day's score.
+    assert_eq!(
+        query(
+            "SELECT uniqExact(as_of) FROM {table} WHERE path = 'backtest' AND portfolio_id = 'book' AND value > 0"
+        ),
+        Some(days)
+    );
+    assert_eq!(
+        query("SELECT count() FROM {table} WHERE path != 'backtest'"),
+        Some(0)
+    );
 }
