@@ -140,9 +140,10 @@ async fn get_backtest(
     scorer: Scorer,
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Backtest>, ApiError> {
+) -> Result<Response, ApiError> {
     let backtest = stored(&state, &scorer, &id).ok_or_else(|| unknown_backtest(&id))?;
-    Ok(Json(Backtest::clone(&backtest)))
+    // Serialized from the stored copy: a backtest can hold megabytes of days.
+    Ok(Json(backtest.as_ref()).into_response())
 }
 
 /// The backtest's report: one self-contained HTML page (inline CSS and SVG,
