@@ -3,6 +3,8 @@
 //! - `postgres.rs`: [`PgPool`], the pooled PostgreSQL client
 //!   (deadpool-postgres) with metrics, time bounds and error translation,
 //!   and [`migrate`], the migrations that create riskhost's tables.
+//! - `listen.rs`: [`listen`], PostgreSQL `LISTEN` on a dedicated
+//!   connection that reconnects by itself and says so ([`Notice::Resync`]).
 //! - `clickhouse.rs`: [`Warehouse`], the pooled ClickHouse HTTP client
 //!   shared by the ClickHouse market source and the score-event sink.
 //!
@@ -12,11 +14,13 @@
 //! their own crates' business), or depend on any riskhost crate.
 
 mod clickhouse;
+mod listen;
 mod postgres;
 
 pub use self::clickhouse::{
     ServerVersion, Warehouse, WarehouseSettings, validate_name as validate_clickhouse_name,
 };
+pub use self::listen::{Notice, channel_name, listen};
 pub use self::postgres::{PgPool, PgSettings, migrate};
 
 /// Why a database could not be used.

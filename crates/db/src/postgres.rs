@@ -91,21 +91,7 @@ impl PgPool {
     /// Builds the pool; connects lazily (the first query opens a connection).
     pub fn new(name: &'static str, settings: PgSettings) -> Result<PgPool, DbError> {
         validate_schema(&settings.schema)?;
-        let mut config: tokio_postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| DbError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
-        let statement_ms = settings.statement_timeout.as_millis().max(1);
-        config
-            .application_name("riskhost")
-            .connect_timeout(settings.connect_timeout)
-            // A query that outlives this is cancelled by the server itself.
-            .options(format!(
-                "-c statement_timeout={statement_ms} -c client_min_messages=warning"
-            ))
-            // A peer that vanished without closing is noticed by keepalives.
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
+        let config = client_config(&settings, "riskhost")?;
         let target = describe_target(&config);
         let manager = Manager::from_config(
             config,
@@ -130,6 +116,11 @@ impl PgPool {
             target,
             settings: Arc::new(settings),
         })
+    }
+
+    /// Where it connects, without credentials, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     pub fn settings(&self) -> &PgSettings {
@@ -234,9 +225,33 @@ impl PgPool {
     }
 }
 
+/// The client configuration of every riskhost connection: `url` with
+/// riskhost's time bounds, named `application_name` on the server.
+pub(crate) fn client_config(
+    settings: &PgSettings,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| DbError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
+    let statement_ms = settings.statement_timeout.as_millis().max(1);
+    config
+        .application_name(application_name)
+        .connect_timeout(settings.connect_timeout)
+        // A query that outlives this is cancelled by the server itself.
+        .options(format!(
+            "-c statement_timeout={statement_ms} -c client_min_messages=warning"
+        ))
+        // A peer that vanished without closing is noticed by keepalives.
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}
+
 /// The error with its cause (tokio-postgres hides the server's message in
 /// `source()`).
-fn error_text(e: &tokio_postgres::Error) -> String {
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => match std::error::Error::source(e) {
