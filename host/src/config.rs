@@ -432,6 +432,70 @@ pub(crate) struct HotSwapArgs {
     pub(crate) signing: SigningArgs,
     #[command(flatten)]
     pub(crate) compile: CompileArgs,
+    #[command(flatten)]
+    pub(crate) fleet: FleetArgs,
+}
+
+/// Where versions and active pointers live (`docs/fleet.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ModelStoreKind {
+    /// This replica's data dir; the plugins directory is watched.
+    Local,
+    /// A registry in PostgreSQL (`--postgres-url`, `--postgres-schema`)
+    /// that every replica follows; the plugins directory only seeds models
+    /// the registry has never held.
+    Postgres,
+}
+
+/// The shared model registry of a fleet.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FleetArgs {
+    /// Where model versions and the active version of each model live.
+    #[arg(
+        long,
+        env = "RISKHOST_MODEL_STORE",
+        value_enum,
+        default_value = "local"
+    )]
+    pub(crate) model_store: ModelStoreKind,
+    /// This replica's name in the registry's audit log and `GET /v1/fleet`
+    /// (default: the host name, which is the pod name on Kubernetes).
+    #[arg(long, env = "RISKHOST_REPLICA_ID")]
+    pub(crate) replica_id: Option<String>,
+    /// How often a replica re-reads the registry even without a
+    /// notification (notifications are lost while a connection is down), in ms.
+    #[arg(long, env = "RISKHOST_REGISTRY_POLL_MS", default_value_t = 5000)]
+    pub(crate) registry_poll_ms: u64,
+    /// Listen for the registry's notifications (LISTEN/NOTIFY); `false`
+    /// leaves only the poll, e.g. behind a PgBouncer in transaction mode,
+    /// which cannot carry LISTEN.
+    #[arg(long, env = "RISKHOST_REGISTRY_LISTEN", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) registry_listen: bool,
+    /// How often a replica records its heartbeat in the registry, in ms;
+    /// three missed heartbeats make it stale in `GET /v1/fleet`.
+    #[arg(long, env = "RISKHOST_FLEET_HEARTBEAT_MS", default_value_t = 2000)]
+    pub(crate) fleet_heartbeat_ms: u64,
+}
+
+impl FleetArgs {
+    pub(crate) fn settings(&self) -> riskhost_fleet::FleetSettings {
+        riskhost_fleet::FleetSettings {
+            replica_id: self.replica_id.clone().unwrap_or_else(host_name),
+            poll: Duration::from_millis(self.registry_poll_ms.max(100)),
+            listen: self.registry_listen,
+            heartbeat: Duration::from_millis(self.fleet_heartbeat_ms.max(100)),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "riskhost".into())
 }
 
 /// The compile budget of the server (docs/sandbox.md, "Load time").

@@ -22,7 +22,9 @@ use riskhost_models::{
     DeploySettings, ModelManager, ModelRegistry, ModelStore, WatchSettings, watch_directory,
 };
 
-use crate::config::ServeArgs;
+use riskhost_fleet::SharedRegistry;
+
+use crate::config::{ModelStoreKind, ServeArgs};
 use crate::services::{Services, authenticator, event_sink, open_market};
 
 /// `riskhost serve`: builds the server from `args`, binds its port and
@@ -61,6 +63,8 @@ pub(crate) struct Server {
     state: Arc<AppState>,
     app: axum::Router,
     models: Arc<ModelManager>,
+    /// The shared registry this replica follows (`--model-store postgres`).
+    fleet: Option<Arc<SharedRegistry>>,
     events: Arc<dyn EventSink>,
     metrics: PrometheusHandle,
     plugins: PathBuf,
@@ -107,6 +111,11 @@ impl Server {
                 signatures: Arc::new(signatures),
             },
         );
+        let fleet = shared_registry(args, &models)?;
+        let catalog: Arc<dyn riskhost_models::ModelCatalog> = match &fleet {
+            Some(fleet) => fleet.clone(),
+            None => models.clone(),
+        };
         let events = event_sink(&args.sources.data, &args.events, &args.hot_swap.data_dir).await?;
         let snapshot = services.market.snapshot();
         tracing::info!(source = %snapshot.source, version = %snapshot.version, "market data ready");
@@ -125,6 +134,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             auth: authenticator(args).await?,
             models: models.clone(),
+            catalog,
             backtests: riskhost_backtest::BacktestStore::new(args.backtest_store_mib << 20),
             backtest_limits: args.backtest.limits(),
         });
@@ -144,6 +154,7 @@ impl Server {
             state,
             app,
             models,
+            fleet,
             events,
             metrics,
             plugins: args.sources.plugins.clone(),
@@ -160,6 +171,30 @@ impl Server {
     }
 }
 
+/// The shared registry with `--model-store postgres`. Its pool connects
+/// lazily and its migrations run with the first reconcile, so a replica
+/// starts (and serves what it last applied) while PostgreSQL is down.
+fn shared_registry(
+    args: &ServeArgs,
+    models: &Arc<ModelManager>,
+) -> anyhow::Result<Option<Arc<SharedRegistry>>> {
+    if args.hot_swap.fleet.model_store != ModelStoreKind::Postgres {
+        return Ok(None);
+    }
+    let mut settings = args
+        .sources
+        .data
+        .require_postgres()
+        .context("--model-store postgres keeps the registry in PostgreSQL")?;
+    // Admin writes and reconciles are few; they never wait behind scoring.
+    settings.pool_size = settings.pool_size.min(4);
+    let pool = riskhost_db::PgPool::new("registry", settings)?;
+    pool.spawn_metrics(Duration::from_secs(5));
+    let fleet = SharedRegistry::new(models.clone(), pool, args.hot_swap.fleet.settings())?;
+    tracing::info!(replica = %args.hot_swap.fleet.settings().replica_id, "following the shared model registry in PostgreSQL");
+    Ok(Some(fleet))
+}
+
 /// Serves `server` on `listener` until `shutdown` resolves, then shuts down
 /// gracefully (see the module doc). Its background tasks (model loading and
 /// the directory watch, metrics upkeep) end with it.
@@ -172,6 +207,7 @@ pub(crate) async fn run(
         state,
         app,
         models,
+        fleet,
         events,
         metrics,
         plugins,
@@ -193,6 +229,30 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             models.restore().await;
             let registry = models.registry().clone();
+            if let Some(fleet) = fleet {
+                // What was last applied serves already; now the registry.
+                fleet.seed(&plugins).await;
+                if let Err(error) = fleet.reconcile().await {
+                    tracing::warn!(%error, "the model registry is unavailable: serving the versions last applied here, marked stale");
+                }
+                let _following = match fleet.start() {
+                    Ok(tasks) => Some(tasks),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot follow the model registry");
+                        None
+                    }
+                };
+                registry.mark_initial_load_done();
+                tracing::info!(
+                    models = registry.active().len(),
+                    failures = registry.failures().len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    stale = fleet.is_stale(),
+                    "ready"
+                );
+                // The followers live as long as this task: until shutdown.
+                std::future::pending::<()>().await;
+            }
             watch_directory(models, plugins, watch, move || {
                 registry.mark_initial_load_done();
                 for name in &overrides {

@@ -108,6 +108,13 @@ fn routes() -> Vec<Route> {
         },
         Route {
             method: Method::GET,
+            path: "/v1/fleet",
+            body: None,
+            admin: false,
+            allowed: (200, None),
+        },
+        Route {
+            method: Method::GET,
             path: "/v1/models/var-historical/versions",
             body: None,
             admin: false,

@@ -15,6 +15,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("riskhost-market", &["riskhost-db"]),
     ("riskhost-cache", &["riskhost-engine", "riskhost-market"]),
     ("riskhost-models", &["riskhost-engine"]),
+    (
+        "riskhost-fleet",
+        &["riskhost-db", "riskhost-engine", "riskhost-models"],
+    ),
     ("riskhost-events", &["riskhost-db"]),
     ("riskhost-backtest", &[]),
     (

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "instrument updates move the data version",
         include_str!("../migrations/0003_instrument_updates.sql"),
     ),
+    (
+        5,
+        "the shared model registry",
+        include_str!("../migrations/0005_model_registry.sql"),
+    ),
 ];
 
 /// Connection and pool settings.

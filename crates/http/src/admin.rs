@@ -3,7 +3,10 @@
 //! Changes need a key of scope `admin` ([`Admin`]); listing the versions of
 //! a model needs scope `score` ([`Scorer`]), like `GET /v1/models`.
 //!
-//! Handlers only translate: every decision is in [`riskhost_models::ModelManager`].
+//! Handlers only translate: every decision is in the [`ModelCatalog`] of
+//! `AppState` (this replica's `ModelManager`, or the fleet's shared
+//! registry with `--model-store postgres`). `GET /v1/fleet` shows what the
+//! registry says and what each replica serves.
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use utoipa_axum::routes;
 use crate::api::{ApiError, ApiPath, AppState, ErrorBody};
 use crate::auth::{Admin, Scorer};
 use riskhost_models::signing::{DetachedSignature, SIGNATURE_HEADER};
-use riskhost_models::{DeployError, Deployed, VersionId, VersionsView};
+use riskhost_models::{ChangeBy, DeployError, Deployed, FleetView, VersionId, VersionsView};
 
 /// The admin routes; uploads accept bodies up to the largest component
 /// riskhost loads (`--max-component-mib`), whatever `--max-body-bytes` is.
@@ -34,6 +37,7 @@ pub(crate) fn routes(max_component_bytes: usize) -> OpenApiRouter<Arc<AppState>>
         )
         .routes(routes!(versions))
         .routes(routes!(rollback))
+        .routes(routes!(fleet))
 }
 
 impl From<DeployError> for ApiError {
@@ -52,9 +56,24 @@ impl From<DeployError> for ApiError {
             DeployError::VersionRemoved { .. } => (StatusCode::CONFLICT, "version_removed"),
             DeployError::TargetChanged { .. } => (StatusCode::CONFLICT, "rollback_target_changed"),
             DeployError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            DeployError::RegistryUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable")
+            }
+            DeployError::DigestMismatch { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "registry_corrupt")
+            }
             DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };
         ApiError::new(status, code, error.to_string())
+    }
+}
+
+fn change_by(admin: &Admin) -> ChangeBy {
+    ChangeBy {
+        key_id: match admin.key_id() {
+            "" => "anonymous".into(),
+            id => id.into(),
+        },
     }
 }
 
@@ -105,12 +124,13 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         (status = 409, description = "The model was purged while the version was being deployed; nothing changed (`version_removed`)", body = ErrorBody),
         (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
         (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
-        (status = 500, description = "The store failed (`store_error`)", body = ErrorBody),
+        (status = 500, description = "The store failed (`store_error`), or this replica could not serve what the registry now holds (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn upload(
-    _: Admin,
+    admin: Admin,
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
@@ -145,13 +165,8 @@ async fn upload(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
     let body = body.map_err(body_error)?;
     let deployed = state
-        .models
-        .install(
-            Vec::from(body),
-            format!("api:{name}"),
-            Some(&name),
-            signature,
-        )
+        .catalog
+        .upload(&name, Vec::from(body), signature, &change_by(&admin))
         .await?;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -173,6 +188,7 @@ async fn upload(
         (status = 200, description = "The model's versions", body = VersionsView),
         (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
@@ -181,7 +197,7 @@ async fn versions(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<VersionsView>, ApiError> {
-    Ok(Json(state.models.versions(&name)?))
+    Ok(Json(state.catalog.versions(&name).await?))
 }
 
 /// The body of a rollback; empty means `{}`.
@@ -208,11 +224,12 @@ struct RollbackRequest {
         (status = 404, description = "No such model or version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
         (status = 409, description = "No previous version (`no_previous_version`), or a concurrent change made the rollback moot: the target was purged (`version_removed`) or is no longer the version `to` or \"previous\" names (`rollback_target_changed`); nothing changed", body = ErrorBody),
         (status = 422, description = "Invalid body, or with `--require-signatures` the target version's signature is missing, invalid or untrusted (`invalid_body`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn rollback(
-    _: Admin,
+    admin: Admin,
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
@@ -234,7 +251,10 @@ async fn rollback(
         })?
     };
     Ok(Json(
-        state.models.rollback(&name, request.to.as_deref()).await?,
+        state
+            .catalog
+            .rollback(&name, request.to.as_deref(), &change_by(&admin))
+            .await?,
     ))
 }
 
@@ -268,11 +288,12 @@ struct Removed {
         (status = 400, description = "The name does not decode as UTF-8 (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         (status = 422, description = "Invalid query (`invalid_query`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn remove(
-    _: Admin,
+    admin: Admin,
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     query: Result<Query<RemoveQuery>, QueryRejection>,
@@ -285,12 +306,29 @@ async fn remove(
         )
     })?;
     let unloaded = state
-        .models
-        .remove(&name, query.purge, "api:delete")
+        .catalog
+        .remove(&name, query.purge, &change_by(&admin))
         .await?;
     Ok(Json(Removed {
         name,
         unloaded,
         purged: query.purge,
     }))
+}
+
+/// `GET /v1/fleet`: the registry's active pointers and, per replica, its
+/// last heartbeat and what it serves, so an operator can watch a change
+/// converge. With `--model-store local` it is a fleet of one.
+#[utoipa::path(
+    get,
+    path = "/v1/fleet",
+    tag = "models",
+    security(("bearer" = ["score"])),
+    responses(
+        (status = 200, description = "The fleet; `registry_available` is false (and `models` null) while the registry cannot be read, and the answering replica is then listed alone, stale", body = FleetView),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn fleet(_: Scorer, State(state): State<Arc<AppState>>) -> Json<FleetView> {
+    Json(state.catalog.fleet().await)
 }

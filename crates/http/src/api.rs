@@ -42,8 +42,11 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Keys, scopes, anonymous scoring and per-caller rate limits.
     pub auth: riskhost_auth::Authenticator,
-    /// Deploys, rolls back and removes model versions (the admin routes).
+    /// This replica's deployments (its limits, e.g. the largest component).
     pub models: Arc<riskhost_models::ModelManager>,
+    /// What the admin routes change models through: this replica
+    /// (`--model-store local`) or the fleet's shared registry.
+    pub catalog: Arc<dyn riskhost_models::ModelCatalog>,
     /// Finished backtests, readable again by the key that ran them.
     pub backtests: riskhost_backtest::BacktestStore,
     /// `--backtest-max-cells` and the portfolio bound of a backtest.

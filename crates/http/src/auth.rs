@@ -28,7 +28,15 @@ impl Scorer {
 }
 
 /// Proof that the caller holds a key of scope `admin`; made only here.
-pub(crate) struct Admin(());
+/// Its key id goes into the model registry's audit log ([`Admin::key_id`]).
+pub(crate) struct Admin(Caller);
+
+impl Admin {
+    /// The caller's key id.
+    pub(crate) fn key_id(&self) -> &str {
+        self.0.key_id()
+    }
+}
 
 impl FromRequestParts<Arc<AppState>> for Scorer {
     type Rejection = ApiError;
@@ -48,9 +56,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Admin)
-            .await
-            .map(|_| Admin(()))
+        authorize(parts, state, Scope::Admin).await.map(Admin)
     }
 }
 

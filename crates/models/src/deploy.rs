@@ -81,6 +81,10 @@ pub enum DeployError {
         was: String,
         now: String,
     },
+    #[error("the bytes fetched for {expected} have digest {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("the shared model registry is unavailable: {0}")]
+    RegistryUnavailable(String),
     #[error("the model store failed: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -106,6 +110,10 @@ pub struct Deployed {
     pub changed: bool,
     /// The version it replaced, if any.
     pub previous: Option<VersionId>,
+    /// The shared registry's revision of the model's pointer after the
+    /// change (`--model-store postgres` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// A compiled and validated version, not yet stored or active.
@@ -469,6 +477,7 @@ impl ModelManager {
             digest: digest.clone(),
             changed: previous.as_ref().is_none_or(|p| p.digest != digest),
             previous,
+            revision: None,
         };
         if !deployed.changed {
             return Ok(deployed);
@@ -723,6 +732,205 @@ impl ModelManager {
             versions,
             history: self.store.history(name),
         })
+    }
+}
+
+/// A version validated and stored in this replica's store, loaded on
+/// standby, but not active: what a replica of a shared registry
+/// ([`ModelManager::stage`]) has checked before it writes the registry.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub record: VersionRecord,
+    /// What the component's `info()` says.
+    pub description: riskhost_engine::ModelDescription,
+}
+
+/// The operations a replica of a shared model registry needs: stage and
+/// mirror versions into the local store, and make the local state follow
+/// the registry's pointers. Every activation still goes through `switch`,
+/// so the invariants of a local deploy hold on every replica.
+impl ModelManager {
+    /// Checks, compiles, validates and stores `bytes` like [`Self::install`],
+    /// but leaves the version on standby instead of making it active.
+    pub async fn stage(
+        &self,
+        bytes: Vec<u8>,
+        source: String,
+        expected: Option<&str>,
+        signature: Option<String>,
+    ) -> Result<Staged, DeployError> {
+        let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let digest = ModelEngine::digest(&bytes);
+            (bytes, digest)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
+        if let Some(record) = self.store.get(&digest) {
+            let record = match signature {
+                Some(signature) => self.attach_signature(&record, signature, &source).await?,
+                None => record,
+            };
+            self.check_name(expected, &record.name, &source)?;
+            self.check_signature(&digest, record.signature.clone(), &source)
+                .map_err(|e| self.refuse(&source, &digest, e))?;
+            let entry = match self.registry.loaded(&digest) {
+                Some(entry) => entry,
+                None => self.load_on_standby(&digest).await?,
+            };
+            return Ok(Staged {
+                record,
+                description: entry.model.description.clone(),
+            });
+        }
+        let prepared = self.prepare(bytes, &digest, source, signature).await?;
+        self.check_name(expected, prepared.name(), &prepared.source)?;
+        let Prepared {
+            model,
+            bytes,
+            source,
+            signature,
+            ..
+        } = prepared;
+        let record = VersionRecord {
+            digest: model.digest.clone(),
+            name: model.name().to_owned(),
+            version: model.version().to_owned(),
+            size_bytes: model.size_bytes,
+            source: source.clone(),
+            stored_at: chrono::DateTime::<Utc>::from(SystemTime::now()),
+            signature,
+        };
+        let store = self.store.clone();
+        let record = tokio::task::spawn_blocking(move || store.put(&bytes, record))
+            .await
+            .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
+        let description = model.description.clone();
+        let entry = Arc::new(self.entry(model, source));
+        {
+            let _one_change_at_a_time = self.changes.lock().await;
+            self.revalidate(&record.name, &record.digest, Expect::Stored)?;
+            self.registry.keep_on_standby(entry.clone());
+        }
+        self.write_artifact_later(entry);
+        Ok(Staged {
+            record,
+            description,
+        })
+    }
+
+    /// Stores a version fetched from a shared registry, after checking that
+    /// the bytes are the digest the record names. Nothing is compiled: the
+    /// signature and the component are checked when it is loaded.
+    pub async fn mirror(&self, bytes: Vec<u8>, record: VersionRecord) -> Result<(), DeployError> {
+        if self.store.get(&record.digest).is_some() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let actual = ModelEngine::digest(&bytes);
+            if actual != record.digest {
+                return Err(DeployError::DigestMismatch {
+                    expected: record.digest,
+                    actual,
+                });
+            }
+            store.put(&bytes, record)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))?
+    }
+
+    /// Makes `digest` (or nothing) the active version of `name`, as the
+    /// shared registry's pointer at `revision` says, and records the
+    /// revision. The version must be in the local store ([`Self::mirror`]).
+    pub async fn apply(
+        &self,
+        name: &str,
+        digest: Option<&str>,
+        revision: i64,
+        by: &str,
+    ) -> Result<(), DeployError> {
+        let active = self
+            .registry
+            .active()
+            .get(name)
+            .map(|e| e.model.digest.clone());
+        match digest {
+            Some(digest) if active.as_deref() != Some(digest) => {
+                let record = self
+                    .store
+                    .get(digest)
+                    .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
+                self.activate_stored(&record, by, Instant::now(), Expect::Stored)
+                    .await?;
+            }
+            None if active.is_some() => {
+                self.remove(name, false, by).await?;
+            }
+            _ => {}
+        }
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.set_registry_revision(&name, revision))
+            .await
+            .map_err(|e| DeployError::Internal(format!("persisting panicked: {e}")))??;
+        Ok(())
+    }
+
+    /// Deletes stored versions a shared registry no longer holds, so no
+    /// pin can load them; an active one is kept (its model's pointer moves
+    /// first, and the next reconcile removes it).
+    pub async fn forget_versions(&self, digests: Vec<String>) -> Result<(), DeployError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let active: Vec<String> = self
+            .registry
+            .active()
+            .values()
+            .map(|e| e.model.digest.clone())
+            .collect();
+        let digests: Vec<String> = digests
+            .into_iter()
+            .filter(|d| !active.contains(d))
+            .collect();
+        for digest in &digests {
+            self.registry.drop_standby(digest);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove_versions(&digests))
+            .await
+            .map_err(|e| DeployError::Internal(format!("removing panicked: {e}")))??;
+        Ok(())
+    }
+
+    /// The component bytes of a stored version, checked against its digest.
+    pub async fn read_stored_bytes(&self, digest: &str) -> Result<Vec<u8>, DeployError> {
+        let (store, digest) = (self.store.clone(), digest.to_owned());
+        tokio::task::spawn_blocking(move || store.read_bytes(&digest))
+            .await
+            .map_err(|e| DeployError::Internal(format!("reading panicked: {e}")))?
+            .map_err(DeployError::Store)
+    }
+
+    /// The signature policy in force, for checks made elsewhere (a shared
+    /// registry's rollback target).
+    pub fn signature_policy(&self) -> Arc<SignaturePolicy> {
+        self.settings.signatures.clone()
+    }
+
+    /// The registry revision each model's local state came from.
+    pub fn registry_revisions(&self) -> std::collections::BTreeMap<String, i64> {
+        self.store.registry_revisions()
+    }
+
+    /// Every version in the local store.
+    pub fn stored_versions(&self) -> Vec<VersionRecord> {
+        self.store.all_versions()
+    }
+
+    /// One version of the local store.
+    pub fn stored(&self, digest: &str) -> Option<VersionRecord> {
+        self.store.get(digest)
     }
 }
 

@@ -11,6 +11,9 @@
 //!   and text formats, and the policy that enforces them.
 //! - `deploy.rs`: [`ModelManager`], the one path to activation (file,
 //!   upload, rollback, restore), serialised.
+//! - `catalog.rs`: [`ModelCatalog`], what the admin routes change models
+//!   through: this replica's [`ModelManager`] (`--model-store local`), or
+//!   a shared registry that every replica follows (`riskhost-fleet`).
 //! - `compile.rs`: [`Compilation`], compiling under a budget of time and
 //!   memory in a worker process that can be abandoned, and the worker's
 //!   side of it ([`run_compile_worker`]).
@@ -27,6 +30,7 @@
 //! is made live only through [`ModelManager`] (or [`load_file`] and
 //! [`load_directory`] for one-shot runs).
 
+mod catalog;
 mod compile;
 mod deploy;
 mod loader;
@@ -35,14 +39,16 @@ pub mod signing;
 mod store;
 mod watcher;
 
+pub use self::catalog::{ChangeBy, FleetView, ModelCatalog, ReplicaView, ServedVersion};
 pub use self::compile::{Compilation, CompileBudget, Isolated, run_worker as run_compile_worker};
 pub use self::deploy::{
-    DeployError, DeploySettings, Deployed, ModelManager, VersionId, VersionView, VersionsView,
+    DeployError, DeploySettings, Deployed, ModelManager, Staged, VersionId, VersionView,
+    VersionsView,
 };
 pub use self::loader::{load_directory, load_file};
 pub use self::registry::{
     Bulkhead, BulkheadLimits, DEFAULT_STANDBY_VERSIONS, LoadFailure, ModelEntry, ModelRef,
     ModelRegistry, Overloaded, ResolveError, rfc3339,
 };
-pub use self::store::{Activation, ModelStore, StoreError};
+pub use self::store::{Activation, ModelStore, StoreError, VersionRecord};
 pub use self::watcher::{WatchSettings, run as watch_directory};

@@ -317,6 +317,11 @@ impl ModelRegistry {
             .or_else(|| self.standby.get(digest))
     }
 
+    /// Drops a version from standby (it is no longer stored).
+    pub(crate) fn drop_standby(&self, digest: &str) {
+        self.standby.invalidate(digest);
+    }
+
     /// Keeps a loaded, non-active version on standby.
     pub(crate) fn keep_on_standby(&self, entry: Arc<ModelEntry>) {
         self.standby.insert(entry.model.digest.clone(), entry);

@@ -73,23 +73,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// One stored version of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct VersionRecord {
+pub struct VersionRecord {
     /// `sha256:<hex>` of the component bytes: the version's identity.
-    pub(crate) digest: String,
+    pub digest: String,
     /// The model name from `info()`.
-    pub(crate) name: String,
+    pub name: String,
     /// The semver from `info()` (metadata).
-    pub(crate) version: String,
-    pub(crate) size_bytes: usize,
+    pub version: String,
+    pub size_bytes: usize,
     /// Where it first came from: `file:<path>` or `api:<name>`.
-    pub(crate) source: String,
+    pub source: String,
     /// When it was first stored (first loaded).
-    pub(crate) stored_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
     /// The publisher's detached signature (`.sig` file text), if one came
     /// with the version; re-checked whenever the version is loaded while
     /// signatures are required (`signing.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) signature: Option<String>,
+    pub signature: Option<String>,
 }
 
 /// One change of a model's active version.
@@ -107,6 +107,11 @@ pub struct Activation {
 struct ModelState {
     active: Option<String>,
     history: Vec<Activation>,
+    /// The shared registry's revision of the pointer `active` came from
+    /// (`--model-store postgres`); what a replica reports while the
+    /// registry is out of reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry_revision: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -404,6 +409,38 @@ impl ModelStore {
         self.persist_state()
     }
 
+    /// The registry revisions recorded with the active versions.
+    pub(crate) fn registry_revisions(&self) -> BTreeMap<String, i64> {
+        self.lock()
+            .state
+            .models
+            .iter()
+            .filter_map(|(name, m)| m.registry_revision.map(|r| (name.clone(), r)))
+            .collect()
+    }
+
+    /// Records the registry revision `name` is at, and persists it.
+    pub(crate) fn set_registry_revision(
+        &self,
+        name: &str,
+        revision: i64,
+    ) -> Result<(), StoreError> {
+        {
+            let mut inner = self.lock();
+            let model = inner.state.models.entry(name.to_owned()).or_default();
+            if model.registry_revision == Some(revision) {
+                return Ok(());
+            }
+            model.registry_revision = Some(revision);
+        }
+        self.persist_state()
+    }
+
+    /// Every stored version.
+    pub(crate) fn all_versions(&self) -> Vec<VersionRecord> {
+        self.lock().versions.values().cloned().collect()
+    }
+
     /// Deletes every version of `name`, its artifacts and its state.
     /// Returns the digests removed.
     pub(crate) fn remove_model(&self, name: &str) -> Result<Vec<String>, StoreError> {
@@ -422,10 +459,27 @@ impl ModelStore {
             digests
         };
         self.persist_state()?;
+        self.delete_files(&removed)?;
+        Ok(removed)
+    }
+
+    /// Deletes the versions `digests` (none of them active), their
+    /// artifacts and records.
+    pub(crate) fn remove_versions(&self, digests: &[String]) -> Result<(), StoreError> {
+        {
+            let mut inner = self.lock();
+            for d in digests {
+                inner.versions.remove(d);
+            }
+        }
+        self.delete_files(digests)
+    }
+
+    fn delete_files(&self, removed: &[String]) -> Result<(), StoreError> {
         let artifact_dirs: Vec<PathBuf> = std::fs::read_dir(self.root.join("artifacts"))
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        for digest in &removed {
+        for digest in removed {
             let hex = digest_hex(digest)?;
             let blob = self.blob_path(digest)?;
             // The record goes first: a blob without a record is ignored on open.
@@ -436,7 +490,7 @@ impl ModelStore {
                 remove_if_exists(&dir.join(format!("{hex}.sha256")))?;
             }
         }
-        Ok(removed)
+        Ok(())
     }
 
     fn persist_state(&self) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 //! The quant's local loop: `riskhost new`, `riskhost model inspect` and
 //! `riskhost model test`; and the publisher's: `riskhost model keygen`,
-//! `model sign` and `model verify`.
+//! `model sign`, `model verify` and `model publish`.
 //!
 //! These commands run the server's own code (the same `ModelEngine::load`,
 //! the same sandbox limits, the same scoring path) on a developer's machine,
@@ -11,6 +11,7 @@
 pub(crate) mod imports;
 pub(crate) mod inspect;
 pub(crate) mod new;
+pub(crate) mod publish;
 pub(crate) mod sign;
 pub(crate) mod test;
 
@@ -57,6 +58,8 @@ pub(crate) enum ModelCommand {
     Sign(sign::SignArgs),
     /// Check a component's signature against trusted keys (exit code 0 or 1).
     Verify(sign::VerifyArgs),
+    /// Ship a component to a server or fleet: load it here, then PUT it (with its signature).
+    Publish(publish::PublishArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -107,6 +110,7 @@ pub(crate) async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Keygen(args) => sign::keygen(&args),
         ModelCommand::Sign(args) => sign::sign(&args),
         ModelCommand::Verify(args) => sign::verify(&args),
+        ModelCommand::Publish(args) => publish::run(args).await,
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/score/batch", Some("score")),
     ("GET", "/v1/models", Some("score")),
     ("GET", "/v1/models/{name}/versions", Some("score")),
+    ("GET", "/v1/fleet", Some("score")),
     ("GET", "/v1/portfolios/{id}/scores", Some("score")),
     ("POST", "/v1/backtests", Some("score")),
     ("GET", "/v1/backtests/{id}", Some("score")),

@@ -1,0 +1,171 @@
+//! [`ModelCatalog`]: the one trait the admin routes change models through,
+//! with two backends chosen by `--model-store`: `local`, this replica's
+//! [`ModelManager`] and its data dir, and `postgres`, the shared registry
+//! of `riskhost-fleet` that every replica of a fleet follows.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::deploy::{DeployError, Deployed, ModelManager, VersionId, VersionsView};
+
+/// Who asked for a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct ChangeBy {
+    /// The caller's API key id (`anonymous` without keys).
+    pub key_id: String,
+}
+
+/// What one model's pointer says, or what a replica serves of it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ServedVersion {
+    /// The registry's revision of the pointer (`null` with `--model-store local`).
+    pub revision: Option<i64>,
+    pub digest: String,
+}
+
+/// One replica, as its heartbeats describe it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ReplicaView {
+    pub id: String,
+    /// Its last heartbeat.
+    pub last_seen: DateTime<Utc>,
+    /// No heartbeat within three periods: it is gone, or cut off from the
+    /// registry and serving what it last stored.
+    pub stale: bool,
+    /// What it serves, per model.
+    pub models: BTreeMap<String, ServedVersion>,
+}
+
+/// `GET /v1/fleet`: what the registry says and what each replica serves,
+/// so an operator can watch a change converge.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct FleetView {
+    /// `local` or `postgres`.
+    pub model_store: String,
+    /// The replica that answered.
+    pub replica: String,
+    /// Whether the registry could be read for this answer.
+    pub registry_available: bool,
+    /// Why not, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The registry's active pointers (`null` when it could not be read).
+    pub models: Option<BTreeMap<String, ServedVersion>>,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Uploads, rollbacks, removals and the versions view of models.
+#[async_trait]
+pub trait ModelCatalog: Send + Sync {
+    /// `local` or `postgres`, as `--model-store` names it.
+    fn backend(&self) -> &'static str;
+
+    /// Makes `bytes` the active version of `name` once validated; the
+    /// answer's `changed` is false when it already was.
+    async fn upload(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        signature: Option<String>,
+        by: &ChangeBy,
+    ) -> Result<Deployed, DeployError>;
+
+    /// Makes a stored version active again (by default the previous one).
+    async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        by: &ChangeBy,
+    ) -> Result<Deployed, DeployError>;
+
+    /// Stops serving `name`; with `purge`, deletes its versions too.
+    async fn remove(
+        &self,
+        name: &str,
+        purge: bool,
+        by: &ChangeBy,
+    ) -> Result<Option<VersionId>, DeployError>;
+
+    /// Every version of `name`, which is active, and the change history.
+    async fn versions(&self, name: &str) -> Result<VersionsView, DeployError>;
+
+    /// The fleet: the registry's pointers and every replica's.
+    async fn fleet(&self) -> FleetView;
+}
+
+#[async_trait]
+impl ModelCatalog for ModelManager {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn upload(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        signature: Option<String>,
+        _by: &ChangeBy,
+    ) -> Result<Deployed, DeployError> {
+        self.install(bytes, format!("api:{name}"), Some(name), signature)
+            .await
+    }
+
+    async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        _by: &ChangeBy,
+    ) -> Result<Deployed, DeployError> {
+        ModelManager::rollback(self, name, to).await
+    }
+
+    async fn remove(
+        &self,
+        name: &str,
+        purge: bool,
+        _by: &ChangeBy,
+    ) -> Result<Option<VersionId>, DeployError> {
+        ModelManager::remove(self, name, purge, "api:delete").await
+    }
+
+    async fn versions(&self, name: &str) -> Result<VersionsView, DeployError> {
+        ModelManager::versions(self, name)
+    }
+
+    /// A fleet of one: this replica is the registry.
+    async fn fleet(&self) -> FleetView {
+        let models: BTreeMap<String, ServedVersion> = self
+            .registry()
+            .active()
+            .iter()
+            .map(|(name, entry)| {
+                (
+                    name.clone(),
+                    ServedVersion {
+                        revision: None,
+                        digest: entry.model.digest.clone(),
+                    },
+                )
+            })
+            .collect();
+        FleetView {
+            model_store: "local".into(),
+            replica: "local".into(),
+            registry_available: true,
+            error: None,
+            models: Some(models.clone()),
+            replicas: vec![ReplicaView {
+                id: "local".into(),
+                last_seen: Utc::now(),
+                stale: false,
+                models,
+            }],
+        }
+    }
+}
