@@ -125,8 +125,16 @@ impl SharedRegistry {
         last.is_none_or(|at| at.elapsed() > self.settings.poll * 3)
     }
 
+    /// Whether this replica is stale, and the registry revision of what it
+    /// serves per model (its digest is `riskhost_model_active_info`).
     fn set_stale_gauge(&self) {
         metrics::gauge!("riskhost_fleet_stale").set(if self.is_stale() { 1.0 } else { 0.0 });
+        for (name, served) in self.served() {
+            if let Some(revision) = served.revision {
+                metrics::gauge!("riskhost_fleet_model_revision", "model" => name)
+                    .set(revision as f64);
+            }
+        }
     }
 
     /// Publishes each component in `dir` whose model the registry has never

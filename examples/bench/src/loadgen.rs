@@ -404,12 +404,23 @@ pub(crate) async fn request(
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<(u16, Bytes)> {
+    request_typed(addr, method, path, "application/json", body).await
+}
+
+/// [`request`] with a body of `content_type` (a component upload).
+pub(crate) async fn request_typed(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, Bytes)> {
     let mut sender = connect(addr).await?;
     let request = with_authorization(Request::builder())
         .method(method)
         .uri(path)
         .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(body))?;
     let answer = tokio::time::timeout(Duration::from_secs(600), async {
         sender.ready().await?;

@@ -22,7 +22,7 @@ const MODEL: &str = "var-historical";
 
 /// `bytes` with a custom section named `riskhost-bench` holding `tag`
 /// appended: still the same component, but a different digest.
-fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub(super) fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
     fn leb128(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (n & 0x7f) as u8;
@@ -47,7 +47,7 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
 }
 
 /// The `digest` field of a score response.
-fn digest_of(body: &[u8]) -> Option<String> {
+pub(super) fn digest_of(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     let start = text.find(r#""digest":""#)? + r#""digest":""#.len();
     let end = text[start..].find('"')? + start;
@@ -178,7 +178,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Polls `done` every millisecond for up to 30 s.
-fn wait_for(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
+pub(super) fn wait_for(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         if Instant::now() > deadline {

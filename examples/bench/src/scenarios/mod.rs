@@ -14,6 +14,7 @@ pub(crate) mod batch;
 pub(crate) mod batching;
 pub(crate) mod compute;
 pub(crate) mod events;
+pub(crate) mod fleet;
 pub(crate) mod hotswap;
 pub(crate) mod http;
 pub(crate) mod memory;
@@ -92,6 +93,11 @@ pub(crate) const ALL: &[Scenario] = &[
         key: "backtest",
         name: "10. backtests vs single requests as of each day",
         run: backtest::run,
+    },
+    Scenario {
+        key: "fleet",
+        name: "11. a fleet of three replicas sharing a PostgreSQL registry",
+        run: fleet::run,
     },
     Scenario {
         key: "sizes",
