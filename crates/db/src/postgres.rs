@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "instrument updates move the data version",
         include_str!("../migrations/0003_instrument_updates.sql"),
     ),
+    (
+        4,
+        "api key changes notify every replica",
+        include_str!("../migrations/0004_api_key_notify.sql"),
+    ),
 ];
 
 /// Connection and pool settings.
