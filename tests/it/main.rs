@@ -14,6 +14,7 @@ mod compile;
 mod crate_graph;
 mod data_sources;
 mod events;
+mod fleet_limits;
 mod hotswap;
 mod in_process;
 mod metrics;
