@@ -383,6 +383,29 @@ pub(crate) struct RedisArgs {
 }
 
 impl RedisArgs {
+    /// The fleet-wide rate limits' settings, as `store` (None: the default)
+    /// asks: the same Redis, prefix, timeouts and breaker as the cache tier.
+    pub(crate) fn rate_limit_settings(
+        &self,
+        store: Option<RateLimitStore>,
+    ) -> anyhow::Result<Option<riskhost_auth::SharedRateSettings>> {
+        let cache = self.settings();
+        match (store, cache) {
+            (Some(RateLimitStore::Local), _) | (None, None) => Ok(None),
+            (Some(RateLimitStore::Redis), None) => Err(anyhow::anyhow!(
+                "--rate-limit-store redis needs --redis-url"
+            )),
+            (_, Some(cache)) => Ok(Some(riskhost_auth::SharedRateSettings {
+                url: cache.url,
+                prefix: cache.prefix,
+                op_timeout: cache.op_timeout,
+                connect_timeout: cache.connect_timeout,
+                failure_threshold: cache.breaker.failure_threshold,
+                cooldown: cache.breaker.cooldown,
+            })),
+        }
+    }
+
     /// The Redis tier's settings, when one is configured.
     pub(crate) fn settings(&self) -> Option<RedisSettings> {
         let url = self.redis_url.clone().filter(|u| !u.is_empty())?;
@@ -731,6 +754,13 @@ pub(crate) struct AuthArgs {
     /// Requests a caller may send at once after being idle.
     #[arg(long, env = "RISKHOST_RATE_LIMIT_BURST", default_value_t = 100)]
     pub(crate) rate_limit_burst: u32,
+    /// Where per-key and per-address rate limits are kept: `redis`
+    /// (fleet-wide, in --redis-url under --redis-prefix; each replica falls
+    /// back to its own buckets while Redis is down or slow) or `local` (each
+    /// replica on its own: N replicas admit N times the rate). Default:
+    /// `redis` when --redis-url is set, else `local`.
+    #[arg(long, env = "RISKHOST_RATE_LIMIT_STORE", value_enum)]
+    pub(crate) rate_limit_store: Option<RateLimitStore>,
     /// Failed authentications (unknown key, wrong secret or admin token,
     /// malformed header) per minute of one client address; past it the
     /// address gets 429 before any key lookup. 0 turns it off.
@@ -739,6 +769,15 @@ pub(crate) struct AuthArgs {
     /// Failures one address may make at once before it is throttled.
     #[arg(long, env = "RISKHOST_AUTH_FAILURE_BURST", default_value_t = 10)]
     pub(crate) auth_failure_burst: u32,
+}
+
+/// Where `serve` keeps rate-limit buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RateLimitStore {
+    /// In Redis, shared by every replica.
+    Redis,
+    /// In this process.
+    Local,
 }
 
 /// Where `serve` looks keys up.

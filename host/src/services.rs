@@ -137,14 +137,24 @@ pub(crate) async fn authenticator(
             ))
         }
     };
-    let rates = Arc::new(RateLimits::new(RateSettings {
+    let mut rates = RateLimits::new(RateSettings {
         per_minute: args.auth.rate_limit_per_minute,
         burst: args.auth.rate_limit_burst,
         failures_per_minute: args.auth.auth_failures_per_minute,
         failure_burst: args.auth.auth_failure_burst,
-    }));
+    });
+    let shared_rates = args.redis.rate_limit_settings(args.auth.rate_limit_store)?;
+    let rate_store = if shared_rates.is_some() {
+        "redis"
+    } else {
+        "local"
+    };
+    if let Some(settings) = shared_rates {
+        rates = rates.with_shared(riskhost_auth::SharedRate::connect(settings).await?);
+    }
+    let rates = Arc::new(rates);
     rates.spawn_upkeep(Duration::from_secs(60));
-    tracing::info!(keys = %source.describe(), rate_per_minute = args.auth.rate_limit_per_minute, burst = args.auth.rate_limit_burst, "API keys");
+    tracing::info!(keys = %source.describe(), rate_per_minute = args.auth.rate_limit_per_minute, burst = args.auth.rate_limit_burst, rate_store, "API keys");
     if args.auth.keys_source == KeysSourceKind::Config
         && args.auth.api_keys.is_empty()
         && args.auth.admin_token.is_none()

@@ -15,6 +15,7 @@ mod crate_graph;
 mod data_sources;
 mod events;
 mod fleet;
+mod fleet_limits;
 mod hotswap;
 mod in_process;
 mod metrics;

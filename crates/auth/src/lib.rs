@@ -15,7 +15,12 @@
 //!   [`token_digest`]), scopes, key specs and files, [`StaticKeys`].
 //! - `postgres.rs`: [`PostgresKeys`], and the insert, revoke and list of
 //!   `riskhost key` ([`insert_key`], [`revoke_key`], [`list_keys`]).
-//! - `rate.rs`: [`RateLimits`], the per-key and per-address token buckets.
+//! - `rate.rs`: [`RateLimits`], the per-key and per-address buckets (this
+//!   replica's `governor` buckets, and the fall-back of the shared ones)
+//!   and the per-address budget of failed authentications.
+//! - `shared_rate.rs`: [`SharedRate`], the fleet-wide buckets: a GCRA in
+//!   Redis, one `EVALSHA` per decision, behind a timeout and a circuit
+//!   breaker.
 //!
 //! The crate's API is what this file defines and re-exports.
 //!
@@ -25,6 +30,7 @@
 mod keys;
 mod postgres;
 mod rate;
+mod shared_rate;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,6 +43,7 @@ pub use self::postgres::{
     PostgresKeys, insert as insert_key, list as list_keys, revoke as revoke_key,
 };
 pub use self::rate::{RateLimits, RateSettings};
+pub use self::shared_rate::{SharedRate, SharedRateSettings, SharedRateSetupError};
 
 /// Why a request is refused. Each variant's message is the answer's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,7 +152,7 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         let Some(value) = authorization else {
             if needed == Scope::Score && self.anonymous_scoring {
-                self.rates.check_ip(client).map_err(|wait| {
+                self.rates.check_ip(client).await.map_err(|wait| {
                     tracing::info!(key_id = "", client = %client, "anonymous caller rate limited");
                     AuthError::RateLimited {
                         retry_after_secs: wait.secs(),
@@ -202,13 +209,16 @@ impl Authenticator {
                 needed,
             });
         }
-        self.rates.check_key(&key.id, key.rate).map_err(|wait| {
-            metrics::counter!("riskhost_rate_limited_total").increment(1);
-            tracing::info!(key_id = %key.id, "caller rate limited");
-            AuthError::RateLimited {
-                retry_after_secs: wait.secs(),
-            }
-        })?;
+        self.rates
+            .check_key(&key.id, key.rate)
+            .await
+            .map_err(|wait| {
+                metrics::counter!("riskhost_rate_limited_total").increment(1);
+                tracing::info!(key_id = %key.id, "caller rate limited");
+                AuthError::RateLimited {
+                    retry_after_secs: wait.secs(),
+                }
+            })?;
         Ok(Caller::Key(Arc::from(key.id.as_str())))
     }
 }

@@ -1,8 +1,19 @@
 //! API keys in PostgreSQL (`--keys-source postgres`): the `api_keys` table
 //! of `--postgres-schema` (migration `0002_api_keys.sql`), read through a
 //! short in-process cache so a request does not cost a query. Misses are
-//! cached too, so a flood of one unknown id costs one query per TTL; a
-//! revocation takes effect within `--keys-cache-ttl-ms`. Lookups hold at
+//! cached too, so a flood of one unknown id costs one query per TTL.
+//!
+//! Every replica hears about changes: migration `0004_api_key_notify.sql`
+//! makes every insert, update and delete of a key `pg_notify` its id on
+//! the channel `<schema>.api_keys`, and [`PostgresKeys`] listens on it
+//! ([`riskhost_db::listen`], a dedicated connection that reconnects by
+//! itself) and drops that id from its cache; after each (re)connection,
+//! when notifications may have been missed, it drops the whole cache. So a
+//! revocation takes effect on every replica within about one notification
+//! round trip, and within `--keys-cache-ttl-ms` while the listener is
+//! down. A lookup that raced with a notification is answered but not
+//! cached (the `invalidations` counter), so a stale row never outlives the
+//! notice that should have removed it. Lookups hold at
 //! most a quarter of the pool's connections at once, so a flood of new
 //! unknown ids (which the per-address failure budget also throttles) can
 //! never starve the market-data queries sharing the pool.
@@ -11,20 +22,35 @@
 //! first, so an operator keeps a way in while the database is down.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::keys::{self, ApiKey, RateOverride, Scope, StaticKeys};
 use super::{KeyError, KeySource};
-use riskhost_db::{DbError, PgPool};
+use riskhost_db::{DbError, Notice, PgPool};
 
 /// Keys from the `api_keys` table, cached, behind the configured ones.
 pub struct PostgresKeys {
     pool: PgPool,
     configured: StaticKeys,
     cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+    /// Notices applied so far: a lookup caches its row only if none
+    /// arrived while it queried.
+    invalidations: Arc<AtomicU64>,
     select: String,
     /// Connections key lookups may hold at once.
     lookups: tokio::sync::Semaphore,
+    /// Applies the change notifications; aborted on drop, which closes
+    /// the listener's channel and so ends the listener too.
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PostgresKeys {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
 }
 
 /// The share of the pool key lookups may hold: a quarter, at least one.
@@ -41,15 +67,35 @@ impl PostgresKeys {
             pool.schema()
         );
         let lookups = tokio::sync::Semaphore::new(lookup_connections(pool.settings().pool_size));
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build();
+        let invalidations = Arc::new(AtomicU64::new(0));
+        let listener = match riskhost_db::channel_name(&pool, "api_keys")
+            .and_then(|channel| riskhost_db::listen(&pool, "riskhost-keys", vec![channel]))
+        {
+            Ok(notices) => Some(tokio::spawn(apply_notices(
+                notices,
+                cache.clone(),
+                invalidations.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot listen for API key changes ({e}): a revocation takes effect within --keys-cache-ttl-ms ({} ms)",
+                    ttl.as_millis()
+                );
+                None
+            }
+        };
         PostgresKeys {
             pool,
             lookups,
             configured,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
+            cache,
+            invalidations,
             select,
+            listener,
         }
     }
 
@@ -108,9 +154,18 @@ impl KeySource for PostgresKeys {
         if let Some(cached) = self.cache.get(id) {
             return Ok(cached);
         }
+        let before = self.invalidations.load(Ordering::Acquire);
         match self.fetch(id).await {
             Ok(key) => {
+                // A notice during the query may concern this very row, which
+                // the query may have read before the change: answer it, but
+                // let the next lookup read again.
+                // (Insert, then check: a notice counted after the check
+                // invalidates after this insert.)
                 self.cache.insert(id.to_owned(), key.clone());
+                if self.invalidations.load(Ordering::Acquire) != before {
+                    self.cache.invalidate(id);
+                }
                 Ok(key)
             }
             // A broken row is no key; the log says why.
@@ -128,6 +183,25 @@ impl KeySource for PostgresKeys {
             self.pool.schema(),
             self.configured.describe()
         )
+    }
+}
+
+/// Applies the listener's notices to the cache until the listener ends.
+async fn apply_notices(
+    mut notices: tokio::sync::mpsc::Receiver<Notice>,
+    cache: moka::sync::Cache<String, Option<Arc<ApiKey>>>,
+    invalidations: Arc<AtomicU64>,
+) {
+    while let Some(notice) = notices.recv().await {
+        invalidations.fetch_add(1, Ordering::AcqRel);
+        match notice {
+            // Changes while the listener was away were not notified.
+            Notice::Resync => cache.invalidate_all(),
+            // An empty payload (a TRUNCATE) concerns every key.
+            Notice::Notify { payload, .. } if payload.is_empty() => cache.invalidate_all(),
+            Notice::Notify { payload, .. } => cache.invalidate(&payload),
+        }
+        metrics::counter!("riskhost_keys_cache_invalidations_total").increment(1);
     }
 }
 

@@ -1,9 +1,16 @@
 //! Limits that keep one client from exhausting the host: per-key and
-//! per-address rate limits (token buckets from `governor`), a per-address
+//! per-address rate limits (GCRA buckets: fleet-wide in Redis when
+//! [`SharedRate`] is configured, else, and whenever Redis cannot answer,
+//! this replica's own `governor` buckets), a per-address
 //! budget of failed authentications (so keys and the admin token cannot be
 //! guessed online, and unknown ids cannot flood the key store), and the global
 //! concurrency limit and request timeout (tower layers: load shedding, not an
 //! unbounded queue).
+//!
+//! The per-replica buckets are charged even while Redis decides, so a
+//! fall-back starts from each replica's recent traffic rather than a fresh
+//! burst. Failed authentications are always counted per replica: they
+//! protect this replica's key lookups.
 //!
 //! The rate limits are checked by the auth extractors once they know who is
 //! calling ([`crate`]); the layers wrap the `/v1` routes in
@@ -20,6 +27,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::keys::RateOverride;
+use crate::shared_rate::{Gcra, SharedRate};
 
 /// Rate-limit settings.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +56,8 @@ pub struct RateLimits {
     /// `Authorization` header are refused before any key lookup.
     throttled: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
+    /// The fleet-wide buckets, when Redis is configured for them.
+    shared: Option<SharedRate>,
 }
 
 /// How long to wait before the next request would be allowed.
@@ -69,6 +79,24 @@ fn quota(per_minute: u32, burst: u32) -> Option<Quota> {
     Some(Quota::per_minute(per_minute).allow_burst(burst))
 }
 
+/// The decision of a request: the shared bucket's when it answered, else
+/// the local bucket's. A request the fleet admits is charged locally too
+/// (whatever the local bucket says), so a fall-back continues from this
+/// replica's recent traffic; a refused one is charged nowhere.
+fn combine(
+    shared: Option<Result<(), RetryAfter>>,
+    local: impl FnOnce() -> Result<(), RetryAfter>,
+) -> Result<(), RetryAfter> {
+    match shared {
+        Some(Ok(())) => {
+            let _ = local();
+            Ok(())
+        }
+        Some(refused) => refused,
+        None => local(),
+    }
+}
+
 impl RateLimits {
     pub fn new(settings: RateSettings) -> RateLimits {
         RateLimits {
@@ -79,28 +107,62 @@ impl RateLimits {
                 .map(RateLimiter::keyed),
             throttled: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
+            shared: None,
+        }
+    }
+
+    /// Decides key and address rates in Redis, fleet-wide; the local
+    /// buckets remain the fall-back.
+    pub fn with_shared(mut self, shared: SharedRate) -> RateLimits {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Asks the shared bucket first: `Some(answer)` when Redis decided,
+    /// `None` when the local bucket must (no shared store, or it failed;
+    /// the failure is counted).
+    async fn take_shared(
+        &self,
+        kind: &str,
+        id: &str,
+        per_minute: u32,
+        burst: u32,
+    ) -> Option<Result<(), RetryAfter>> {
+        let shared = self.shared.as_ref()?;
+        let bucket = shared.bucket_key(kind, id);
+        match shared.take(&bucket, Gcra::new(per_minute, burst)).await {
+            Ok(None) => Some(Ok(())),
+            Ok(Some(wait)) => Some(Err(RetryAfter(wait))),
+            Err(error) => {
+                metrics::counter!("riskhost_rate_limit_fallback_total", "reason" => error.reason())
+                    .increment(1);
+                None
+            }
         }
     }
 
     /// A key's quota: its own rate and burst, else the defaults (a key's
     /// burst defaults to the smaller of the default burst and its rate).
-    fn key_quota(&self, rate: RateOverride) -> Option<Quota> {
+    fn key_quota(&self, rate: RateOverride) -> Option<(Quota, u32, u32)> {
         let per_minute = rate.per_minute.unwrap_or(self.settings.per_minute);
         let burst = rate
             .burst
-            .unwrap_or_else(|| self.settings.burst.min(per_minute));
-        quota(per_minute, burst)
+            .unwrap_or_else(|| self.settings.burst.min(per_minute))
+            .max(1);
+        quota(per_minute, burst).map(|q| (q, per_minute, burst))
     }
 
-    /// Takes one request from key `id`'s bucket.
-    pub(crate) fn check_key(&self, id: &str, rate: RateOverride) -> Result<(), RetryAfter> {
-        let Some(quota) = self.key_quota(rate) else {
+    /// Takes one request from key `id`'s bucket: the fleet's when Redis
+    /// answers, else this replica's.
+    pub(crate) async fn check_key(&self, id: &str, rate: RateOverride) -> Result<(), RetryAfter> {
+        let Some((quota, per_minute, burst)) = self.key_quota(rate) else {
             return Ok(());
         };
+        let shared = self.take_shared("key", id, per_minute, burst).await;
         let limiter = {
             let Ok(mut buckets) = self.per_key.lock() else {
                 // A panic elsewhere poisoned the map: serve rather than fail.
-                return Ok(());
+                return shared.unwrap_or(Ok(()));
             };
             match buckets.get(id) {
                 // A changed rate (key re-read from PostgreSQL) starts a new bucket.
@@ -112,19 +174,30 @@ impl RateLimits {
                 }
             }
         };
-        limiter
-            .check()
-            .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+        let local = || {
+            limiter
+                .check()
+                .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+        };
+        combine(shared, local)
     }
 
-    /// Takes one request from an anonymous client address's bucket.
-    pub(crate) fn check_ip(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        match &self.per_ip {
-            None => Ok(()),
-            Some(limiter) => limiter
+    /// Takes one request from an anonymous client address's bucket: the
+    /// fleet's when Redis answers, else this replica's.
+    pub(crate) async fn check_ip(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let Some(limiter) = &self.per_ip else {
+            return Ok(());
+        };
+        let burst = self.settings.burst.max(1);
+        let shared = self
+            .take_shared("ip", &ip.to_string(), self.settings.per_minute, burst)
+            .await;
+        let local = || {
+            limiter
                 .check_key(&ip)
-                .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now()))),
-        }
+                .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+        };
+        combine(shared, local)
     }
 
     /// Whether `ip` may try to authenticate now: `Err` while it is out of
@@ -196,6 +269,7 @@ impl RateSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared_rate::SharedRateSettings;
 
     #[test]
     fn an_address_out_of_failures_is_throttled_alone_until_its_bucket_refills() {
@@ -230,40 +304,126 @@ mod tests {
         assert_eq!(RetryAfter(Duration::from_secs(3)).secs(), 3);
     }
 
-    #[test]
-    fn each_key_has_its_own_bucket() {
+    #[tokio::test]
+    async fn each_key_has_its_own_bucket() {
         let limits = RateLimits::new(RateSettings {
             per_minute: 60,
             burst: 2,
             ..RateSettings::off()
         });
         let own = RateOverride::default();
-        assert!(limits.check_key("a", own).is_ok());
-        assert!(limits.check_key("a", own).is_ok());
-        let wait = limits.check_key("a", own).unwrap_err();
+        assert!(limits.check_key("a", own).await.is_ok());
+        assert!(limits.check_key("a", own).await.is_ok());
+        let wait = limits.check_key("a", own).await.unwrap_err();
         assert!(wait.0 <= Duration::from_secs(1) && wait.secs() == 1);
-        assert!(limits.check_key("b", own).is_ok());
+        assert!(limits.check_key("b", own).await.is_ok());
         // A key of its own rate: 1 a minute, no burst.
         let slow = RateOverride {
             per_minute: Some(1),
             burst: None,
         };
-        assert!(limits.check_key("c", slow).is_ok());
-        assert!(limits.check_key("c", slow).unwrap_err().secs() >= 59);
+        assert!(limits.check_key("c", slow).await.is_ok());
+        assert!(limits.check_key("c", slow).await.unwrap_err().secs() >= 59);
         let ip: IpAddr = [127, 0, 0, 1].into();
-        assert!(limits.check_ip(ip).is_ok() && limits.check_ip(ip).is_ok());
-        assert!(limits.check_ip(ip).is_err());
+        assert!(limits.check_ip(ip).await.is_ok() && limits.check_ip(ip).await.is_ok());
+        assert!(limits.check_ip(ip).await.is_err());
     }
 
-    #[test]
-    fn zero_turns_rate_limiting_off() {
+    #[tokio::test]
+    async fn zero_turns_rate_limiting_off() {
         let limits = RateLimits::new(RateSettings {
             burst: 1,
             ..RateSettings::off()
         });
         for _ in 0..100 {
-            assert!(limits.check_key("a", RateOverride::default()).is_ok());
-            assert!(limits.check_ip([10, 0, 0, 1].into()).is_ok());
+            assert!(limits.check_key("a", RateOverride::default()).await.is_ok());
+            assert!(limits.check_ip([10, 0, 0, 1].into()).await.is_ok());
         }
+    }
+
+    fn shared_settings(url: &str, test: &str) -> SharedRateSettings {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        SharedRateSettings {
+            url: url.into(),
+            prefix: format!("riskhost-unit-limits-{test}-{}-{nanos}", std::process::id()),
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(60),
+        }
+    }
+
+    async fn replica(url: &str, settings: &SharedRateSettings) -> RateLimits {
+        let shared = SharedRate::connect(SharedRateSettings {
+            url: url.into(),
+            ..settings.clone()
+        })
+        .await
+        .expect("connect");
+        RateLimits::new(RateSettings {
+            per_minute: 1,
+            burst: 4,
+            ..RateSettings::off()
+        })
+        .with_shared(shared)
+    }
+
+    #[tokio::test]
+    async fn replicas_sharing_redis_share_one_bucket_per_key_and_address() {
+        let settings = shared_settings("redis://127.0.0.1:6379/", "fleet");
+        let (a, b) = (
+            replica("redis://127.0.0.1:6379/", &settings).await,
+            replica("redis://127.0.0.1:6379/", &settings).await,
+        );
+        // A key of its own rate: one a minute, burst 4 (the address's quota
+        // is the defaults: the same).
+        let own = RateOverride {
+            per_minute: Some(1),
+            burst: Some(4),
+        };
+        let mut admitted = 0;
+        for i in 0..10 {
+            let replica = if i % 2 == 0 { &a } else { &b };
+            admitted += usize::from(replica.check_key("k", own).await.is_ok());
+        }
+        // One a minute, burst 4: four across both replicas, not eight.
+        assert_eq!(admitted, 4);
+        let wait = b.check_key("k", own).await.expect_err("refused");
+        assert!(wait.secs() > 50 && wait.secs() <= 60, "{wait:?}");
+        let ip: IpAddr = [10, 1, 2, 3].into();
+        let admitted = admitted_from_address(&a, &b, ip).await;
+        assert_eq!(admitted, 4);
+    }
+
+    async fn admitted_from_address(a: &RateLimits, b: &RateLimits, ip: IpAddr) -> usize {
+        let mut admitted = 0;
+        for _ in 0..5 {
+            admitted += usize::from(a.check_ip(ip).await.is_ok());
+            admitted += usize::from(b.check_ip(ip).await.is_ok());
+        }
+        admitted
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_replica_limits_alone() {
+        let settings = shared_settings("redis://127.0.0.1:1/", "down");
+        let a = replica("redis://127.0.0.1:1/", &settings).await;
+        // A key of its own rate: one a minute, burst 4 (the address's quota
+        // is the defaults: the same).
+        let own = RateOverride {
+            per_minute: Some(1),
+            burst: Some(4),
+        };
+        let admitted = {
+            let mut n = 0;
+            for _ in 0..10 {
+                n += usize::from(a.check_key("k", own).await.is_ok());
+            }
+            n
+        };
+        assert_eq!(admitted, 4, "the local bucket decides: its burst, once");
     }
 }

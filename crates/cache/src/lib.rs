@@ -8,7 +8,8 @@
 //!   of a Redis tier shared by every replica (L2, [`RedisCache`], whose
 //!   circuit breaker is `breaker.rs`). A lookup tries L1, then L2 for what
 //!   L1 lacks, and fills L1 from L2 hits; values cross to Redis in the
-//!   encoding of `codec.rs`.
+//!   encoding of `codec.rs`. A purge is broadcast over Redis pub/sub, so
+//!   every replica's L1 drops what was purged (`purge.rs`).
 //!
 //! Keys come from [`score_key`] (`key.rs`), whose recipe guarantees a cached score never
 //! crosses a model version, parameter set, portfolio content or market-data
@@ -23,6 +24,7 @@
 mod breaker;
 mod codec;
 mod key;
+mod purge;
 mod redis;
 
 use std::collections::HashMap;
@@ -182,7 +184,9 @@ struct Entry {
 }
 
 /// The in-process tier: moka, bounded by an approximate byte budget, with a
-/// time to live per entry.
+/// time to live per entry. A clone shares the entries (the purge
+/// subscriber holds one).
+#[derive(Clone)]
 pub struct InProcessCache {
     /// `None` when the budget is zero: the in-process memo is off.
     entries: Option<moka::sync::Cache<ScoreKey, Entry>>,
@@ -314,15 +318,28 @@ impl ScoreCache for InProcessCache {
     }
 }
 
-/// The in-process tier in front of the shared Redis tier.
+/// The in-process tier in front of the shared Redis tier, subscribed to
+/// the other replicas' purges.
 pub struct TieredCache {
     l1: InProcessCache,
     l2: redis::RedisCache,
+    /// Applies other replicas' purges to `l1`; stopped on drop.
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TieredCache {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
 }
 
 impl TieredCache {
+    /// Must be called within a tokio runtime: it starts the purge subscriber.
     pub fn new(l1: InProcessCache, l2: redis::RedisCache) -> Self {
-        TieredCache { l1, l2 }
+        let (client, config, connect_timeout, names, address) = l2.subscriber_parts();
+        let subscriber =
+            purge::spawn_subscriber(client, config, connect_timeout, names, address, l1.clone());
+        TieredCache { l1, l2, subscriber }
     }
 }
 
@@ -382,10 +399,30 @@ impl ScoreCache for TieredCache {
     async fn purge(&self, model: Option<&str>) -> Result<PurgeReport, PurgeError> {
         let purged_l1 = self.l1.purge_entries(model).await;
         match self.l2.purge(model).await {
-            Ok(n) => Ok(PurgeReport {
-                purged_l1,
-                purged_l2: Some(n),
-            }),
+            Ok(n) => {
+                // After L2, so no replica refills its L1 from L2 with what
+                // was purged. Best effort, like every use of Redis here: a
+                // purge is never needed for correctness (the memo key
+                // covers everything), and a replica whose subscription was
+                // down catches up from the generation count when it
+                // resubscribes.
+                match self.l2.publish_purge(model).await {
+                    Ok(generation) => {
+                        metrics::counter!("riskhost_cache_purge_broadcasts_total", "result" => "ok")
+                            .increment(1);
+                        tracing::debug!(generation, "cache purge announced to the other replicas");
+                    }
+                    Err(error) => {
+                        metrics::counter!("riskhost_cache_purge_broadcasts_total", "result" => "error")
+                            .increment(1);
+                        tracing::warn!(%error, "the cache purge could not be announced: other replicas keep their in-process entries until they expire");
+                    }
+                }
+                Ok(PurgeReport {
+                    purged_l1,
+                    purged_l2: Some(n),
+                })
+            }
             Err(e) => Err(PurgeError {
                 purged_l1,
                 reason: e.to_string(),

@@ -26,6 +26,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::breaker::{Breaker, BreakerSettings, Transition};
 use super::key::KEY_SCHEMA_VERSION;
+use super::purge::{PUBLISH_PURGE, PurgeNames};
 use super::{CacheTier, CachedScore, ScoreKey, codec, count_lookups};
 
 /// Keys per `MGET` (and writes per pipeline slice of the timeout budget):
@@ -111,6 +112,8 @@ struct Inner {
     connect_timeout: Duration,
     /// Where Redis is, for logs (never the URL: it may hold a password).
     address: String,
+    /// Where purges are announced to the other replicas.
+    purges: PurgeNames,
 }
 
 /// The Redis tier. Cheap to share: clone the `Arc` around it.
@@ -169,6 +172,7 @@ impl RedisCache {
             op_timeout: settings.op_timeout,
             connect_timeout: settings.connect_timeout,
             address,
+            purges: PurgeNames::new(&settings.prefix),
         });
         let tick = (settings.breaker.cooldown / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -179,6 +183,44 @@ impl RedisCache {
     #[cfg(test)]
     pub(crate) fn breaker_state(&self) -> super::breaker::BreakerState {
         self.inner.breaker.state()
+    }
+
+    /// What the purge subscriber needs: its own client (a pub/sub
+    /// connection is dedicated), the connect budget, the names, and where
+    /// Redis is for logs.
+    pub(crate) fn subscriber_parts(
+        &self,
+    ) -> (
+        redis::Client,
+        AsyncConnectionConfig,
+        Duration,
+        PurgeNames,
+        String,
+    ) {
+        (
+            self.inner.client.clone(),
+            self.inner.config.clone(),
+            self.inner.connect_timeout,
+            self.inner.purges.clone(),
+            self.inner.address.clone(),
+        )
+    }
+
+    /// Tells every replica to purge its in-process tier (`None`: every
+    /// model): one `EVAL` that counts the purge (the generation) and
+    /// publishes it. Returns the generation.
+    pub(crate) async fn publish_purge(&self, model: Option<&str>) -> Result<u64, OpError> {
+        let names = &self.inner.purges;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(PUBLISH_PURGE)
+            .arg(1)
+            .arg(&names.generation_key)
+            .arg(&names.channel)
+            .arg(&names.origin)
+            .arg(model.unwrap_or(super::purge::ALL_MODELS));
+        let (generation,): (u64,) = self.inner.execute("publish", &pipe, 1).await?;
+        Ok(generation)
     }
 
     /// The Redis key of an entry.

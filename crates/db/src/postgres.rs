@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0003_instrument_updates.sql"),
     ),
     (
+        4,
+        "api key changes notify every replica",
+        include_str!("../migrations/0004_api_key_notify.sql"),
+    ),
+    (
         5,
         "the shared model registry",
         include_str!("../migrations/0005_model_registry.sql"),
