@@ -307,8 +307,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
             checked += 1;
         }
     }
-    // 13 protected routes × 6 kinds of caller.
-    assert_eq!(checked, 78);
+    // 14 protected routes × 6 kinds of caller.
+    assert_eq!(checked, 84);
     // The open routes need nothing, whatever header comes along.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for (who, header) in &callers {
