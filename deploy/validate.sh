@@ -25,7 +25,7 @@ python3 - <<'PY'
 import json, re, pathlib, sys, yaml
 
 root = pathlib.Path(".")
-src = "\n".join(p.read_text() for p in pathlib.Path("../host/src").rglob("*.rs"))
+src = "\n".join(p.read_text() for d in ("../host/src", "../crates") for p in pathlib.Path(d).rglob("*.rs"))
 exported = set(re.findall(r'"(riskhost_[a-z0-9_]+)"', src))
 def base(name):
     return re.sub(r"_(bucket|sum|count)$", "", name)
@@ -56,8 +56,15 @@ for f in sorted((root / "k8s").glob("*.yaml")):
         if doc:
             assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), f"{f}: incomplete object"
             kinds.setdefault(doc["kind"], []).append(doc)
-need = {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"}
+need = {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler"}
 assert need <= set(kinds), f"missing kinds: {need - set(kinds)}"
+# A fleet follows the shared registry, never a shared volume (docs/fleet.md).
+assert "PersistentVolumeClaim" not in kinds, "replicas share the registry, not a volume"
+assert kinds["ConfigMap"][0]["data"]["RISKHOST_MODEL_STORE"] == "postgres"
+env = {e["name"]: e for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+assert env["RISKHOST_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+replicas = [s for s in compose["services"].values() if s.get("environment", {}).get("RISKHOST_MODEL_STORE") == "postgres"]
+assert replicas and sum(s.get("deploy", {}).get("replicas", 1) for s in replicas) >= 2, "compose runs 2 replicas on the registry"
 container = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
 assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
