@@ -63,6 +63,17 @@ fn replica(pg_url: &str, schema: &str, id: &str, plugins: &TempDir, extra: &[&st
     Server::start_with(&args)
 }
 
+/// Two replicas, `a` and `b`, on a schema of their own, with no plugins
+/// (they read the directory only at start-up). Bound as `let (schema, a,
+/// b)`, the replicas stop before the schema is dropped.
+fn two_replicas(tag: &str) -> (PgSchema, Server, Server) {
+    let schema = PgSchema::new(tag);
+    let plugins = TempDir::new("fleet-plugins");
+    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
+    let b = replica(&schema.url, &schema.name, "b", &plugins, &[]);
+    (schema, a, b)
+}
+
 /// Waits until every replica serves `digest` as `versioned`; returns how
 /// long the slowest took.
 fn converge(replicas: &[&Server], digest: &str, since: Instant) -> Duration {
@@ -254,10 +265,7 @@ fn three_replicas_follow_twenty_swaps_under_load_and_a_late_replica_starts_curre
 
 #[test]
 fn concurrent_uploads_through_two_replicas_end_in_one_state_with_both_audited() {
-    let schema = PgSchema::new("fleet_race");
-    let plugins = TempDir::new("fleet-plugins");
-    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
-    let b = replica(&schema.url, &schema.name, "b", &plugins, &[]);
+    let (schema, a, b) = two_replicas("fleet_race");
     let (one, two) = (version("a", "race-1"), version("b", "race-2"));
     let (first, second) = std::thread::scope(|s| {
         let first = s.spawn(|| put_model(&a, TOKEN, "versioned", one.clone(), None));
@@ -311,10 +319,7 @@ fn concurrent_uploads_through_two_replicas_end_in_one_state_with_both_audited() 
 
 #[test]
 fn a_purge_through_one_replica_unloads_the_model_everywhere() {
-    let schema = PgSchema::new("fleet_purge");
-    let plugins = TempDir::new("fleet-plugins");
-    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
-    let b = replica(&schema.url, &schema.name, "b", &plugins, &[]);
+    let (schema, a, b) = two_replicas("fleet_purge");
     let bytes = version("a", "purge");
     assert_eq!(
         put_model(&a, TOKEN, "versioned", bytes.clone(), None).0,
@@ -384,10 +389,7 @@ fn without_notifications_the_poll_converges_within_its_period() {
 
 #[test]
 fn a_killed_listener_reconnects_and_catches_up() {
-    let schema = PgSchema::new("fleet_lost");
-    let plugins = TempDir::new("fleet-plugins");
-    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
-    let b = replica(&schema.url, &schema.name, "b", &plugins, &[]);
+    let (schema, a, b) = two_replicas("fleet_lost");
     let one = version("a", "lost-1");
     assert_eq!(put_model(&a, TOKEN, "versioned", one.clone(), None).0, 201);
     converge(&[&a, &b], &digest(&one), Instant::now());
@@ -482,4 +484,64 @@ fn a_postgres_outage_keeps_serving_refuses_admin_writes_and_converges_after() {
     wait_until("b to be fresh again", Duration::from_secs(10), || {
         b.metric("riskhost_fleet_stale") == Some(0.0)
     });
+}
+
+#[test]
+fn model_publish_ships_a_component_with_its_signature_through_any_replica() {
+    let (schema, a, b) = two_replicas("fleet_publish");
+    let dir = TempDir::new("fleet-publish");
+    let file = dir.path().join("versioned.wasm");
+    let bytes = version("b", "published");
+    std::fs::write(&file, &bytes).expect("write");
+    let publish = |token: &str| {
+        std::process::Command::new(common::binary())
+            .args(["model", "publish"])
+            .arg(&file)
+            .args(["--server", &b.base, "--token", token])
+            .output()
+            .expect("riskhost model publish")
+    };
+    let out = publish(TOKEN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    assert_eq!(answer["digest"], digest(&bytes).as_str(), "{answer}");
+    assert_eq!(answer["revision"], 1);
+    converge(&[&a, &b], &digest(&bytes), Instant::now());
+
+    // A file that is not a model is refused before anything is sent.
+    std::fs::write(&file, b"\0asm-not-a-component").expect("write");
+    let out = publish(TOKEN);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not load, so it is not published"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong token is the server's 401, said plainly.
+    std::fs::write(&file, &bytes).expect("write");
+    let out = publish("admin.wrong");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_single_server_is_a_fleet_of_one() {
+    let server = Server::start(&[]);
+    let (status, view) = server.get("/v1/fleet");
+    assert_eq!(status, 200);
+    assert_eq!(view["model_store"], "local");
+    assert_eq!(view["registry_available"], true);
+    let digest = active_digest(&server, "var-historical").expect("served");
+    assert_eq!(view["models"]["var-historical"]["digest"], digest.as_str());
+    assert_eq!(view["models"]["var-historical"]["revision"], Value::Null);
+    assert_eq!(view["replicas"].as_array().map(Vec::len), Some(1));
+    assert_eq!(view["replicas"][0]["models"], view["models"]);
 }

@@ -406,23 +406,8 @@ impl SharedRegistry {
         )))
     }
 
-    /// What this replica serves, per model, with the revisions it applied.
     fn served(&self) -> BTreeMap<String, ServedVersion> {
-        let revisions = self.manager.registry_revisions();
-        self.manager
-            .registry()
-            .active()
-            .iter()
-            .map(|(name, entry)| {
-                (
-                    name.clone(),
-                    ServedVersion {
-                        revision: revisions.get(name).copied(),
-                        digest: entry.model.digest.clone(),
-                    },
-                )
-            })
-            .collect()
+        self.manager.served()
     }
 
     async fn heartbeat(&self) -> Result<(), DbError> {

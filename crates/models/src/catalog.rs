@@ -140,20 +140,7 @@ impl ModelCatalog for ModelManager {
 
     /// A fleet of one: this replica is the registry.
     async fn fleet(&self) -> FleetView {
-        let models: BTreeMap<String, ServedVersion> = self
-            .registry()
-            .active()
-            .iter()
-            .map(|(name, entry)| {
-                (
-                    name.clone(),
-                    ServedVersion {
-                        revision: None,
-                        digest: entry.model.digest.clone(),
-                    },
-                )
-            })
-            .collect();
+        let models = self.served();
         FleetView {
             model_store: "local".into(),
             replica: "local".into(),
@@ -167,5 +154,26 @@ impl ModelCatalog for ModelManager {
                 models,
             }],
         }
+    }
+}
+
+impl ModelManager {
+    /// What this replica serves, per model, with the shared registry's
+    /// revision it applied (none with `--model-store local`).
+    pub fn served(&self) -> BTreeMap<String, ServedVersion> {
+        let revisions = self.registry_revisions();
+        self.registry()
+            .active()
+            .iter()
+            .map(|(name, entry)| {
+                (
+                    name.clone(),
+                    ServedVersion {
+                        revision: revisions.get(name).copied(),
+                        digest: entry.model.digest.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 }

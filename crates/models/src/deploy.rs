@@ -371,12 +371,27 @@ impl ModelManager {
 
     /// Stores a prepared version and makes it active.
     pub(crate) async fn commit(&self, prepared: Prepared) -> Result<Deployed, DeployError> {
+        let started = prepared.started;
+        let (entry, _) = self.store_prepared(prepared).await?;
+        let deployed = self
+            .switch(entry.clone(), &entry.source, started, Expect::Stored)
+            .await?;
+        self.write_artifact_later(entry);
+        Ok(deployed)
+    }
+
+    /// Writes a prepared version's bytes and record to the store; the
+    /// loaded entry is not active or on standby yet.
+    async fn store_prepared(
+        &self,
+        prepared: Prepared,
+    ) -> Result<(Arc<ModelEntry>, VersionRecord), DeployError> {
         let Prepared {
             model,
             bytes,
             source,
             signature,
-            started,
+            ..
         } = prepared;
         let record = VersionRecord {
             digest: model.digest.clone(),
@@ -388,15 +403,10 @@ impl ModelManager {
             signature,
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put(&bytes, record))
+        let record = tokio::task::spawn_blocking(move || store.put(&bytes, record))
             .await
             .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
-        let entry = Arc::new(self.entry(model, source.clone()));
-        let deployed = self
-            .switch(entry.clone(), &source, started, Expect::Stored)
-            .await?;
-        self.write_artifact_later(entry);
-        Ok(deployed)
+        Ok((Arc::new(self.entry(model, source)), record))
     }
 
     fn entry(&self, model: LoadedModel, source: String) -> ModelEntry {
@@ -784,28 +794,8 @@ impl ModelManager {
         }
         let prepared = self.prepare(bytes, &digest, source, signature).await?;
         self.check_name(expected, prepared.name(), &prepared.source)?;
-        let Prepared {
-            model,
-            bytes,
-            source,
-            signature,
-            ..
-        } = prepared;
-        let record = VersionRecord {
-            digest: model.digest.clone(),
-            name: model.name().to_owned(),
-            version: model.version().to_owned(),
-            size_bytes: model.size_bytes,
-            source: source.clone(),
-            stored_at: chrono::DateTime::<Utc>::from(SystemTime::now()),
-            signature,
-        };
-        let store = self.store.clone();
-        let record = tokio::task::spawn_blocking(move || store.put(&bytes, record))
-            .await
-            .map_err(|e| DeployError::Internal(format!("storing panicked: {e}")))??;
-        let description = model.description.clone();
-        let entry = Arc::new(self.entry(model, source));
+        let (entry, record) = self.store_prepared(prepared).await?;
+        let description = entry.model.description.clone();
         {
             let _one_change_at_a_time = self.changes.lock().await;
             self.revalidate(&record.name, &record.digest, Expect::Stored)?;
