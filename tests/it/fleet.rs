@@ -265,7 +265,7 @@ fn three_replicas_follow_twenty_swaps_under_load_and_a_late_replica_starts_curre
 
 #[test]
 fn concurrent_uploads_through_two_replicas_end_in_one_state_with_both_audited() {
-    let (schema, a, b) = two_replicas("fleet_race");
+    let (_schema, a, b) = two_replicas("fleet_race");
     let (one, two) = (version("a", "race-1"), version("b", "race-2"));
     let (first, second) = std::thread::scope(|s| {
         let first = s.spawn(|| put_model(&a, TOKEN, "versioned", one.clone(), None));
@@ -319,7 +319,7 @@ fn concurrent_uploads_through_two_replicas_end_in_one_state_with_both_audited() 
 
 #[test]
 fn a_purge_through_one_replica_unloads_the_model_everywhere() {
-    let (schema, a, b) = two_replicas("fleet_purge");
+    let (_schema, a, b) = two_replicas("fleet_purge");
     let bytes = version("a", "purge");
     assert_eq!(
         put_model(&a, TOKEN, "versioned", bytes.clone(), None).0,
@@ -488,7 +488,7 @@ fn a_postgres_outage_keeps_serving_refuses_admin_writes_and_converges_after() {
 
 #[test]
 fn model_publish_ships_a_component_with_its_signature_through_any_replica() {
-    let (schema, a, b) = two_replicas("fleet_publish");
+    let (_schema, a, b) = two_replicas("fleet_publish");
     let dir = TempDir::new("fleet-publish");
     let file = dir.path().join("versioned.wasm");
     let bytes = version("b", "published");
