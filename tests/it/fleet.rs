@@ -487,7 +487,7 @@ fn a_postgres_outage_keeps_serving_refuses_admin_writes_and_converges_after() {
 }
 
 #[test]
-fn model_publish_ships_a_component_with_its_signature_through_any_replica() {
+fn model_publish_ships_a_component_through_any_replica() {
     let (_schema, a, b) = two_replicas("fleet_publish");
     let dir = TempDir::new("fleet-publish");
     let file = dir.path().join("versioned.wasm");
@@ -544,4 +544,92 @@ fn a_single_server_is_a_fleet_of_one() {
     assert_eq!(view["models"]["var-historical"]["revision"], Value::Null);
     assert_eq!(view["replicas"].as_array().map(Vec::len), Some(1));
     assert_eq!(view["replicas"][0]["models"], view["models"]);
+}
+
+#[test]
+fn the_plugins_directory_seeds_only_models_the_registry_never_held() {
+    let schema = PgSchema::new("fleet_seed");
+    let plugins = TempDir::new("fleet-seed");
+    let seeded = version("a", "seeded");
+    std::fs::write(plugins.path().join("versioned.wasm"), &seeded).expect("write");
+    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
+    assert_eq!(
+        active_digest(&a, "versioned").as_deref(),
+        Some(digest(&seeded).as_str())
+    );
+    let (_, view) = a.get("/v1/fleet");
+    assert_eq!(view["models"]["versioned"]["revision"], 1, "{view}");
+
+    let newer = version("b", "uploaded");
+    assert_eq!(
+        put_model(&a, TOKEN, "versioned", newer.clone(), None).0,
+        201
+    );
+    // A replica started from the same directory does not undo the upload.
+    let b = replica(&schema.url, &schema.name, "b", &plugins, &[]);
+    assert_eq!(
+        active_digest(&b, "versioned").as_deref(),
+        Some(digest(&newer).as_str())
+    );
+    let (_, view) = b.get("/v1/fleet");
+    assert_eq!(view["models"]["versioned"]["revision"], 2, "{view}");
+    let (_, versions) = b.get("/v1/models/versioned/versions");
+    let history: Vec<&str> = versions["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|h| h["by"].as_str())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "upload by plugins-dir via a (revision 1)",
+            "upload by admin via a (revision 2)"
+        ]
+    );
+}
+
+#[test]
+fn a_fleet_that_requires_signatures_takes_signed_versions_only() {
+    let keys = TempDir::new("fleet-keys");
+    let key = crate::signing::keygen(keys.path(), "publisher.key");
+    let schema = PgSchema::new("fleet_signed");
+    let plugins = TempDir::new("fleet-plugins");
+    let flags = ["--require-signatures", "--trusted-key", key.public.as_str()];
+    let a = replica(&schema.url, &schema.name, "a", &plugins, &flags);
+    let b = replica(&schema.url, &schema.name, "b", &plugins, &flags);
+    let file = keys.path().join("versioned.wasm");
+    let signed = version("a", "signed");
+    std::fs::write(&file, &signed).expect("write");
+    crate::signing::sign(&file, &key, None);
+    // `model publish` sends versioned.wasm.sig along; both replicas check it.
+    let out = std::process::Command::new(common::binary())
+        .args(["model", "publish"])
+        .arg(&file)
+        .args(["--server", &b.base, "--token", TOKEN])
+        .output()
+        .expect("riskhost model publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    converge(&[&a, &b], &digest(&signed), Instant::now());
+    let (_, versions) = a.get("/v1/models/versioned/versions");
+    assert!(
+        versions["versions"][0]["signed_by"].is_string(),
+        "{versions}"
+    );
+
+    let unsigned = put_model(&a, TOKEN, "versioned", version("b", "unsigned"), None);
+    assert_error(&unsigned, 422, "signature_missing", "");
+    let (_, view) = b.get("/v1/fleet");
+    assert_eq!(
+        view["models"]["versioned"]["revision"], 1,
+        "nothing changed: {view}"
+    );
+    assert_eq!(
+        view["models"]["versioned"]["digest"],
+        digest(&signed).as_str()
+    );
 }

@@ -38,12 +38,12 @@ fn text(bytes: &[u8]) -> String {
 
 /// A key pair made by `riskhost model keygen`: the secret key file and the
 /// public key it printed.
-struct Key {
-    secret: PathBuf,
-    public: String,
+pub(crate) struct Key {
+    pub(crate) secret: PathBuf,
+    pub(crate) public: String,
 }
 
-fn keygen(dir: &Path, name: &str) -> Key {
+pub(crate) fn keygen(dir: &Path, name: &str) -> Key {
     let secret = dir.join(name);
     let out = riskhost(&[
         "model",
@@ -58,7 +58,7 @@ fn keygen(dir: &Path, name: &str) -> Key {
 }
 
 /// Signs `file` with `key` through `riskhost model sign`; returns the `.sig` text.
-fn sign(file: &Path, key: &Key, out: Option<&Path>) -> String {
+pub(crate) fn sign(file: &Path, key: &Key, out: Option<&Path>) -> String {
     let mut args = vec![
         "model",
         "sign",

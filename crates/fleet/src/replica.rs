@@ -150,8 +150,11 @@ impl SharedRegistry {
                 return;
             }
         };
-        let known: BTreeSet<String> = match self.read_state().await {
-            Ok(state) => state.pointers.into_iter().map(|p| p.name).collect(),
+        let (known, held): (BTreeSet<String>, BTreeSet<String>) = match self.read_state().await {
+            Ok(state) => (
+                state.pointers.into_iter().map(|p| p.name).collect(),
+                state.versions.into_iter().map(|v| v.digest).collect(),
+            ),
             Err(error) => {
                 tracing::warn!(%error, "the model registry is unavailable; the plugins directory is not seeded");
                 return;
@@ -163,6 +166,19 @@ impl SharedRegistry {
             let Ok(bytes) = tokio::fs::read(&path).await else {
                 continue;
             };
+            // A file the registry already holds is the common case (every
+            // pod of an image after the first): skip it without compiling.
+            let Ok((bytes, digest)) = tokio::task::spawn_blocking(move || {
+                let digest = riskhost_engine::ModelEngine::digest(&bytes);
+                (bytes, digest)
+            })
+            .await
+            else {
+                continue;
+            };
+            if held.contains(&digest) {
+                continue;
+            }
             let signature = tokio::fs::read_to_string(path.with_extension("wasm.sig"))
                 .await
                 .ok();
