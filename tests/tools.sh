@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the tools the tests drive besides the services: Debian's
-# headless `chromium` (the backtest report is rendered in it) and a Python
-# virtualenv with scipy (tests/backtest_fixtures.py computes the backtest
-# statistics independently with it). Prints the venv's python, which
-# tests/run.sh exports as RISKHOST_TEST_PYTHON. Installs nothing present.
+# headless `chromium` (the backtest report is rendered in it), Debian's
+# `docker-registry` (distribution 2.8: each OCI test starts its own on a
+# free port) and a Python virtualenv with scipy (tests/backtest_fixtures.py
+# computes the backtest statistics independently with it) and oras (an
+# independent OCI client for tests/it/oci.rs). Prints the venv's python,
+# which tests/run.sh exports as RISKHOST_TEST_PYTHON. Installs nothing
+# present.
 set -euo pipefail
 
 SCIPY_VERSION=1.14.1
+ORAS_VERSION=0.2.25
 
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (Debian package)" >&2
@@ -14,10 +18,20 @@ if ! command -v chromium >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+if ! command -v docker-registry >/dev/null 2>&1; then
+    echo "installing docker-registry (Debian package)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null
+fi
+
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/riskhost/test-python-scipy-$SCIPY_VERSION"
 if ! "$venv/bin/python" -c 'import scipy' >/dev/null 2>&1; then
     echo "installing scipy $SCIPY_VERSION into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "scipy==$SCIPY_VERSION" >&2
+fi
+if ! "$venv/bin/python" -c 'import oras.client' >/dev/null 2>&1; then
+    echo "installing oras $ORAS_VERSION into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "oras==$ORAS_VERSION" >&2
 fi
 echo "$venv/bin/python"

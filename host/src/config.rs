@@ -457,6 +457,63 @@ pub(crate) struct HotSwapArgs {
     pub(crate) compile: CompileArgs,
     #[command(flatten)]
     pub(crate) fleet: FleetArgs,
+    #[command(flatten)]
+    pub(crate) oci: OciArgs,
+}
+
+/// OCI registries models are pulled from and pushed to (`docs/oci.md`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct OciArgs {
+    /// Registries (`host:port`) reached over plain HTTP; every other one
+    /// only over HTTPS. Comma-separated.
+    #[arg(long, env = "RISKHOST_OCI_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub(crate) oci_insecure_registries: Vec<String>,
+    /// User name for registries that use basic authentication.
+    #[arg(long, env = "RISKHOST_OCI_USERNAME")]
+    pub(crate) oci_username: Option<String>,
+    /// Password for `--oci-username`.
+    #[arg(long, env = "RISKHOST_OCI_PASSWORD", hide_env_values = true)]
+    pub(crate) oci_password: Option<String>,
+    /// A registry token (bearer), e.g. a GHCR personal access token.
+    #[arg(long, env = "RISKHOST_OCI_TOKEN", hide_env_values = true)]
+    pub(crate) oci_token: Option<String>,
+    /// Bound of one push or pull, in ms.
+    #[arg(long, env = "RISKHOST_OCI_TIMEOUT_MS", default_value_t = 60_000)]
+    pub(crate) oci_timeout_ms: u64,
+}
+
+impl OciArgs {
+    /// The client's settings; components larger than `max_component_bytes`
+    /// are refused before they are downloaded.
+    pub(crate) fn settings(
+        &self,
+        max_component_bytes: usize,
+    ) -> anyhow::Result<riskhost_oci::OciSettings> {
+        use riskhost_oci::OciAuth;
+        let auth = match (&self.oci_username, &self.oci_password, &self.oci_token) {
+            (None, None, None) => OciAuth::Anonymous,
+            (Some(username), Some(password), None) => OciAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            (None, None, Some(token)) => OciAuth::Bearer(token.clone()),
+            (Some(_), None, None) | (None, Some(_), None) => {
+                anyhow::bail!("--oci-username and --oci-password go together")
+            }
+            _ => anyhow::bail!("give --oci-username/--oci-password or --oci-token, not both"),
+        };
+        Ok(riskhost_oci::OciSettings {
+            insecure_registries: self
+                .oci_insecure_registries
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect(),
+            auth,
+            max_component_bytes,
+            timeout: Duration::from_millis(self.oci_timeout_ms.max(1)),
+        })
+    }
 }
 
 /// Where versions and active pointers live (`docs/fleet.md`).

@@ -133,6 +133,11 @@ impl Server {
             metrics: metrics.clone(),
             shutting_down: AtomicBool::new(false),
             auth: authenticator(args).await?,
+            oci: Arc::new(riskhost_oci::OciClient::new(
+                args.hot_swap
+                    .oci
+                    .settings(services.engine.limits().max_component_bytes)?,
+            )),
             models: models.clone(),
             catalog,
             backtests: riskhost_backtest::BacktestStore::new(args.backtest_store_mib << 20),

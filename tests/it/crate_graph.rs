@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("riskhost-events", &["riskhost-db"]),
     ("riskhost-backtest", &[]),
+    ("riskhost-oci", &[]),
     (
         "riskhost-scoring",
         &[
@@ -43,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "riskhost-scoring",
             "riskhost-auth",
             "riskhost-backtest",
+            "riskhost-oci",
         ],
     ),
 ];

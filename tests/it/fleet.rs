@@ -368,16 +368,18 @@ fn without_notifications_the_poll_converges_within_its_period() {
     let plugins = TempDir::new("fleet-plugins");
     let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
     // Polling every 1 s, never listening: only the poll can bring a change.
+    // Replica ids name the listeners in pg_stat_activity, which every
+    // test's PostgreSQL connections share: this one is the test's own.
     let b = replica(
         &schema.url,
         &schema.name,
-        "b",
+        "poll-only-b",
         &plugins,
         &["--registry-listen=false"],
     );
     let listeners = psql(
         &schema.url,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'riskhost-registry b'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'riskhost-registry poll-only-b'",
     );
     assert_eq!(listeners.trim(), "0");
     let one = version("a", "poll-1");
@@ -389,7 +391,17 @@ fn without_notifications_the_poll_converges_within_its_period() {
 
 #[test]
 fn a_killed_listener_reconnects_and_catches_up() {
-    let (schema, a, b) = two_replicas("fleet_lost");
+    let schema = PgSchema::new("fleet_lost");
+    let plugins = TempDir::new("fleet-plugins");
+    let a = replica(&schema.url, &schema.name, "a", &plugins, &[]);
+    // A replica id no other test uses: it names the listener to kill.
+    let b = replica(
+        &schema.url,
+        &schema.name,
+        "killed-listener-b",
+        &plugins,
+        &[],
+    );
     let one = version("a", "lost-1");
     assert_eq!(put_model(&a, TOKEN, "versioned", one.clone(), None).0, 201);
     converge(&[&a, &b], &digest(&one), Instant::now());
@@ -397,7 +409,7 @@ fn a_killed_listener_reconnects_and_catches_up() {
     // notification is lost on the dead connection.
     let killed = psql(
         &schema.url,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'riskhost-registry b'",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'riskhost-registry killed-listener-b'",
     );
     assert_eq!(killed.trim(), "1", "b's listener connection: {killed}");
     let two = version("b", "lost-2");
@@ -413,7 +425,7 @@ fn a_killed_listener_reconnects_and_catches_up() {
     wait_until("b's listener back", Duration::from_secs(10), || {
         psql(
             &schema.url,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'riskhost-registry b'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'riskhost-registry killed-listener-b'",
         )
         .trim()
             == "1"

@@ -19,6 +19,7 @@ mod fleet_limits;
 mod hotswap;
 mod in_process;
 mod metrics;
+mod oci;
 mod openapi;
 mod properties;
 mod python;

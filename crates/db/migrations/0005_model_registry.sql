@@ -15,6 +15,9 @@ CREATE TABLE __SCHEMA__.model_versions (
     signature    text,
     uploaded_by  text NOT NULL,
     uploaded_via text NOT NULL,
+    -- Where the bytes came from: `api:NAME`, `file:PATH`, or
+    -- `oci:REGISTRY/REPO@sha256:…` for a deploy from an OCI registry.
+    source       text NOT NULL,
     uploaded_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX model_versions_by_name ON __SCHEMA__.model_versions (name);

@@ -31,6 +31,7 @@ pub(crate) struct RegistryVersion {
     pub(crate) signature: Option<String>,
     pub(crate) uploaded_by: String,
     pub(crate) uploaded_via: String,
+    pub(crate) source: String,
     pub(crate) uploaded_at: DateTime<Utc>,
 }
 
@@ -60,6 +61,8 @@ pub(crate) struct NewVersion<'a> {
     pub(crate) info: String,
     pub(crate) component: Vec<u8>,
     pub(crate) signature: Option<&'a str>,
+    /// Where the bytes came from (`VersionRecord::source`).
+    pub(crate) source: &'a str,
 }
 
 /// The outcome of a change of a pointer.
@@ -159,7 +162,7 @@ impl PgRegistry {
                         let versions = client
                             .query(
                                 &format!(
-                                    "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at
+                                    "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at, source
                                      FROM {schema}.model_versions ORDER BY name, uploaded_at"
                                 ),
                                 &[],
@@ -213,6 +216,7 @@ impl PgRegistry {
         );
         let (info, component) = (new.info, new.component);
         let signature = new.signature.map(str::to_owned);
+        let source = new.source.to_owned();
         let (key_id, replica) = (actor.key_id.to_owned(), actor.replica.to_owned());
         self.pool
             .run("registry_publish", move |client| {
@@ -222,11 +226,11 @@ impl PgRegistry {
                         .execute(
                             &format!(
                                 "INSERT INTO {schema}.model_versions
-                                   (digest, name, version, info, component, size_bytes, signature, uploaded_by, uploaded_via)
-                                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9)
+                                   (digest, name, version, info, component, size_bytes, signature, uploaded_by, uploaded_via, source)
+                                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10)
                                  ON CONFLICT (digest) DO NOTHING"
                             ),
-                            &[&digest, &name, &version, &info, &component, &size, &signature, &key_id, &replica],
+                            &[&digest, &name, &version, &info, &component, &size, &signature, &key_id, &replica, &source],
                         )
                         .await?
                         == 1;
@@ -273,7 +277,7 @@ impl PgRegistry {
                     let versions: Vec<RegistryVersion> = client
                         .query(
                             &format!(
-                                "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at
+                                "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at, source
                                  FROM {schema}.model_versions WHERE name = $1 ORDER BY uploaded_at DESC"
                             ),
                             &[&name],
@@ -394,7 +398,7 @@ impl PgRegistry {
                     let versions = client
                         .query(
                             &format!(
-                                "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at
+                                "SELECT digest, name, version, size_bytes, signature, uploaded_by, uploaded_via, uploaded_at, source
                                  FROM {schema}.model_versions WHERE name = $1 ORDER BY uploaded_at"
                             ),
                             &[&name],
@@ -505,6 +509,7 @@ fn version_of(row: &tokio_postgres::Row) -> RegistryVersion {
         uploaded_by: row.get(5),
         uploaded_via: row.get(6),
         uploaded_at: row.get(7),
+        source: row.get(8),
     }
 }
 

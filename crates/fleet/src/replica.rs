@@ -198,6 +198,7 @@ impl SharedRegistry {
             }
             let by = ChangeBy {
                 key_id: "plugins-dir".into(),
+                origin: None,
             };
             match self.write_version(&staged, &by).await {
                 Ok(changed) => tracing::info!(
@@ -227,6 +228,7 @@ impl SharedRegistry {
                     info,
                     component,
                     signature: record.signature.as_deref(),
+                    source: &record.source,
                 },
                 Actor {
                     key_id: &by.key_id,
@@ -361,7 +363,7 @@ impl SharedRegistry {
             name: version.name.clone(),
             version: version.version.clone(),
             size_bytes: usize::try_from(version.size_bytes).unwrap_or(usize::MAX),
-            source: format!("registry:{}", version.uploaded_via),
+            source: version.source.clone(),
             stored_at: version.uploaded_at,
             signature: version.signature.clone(),
         };
@@ -598,7 +600,7 @@ impl ModelCatalog for SharedRegistry {
         let _one_at_a_time = self.reconciling.lock().await;
         let staged = self
             .manager
-            .stage(bytes, format!("api:{name}"), Some(name), signature)
+            .stage(bytes, by.source(name), Some(name), signature)
             .await?;
         let changed = self.write_version(&staged, by).await?;
         self.converge(name, changed.revision).await?;
@@ -658,8 +660,8 @@ impl ModelCatalog for SharedRegistry {
                     loaded: registry.loaded(&v.digest).is_some(),
                     size_bytes: usize::try_from(v.size_bytes).unwrap_or(usize::MAX),
                     source: format!(
-                        "registry: uploaded by {} via {}",
-                        v.uploaded_by, v.uploaded_via
+                        "{} (uploaded by {} via {})",
+                        v.source, v.uploaded_by, v.uploaded_via
                     ),
                     stored_at: v.uploaded_at,
                     signed_by: v

@@ -68,12 +68,53 @@ impl From<DeployError> for ApiError {
     }
 }
 
+/// `PUT /v1/models/{name}` from an OCI registry.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OciSource {
+    /// `REGISTRY/REPOSITORY@sha256:…`, or a tag, resolved to its digest
+    /// once, now: the digest is what is recorded and served.
+    #[schema(example = "ghcr.io/acme/var-historical@sha256:…")]
+    oci: String,
+}
+
+/// An OCI registry's failure as an answer; the live version keeps serving.
+fn oci_error(error: riskhost_oci::OciError) -> ApiError {
+    use riskhost_oci::OciError;
+    let status = match &error {
+        OciError::NotFound(_) => StatusCode::NOT_FOUND,
+        OciError::Unreachable { .. }
+        | OciError::Unauthorized { .. }
+        | OciError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+        OciError::InvalidReference { .. }
+        | OciError::DigestMismatch { .. }
+        | OciError::NotAComponent { .. }
+        | OciError::TooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, error.code(), error.to_string())
+}
+
+/// A JSON body that did not parse: 400 `malformed_json` when it is not
+/// JSON, 422 `invalid_body` when it is the wrong JSON.
+fn json_error(e: serde_json::Error) -> ApiError {
+    if e.is_syntax() || e.is_eof() {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+    } else {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.to_string(),
+        )
+    }
+}
+
 fn change_by(admin: &Admin) -> ChangeBy {
     ChangeBy {
         key_id: match admin.key_id() {
             "" => "anonymous".into(),
             id => id.into(),
         },
+        origin: None,
     }
 }
 
@@ -110,20 +151,23 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         ("x-riskhost-signature" = Option<String>, Header, description = "Base64 of the model's detached `.sig` file (`riskhost model sign`); required with `--require-signatures`"),
     ),
     request_body(
-        description = "The component's bytes",
+        description = "The component's bytes, or where to pull it from: `{\"oci\": \"REGISTRY/REPO@sha256:…\"}` (a tag is resolved to its digest once; the artifact's signature comes along)",
         content(
             (crate::openapi::ComponentBytes = "application/wasm"),
             (crate::openapi::ComponentBytes = "application/octet-stream"),
+            (OciSource = "application/json"),
         )
     ),
     responses(
         (status = 201, description = "Validated, stored and now active", body = Deployed),
         (status = 200, description = "Already the active version", body = Deployed),
-        (status = 400, description = "Unreadable body or path (`unreadable_body`, `invalid_path`)", body = ErrorBody),
+        (status = 400, description = "Unreadable body or path, or malformed JSON (`unreadable_body`, `invalid_path`, `malformed_json`)", body = ErrorBody),
+        (status = 404, description = "The OCI reference names nothing in its registry (`oci_not_found`)", body = ErrorBody),
         (status = 413, description = "Larger than `--max-component-mib` (`body_too_large`)", body = ErrorBody),
+        (status = 502, description = "The OCI registry is unreachable, refused the credentials or answered outside the protocol (`oci_unreachable`, `oci_unauthorized`, `oci_protocol_error`)", body = ErrorBody),
         (status = 409, description = "The model was purged while the version was being deployed; nothing changed (`version_removed`)", body = ErrorBody),
         (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
-        (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`)", body = ErrorBody),
+        (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`); from a registry: a bad reference, a layer whose digest does not match, an artifact that is not a component, or one over `--max-component-mib` (`invalid_oci_reference`, `invalid_body`, `oci_digest_mismatch`, `oci_not_a_component`, `oci_artifact_too_large`)", body = ErrorBody),
         (status = 500, description = "The store failed (`store_error`), or this replica could not serve what the registry now holds (`internal_error`)", body = ErrorBody),
         (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
@@ -146,7 +190,9 @@ async fn upload(
                 .trim()
                 .to_ascii_lowercase()
         });
-    if let Some(ct) = content_type
+    let from_registry = content_type.as_deref() == Some("application/json");
+    if let Some(ct) = content_type.as_deref()
+        && !from_registry
         && ct != "application/wasm"
         && ct != "application/octet-stream"
     {
@@ -154,20 +200,28 @@ async fn upload(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!(
-                "send the component as `application/wasm` (or `application/octet-stream`), not `{ct}`"
+                "send the component as `application/wasm` (or `application/octet-stream`), or `application/json` `{{\"oci\": \"REGISTRY/REPO@sha256:…\"}}`, not `{ct}`"
             ),
         ));
     }
-    let signature = headers
+    let mut signature = headers
         .get(SIGNATURE_HEADER)
         .map(|value| DetachedSignature::from_header(value.as_bytes()))
         .transpose()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
     let body = body.map_err(body_error)?;
-    let deployed = state
-        .catalog
-        .upload(&name, Vec::from(body), signature, &change_by(&admin))
-        .await?;
+    let mut by = change_by(&admin);
+    let bytes = if from_registry {
+        let source: OciSource = serde_json::from_slice(&body).map_err(json_error)?;
+        let pulled = state.oci.pull(&source.oci).await.map_err(oci_error)?;
+        // The signature pushed with the artifact, unless the caller sent one.
+        signature = signature.or(pulled.signature);
+        by.origin = Some(format!("oci:{}", pulled.reference));
+        pulled.bytes
+    } else {
+        Vec::from(body)
+    };
+    let deployed = state.catalog.upload(&name, bytes, signature, &by).await?;
     let status = if deployed.changed {
         StatusCode::CREATED
     } else {
@@ -238,17 +292,7 @@ async fn rollback(
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest { to: None }
     } else {
-        serde_json::from_slice::<RollbackRequest>(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-            } else {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_body",
-                    e.to_string(),
-                )
-            }
-        })?
+        serde_json::from_slice::<RollbackRequest>(&body).map_err(json_error)?
     };
     Ok(Json(
         state

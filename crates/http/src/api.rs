@@ -44,6 +44,9 @@ pub struct AppState {
     pub auth: riskhost_auth::Authenticator,
     /// This replica's deployments (its limits, e.g. the largest component).
     pub models: Arc<riskhost_models::ModelManager>,
+    /// Pulls components from OCI registries (`PUT /v1/models/{name}` with
+    /// `{"oci": …}`).
+    pub oci: Arc<riskhost_oci::OciClient>,
     /// What the admin routes change models through: this replica
     /// (`--model-store local`) or the fleet's shared registry.
     pub catalog: Arc<dyn riskhost_models::ModelCatalog>,

@@ -16,6 +16,16 @@ use crate::deploy::{DeployError, Deployed, ModelManager, VersionId, VersionsView
 pub struct ChangeBy {
     /// The caller's API key id (`anonymous` without keys).
     pub key_id: String,
+    /// Where the bytes of an upload came from, recorded as the version's
+    /// source (`oci:REGISTRY/REPO@sha256:…`); `api:NAME` when absent.
+    pub origin: Option<String>,
+}
+
+impl ChangeBy {
+    /// The source recorded for an upload of `name`.
+    pub fn source(&self, name: &str) -> String {
+        self.origin.clone().unwrap_or_else(|| format!("api:{name}"))
+    }
 }
 
 /// What one model's pointer says, or what a replica serves of it.
@@ -110,9 +120,9 @@ impl ModelCatalog for ModelManager {
         name: &str,
         bytes: Vec<u8>,
         signature: Option<String>,
-        _by: &ChangeBy,
+        by: &ChangeBy,
     ) -> Result<Deployed, DeployError> {
-        self.install(bytes, format!("api:{name}"), Some(name), signature)
+        self.install(bytes, by.source(name), Some(name), signature)
             .await
     }
 

@@ -1,6 +1,7 @@
 //! The quant's local loop: `riskhost new`, `riskhost model inspect` and
 //! `riskhost model test`; and the publisher's: `riskhost model keygen`,
-//! `model sign`, `model verify` and `model publish`.
+//! `model sign`, `model verify` and `model publish`; `model push` and
+//! `model pull` to and from OCI registries.
 //!
 //! These commands run the server's own code (the same `ModelEngine::load`,
 //! the same sandbox limits, the same scoring path) on a developer's machine,
@@ -11,6 +12,7 @@
 pub(crate) mod imports;
 pub(crate) mod inspect;
 pub(crate) mod new;
+pub(crate) mod oci;
 pub(crate) mod publish;
 pub(crate) mod sign;
 pub(crate) mod test;
@@ -60,6 +62,10 @@ pub(crate) enum ModelCommand {
     Verify(sign::VerifyArgs),
     /// Ship a component to a server or fleet: load it here, then PUT it (with its signature).
     Publish(publish::PublishArgs),
+    /// Push a component (and its signature) to an OCI registry; prints the digest reference.
+    Push(oci::PushArgs),
+    /// Pull a component (and its signature) from an OCI registry.
+    Pull(oci::PullArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -111,6 +117,8 @@ pub(crate) async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Sign(args) => sign::sign(&args),
         ModelCommand::Verify(args) => sign::verify(&args),
         ModelCommand::Publish(args) => publish::run(args).await,
+        ModelCommand::Push(args) => oci::push(args).await,
+        ModelCommand::Pull(args) => oci::pull(args).await,
     }
 }
 
