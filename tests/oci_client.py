@@ -5,6 +5,7 @@ line of standard output (oras prints progress before it).
   oci_client.py push HOST/REPO:TAG FILE MEDIA_TYPE CONFIG_MEDIA_TYPE
   oci_client.py pull HOST/REPO:TAG OUTDIR
   oci_client.py manifest HOST/REPO:TAG
+  oci_client.py bcrypt PASSWORD      (an htpasswd hash for the registry)
 """
 
 import json
@@ -21,7 +22,12 @@ def client():
 
 def main(argv):
     command, target = argv[1], argv[2]
-    if command == "push":
+    if command == "bcrypt":
+        import bcrypt
+
+        hashed = bcrypt.hashpw(target.encode(), bcrypt.gensalt(rounds=5))
+        print(json.dumps({"hash": hashed.decode()}))
+    elif command == "push":
         path, media_type, config_type = argv[3], argv[4], argv[5]
         with tempfile.TemporaryDirectory() as tmp:
             config = os.path.join(tmp, "config.json")

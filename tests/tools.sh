@@ -11,6 +11,8 @@ set -euo pipefail
 
 SCIPY_VERSION=1.14.1
 ORAS_VERSION=0.2.25
+# The htpasswd file of a registry that requires credentials (tests/it/oci.rs).
+BCRYPT_VERSION=4.2.1
 
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (Debian package)" >&2
@@ -30,8 +32,8 @@ if ! "$venv/bin/python" -c 'import scipy' >/dev/null 2>&1; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "scipy==$SCIPY_VERSION" >&2
 fi
-if ! "$venv/bin/python" -c 'import oras.client' >/dev/null 2>&1; then
-    echo "installing oras $ORAS_VERSION into $venv" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "oras==$ORAS_VERSION" >&2
+if ! "$venv/bin/python" -c 'import oras.client, bcrypt' >/dev/null 2>&1; then
+    echo "installing oras $ORAS_VERSION and bcrypt $BCRYPT_VERSION into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "oras==$ORAS_VERSION" "bcrypt==$BCRYPT_VERSION" >&2
 fi
 echo "$venv/bin/python"

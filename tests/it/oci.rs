@@ -465,3 +465,59 @@ fn a_fleet_pulls_once_and_every_replica_serves_the_digest_from_postgresql() {
         "the registry records the digest reference: {source}"
     );
 }
+
+#[test]
+fn registry_credentials_are_sent_and_a_refusal_is_a_clear_502() {
+    let registry = Registry::start_authenticated("ci", "s3cret");
+    let dir = TempDir::new("oci-files");
+    let file = dir.path().join("versioned.wasm");
+    std::fs::write(&file, with_custom_section(&test_model("a"), "auth")).expect("write");
+    let reference = registry.reference("models/versioned", ":auth");
+    let refused = riskhost(
+        &registry,
+        &[
+            "model",
+            "push",
+            file.to_str().unwrap_or_default(),
+            &reference,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused access"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let pushed = riskhost(
+        &registry,
+        &[
+            "model",
+            "push",
+            file.to_str().unwrap_or_default(),
+            &reference,
+            "--oci-username",
+            "ci",
+            "--oci-password",
+            "s3cret",
+        ],
+    );
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    let anonymous = server(&registry, &[]);
+    assert_error(
+        &deploy(&anonymous, &reference),
+        502,
+        "oci_unauthorized",
+        &registry.host,
+    );
+    let with_credentials = server(
+        &registry,
+        &["--oci-username", "ci", "--oci-password", "s3cret"],
+    );
+    let (status, body) = deploy(&with_credentials, &reference);
+    assert_eq!(status, 201, "{body}");
+}

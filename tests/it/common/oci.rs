@@ -21,17 +21,34 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn start() -> Registry {
+        Self::start_with_auth(None)
+    }
+
+    /// A registry that answers 401 without the basic credentials
+    /// `user:password` (an htpasswd file made with the venv's bcrypt).
+    pub(crate) fn start_authenticated(user: &str, password: &str) -> Registry {
+        Self::start_with_auth(Some((user, password)))
+    }
+
+    fn start_with_auth(credentials: Option<(&str, &str)>) -> Registry {
         let dir = TempDir::new("oci-registry");
         let host = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .expect("registry config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((user, password)) = credentials {
+            let hash = oras(&["bcrypt", password]);
+            let htpasswd = dir.path().join("htpasswd");
+            let line = format!("{user}:{}\n", hash["hash"].as_str().unwrap_or_default());
+            std::fs::write(&htpasswd, line).expect("htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: riskhost-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).expect("registry config");
         let mut registry = Registry {
             child: None,
             dir,
@@ -54,7 +71,10 @@ impl Registry {
         let url = format!("http://{}/v2/", self.host);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+            // 200, or 401 from a registry that wants credentials: it is up.
+            if reqwest::blocking::get(&url)
+                .is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 401)
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "docker-registry did not start");
