@@ -239,8 +239,9 @@ impl SharedRegistry {
             .map_err(unavailable)
     }
 
-    /// Makes the local state follow the registry once. Returns the
-    /// registry's state it followed.
+    /// Makes the local state follow the registry once; an error only when
+    /// the registry cannot be read (what cannot be applied is counted,
+    /// logged and retried by the next reconcile).
     pub async fn reconcile(&self) -> Result<(), DbError> {
         let _one_at_a_time = self.reconciling.lock().await;
         self.reconcile_locked().await
@@ -305,22 +306,25 @@ impl SharedRegistry {
                 .is_none_or(|r| *r < pointer.revision);
             let differs =
                 served.get(&pointer.name).map(String::as_str) != pointer.digest.as_deref();
-            if !(behind || differs) || failures.contains_key(&pointer.name) {
+            // A pointer at a version that could not be mirrored waits for
+            // the next reconcile; the model's other versions do not matter.
+            let unmirrored = pointer
+                .digest
+                .as_deref()
+                .is_some_and(|d| self.manager.stored(d).is_none());
+            if !(behind || differs) || unmirrored {
                 continue;
             }
             let by = format!("registry:{}@{}", pointer.name, pointer.revision);
-            let applied = match pointer.digest.as_deref() {
-                Some(digest) => {
-                    self.manager
-                        .apply(&pointer.name, Some(digest), pointer.revision, &by)
-                        .await
-                }
-                None => {
-                    self.manager
-                        .apply(&pointer.name, None, pointer.revision, &by)
-                        .await
-                }
-            };
+            let applied = self
+                .manager
+                .apply(
+                    &pointer.name,
+                    pointer.digest.as_deref(),
+                    pointer.revision,
+                    &by,
+                )
+                .await;
             match applied {
                 Ok(()) => {
                     if differs && pointer.changed_at > self.started_at {
