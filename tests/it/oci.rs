@@ -109,6 +109,23 @@ fn riskhost_and_oras_read_each_others_artifacts() {
     );
     assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
     assert_eq!(manifest["layers"][0]["digest"], digest(&bytes).as_str());
+    let config: Value = reqwest::blocking::get(format!(
+        "http://{}/v2/models/versioned/blobs/{}",
+        registry.host,
+        manifest["config"]["digest"].as_str().unwrap_or_default()
+    ))
+    .and_then(|r| r.json())
+    .expect("the config blob");
+    assert_eq!(config["architecture"], "wasm");
+    assert_eq!(config["os"], "wasip2");
+    assert_eq!(config["component"]["name"], "versioned");
+    assert!(
+        config["component"]["exports"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{config}"
+    );
+    assert!(config["component"]["imports"].is_array(), "{config}");
     let out = TempDir::new("oras-out");
     let pulled = oras(&["pull", &tag, out.path().to_str().unwrap_or_default()]);
     let path = pulled["files"][0].as_str().expect("a pulled file");

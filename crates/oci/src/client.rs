@@ -449,11 +449,14 @@ impl OciClient {
 
     /// Pushes `bytes` as a component artifact to `reference`, with its
     /// signature (the `.sig` text) as an artifact referring to it.
+    /// `described` adds fields to the config (the component's `imports`
+    /// and `exports`, when the caller knows them).
     pub async fn push(
         &self,
         reference: &str,
         bytes: Vec<u8>,
         signature: Option<String>,
+        described: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Pushed, OciError> {
         let image = Self::parse(reference)?;
         is_component(&bytes).map_err(|reason| OciError::NotAComponent {
@@ -461,12 +464,11 @@ impl OciClient {
             reason,
         })?;
         let component_digest = sha256(&bytes);
-        let config = serde_json::json!({
-            "created": chrono::Utc::now().to_rfc3339(),
-            "architecture": "wasm",
-            "os": "wasip2",
-            "layerDigests": [component_digest],
-        });
+        let mut config = described;
+        config.insert("created".into(), chrono::Utc::now().to_rfc3339().into());
+        config.insert("architecture".into(), "wasm".into());
+        config.insert("os".into(), "wasip2".into());
+        config.insert("layerDigests".into(), serde_json::json!([component_digest]));
         let config = Config::new(
             serde_json::to_vec(&config).unwrap_or_default(),
             CONFIG_MEDIA_TYPE.to_owned(),

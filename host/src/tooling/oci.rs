@@ -1,15 +1,17 @@
 //! `riskhost model push FILE oci://…` and `riskhost model pull oci://…
 //! --out FILE`: a component (and its detached signature) to and from an OCI
 //! registry, in the layout the WebAssembly tooling uses (`docs/oci.md`).
-//! `push` prints the digest reference to deploy by.
+//! `push` loads the component first, as the server does (one that does not
+//! load is never pushed), and prints the digest reference to deploy by.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use riskhost_engine::ModelEngine;
 use riskhost_oci::OciClient;
 
-use crate::config::OciArgs;
+use crate::config::{OciArgs, SandboxArgs};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PushArgs {
@@ -22,6 +24,8 @@ pub(crate) struct PushArgs {
     pub(crate) signature: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) oci: OciArgs,
+    #[command(flatten)]
+    pub(crate) sandbox: SandboxArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -59,8 +63,35 @@ pub(crate) async fn push(args: PushArgs) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot read {}", signature_file.display()));
         }
     };
+    // Loaded here as the server loads it: a component that does not load is
+    // never pushed, and the config names what it imports and exports.
+    let engine = ModelEngine::new(args.sandbox.limits())?;
+    let checked = bytes.clone();
+    let (engine, loaded) = tokio::task::spawn_blocking(move || {
+        let loaded = engine.load(&checked);
+        (engine, loaded)
+    })
+    .await?;
+    let model = loaded
+        .with_context(|| format!("{} does not load, so it is not pushed", args.file.display()))?;
+    let wasmtime = engine.wasmtime_engine();
+    let mut described = serde_json::Map::new();
+    described.insert(
+        "component".into(),
+        serde_json::json!({
+            "name": model.name(),
+            "version": model.version(),
+            "imports": super::imports::imports(wasmtime, model.component())
+                .into_iter()
+                .map(|i| i.name)
+                .collect::<Vec<_>>(),
+            "exports": super::imports::exports(wasmtime, model.component()),
+        }),
+    );
     let client = OciClient::new(args.oci.settings(bytes.len().max(1))?);
-    let pushed = client.push(&args.reference, bytes, signature).await?;
+    let pushed = client
+        .push(&args.reference, bytes, signature, described)
+        .await?;
     println!("oci://{}", pushed.reference);
     eprintln!(
         "pushed {} (component {}){}",
