@@ -296,23 +296,12 @@ impl ModelManager {
         signature: Option<String>,
     ) -> Result<Deployed, DeployError> {
         let started = Instant::now();
-        // Hashing 64 MiB takes a while: not on the async runtime.
-        let (bytes, digest) = tokio::task::spawn_blocking(move || {
-            let digest = ModelEngine::digest(&bytes);
-            (bytes, digest)
-        })
-        .await
-        .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
+        let (bytes, digest) = hash(bytes).await?;
         if let Some(record) = self.store.get(&digest) {
-            // A stored version: no compilation, just make it active again,
-            // under the signature it came with now or the one stored with it.
-            let record = match signature {
-                Some(signature) => self.attach_signature(&record, signature, &source).await?,
-                None => record,
-            };
-            self.check_name(expected, &record.name, &source)?;
-            self.check_signature(&digest, record.signature.clone(), &source)
-                .map_err(|e| self.refuse(&source, &digest, e))?;
+            // A stored version: no compilation, just make it active again.
+            let record = self
+                .recheck_stored(record, signature, &source, expected)
+                .await?;
             return self
                 .activate_stored(&record, &source, started, Expect::Stored)
                 .await;
@@ -320,6 +309,26 @@ impl ModelManager {
         let prepared = self.prepare(bytes, &digest, source, signature).await?;
         self.check_name(expected, prepared.name(), &prepared.source)?;
         self.commit(prepared).await
+    }
+
+    /// A stored version arriving again: under the signature it came with
+    /// now or the one stored with it, checked against the policy, with the
+    /// name the caller requires.
+    async fn recheck_stored(
+        &self,
+        record: VersionRecord,
+        signature: Option<String>,
+        source: &str,
+        expected: Option<&str>,
+    ) -> Result<VersionRecord, DeployError> {
+        let record = match signature {
+            Some(signature) => self.attach_signature(&record, signature, source).await?,
+            None => record,
+        };
+        self.check_name(expected, &record.name, source)?;
+        self.check_signature(&record.digest, record.signature.clone(), source)
+            .map_err(|e| self.refuse(source, &record.digest, e))?;
+        Ok(record)
     }
 
     /// Checks `signature` for a stored version and, when it is fit to keep,
@@ -769,20 +778,11 @@ impl ModelManager {
         expected: Option<&str>,
         signature: Option<String>,
     ) -> Result<Staged, DeployError> {
-        let (bytes, digest) = tokio::task::spawn_blocking(move || {
-            let digest = ModelEngine::digest(&bytes);
-            (bytes, digest)
-        })
-        .await
-        .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))?;
+        let (bytes, digest) = hash(bytes).await?;
         if let Some(record) = self.store.get(&digest) {
-            let record = match signature {
-                Some(signature) => self.attach_signature(&record, signature, &source).await?,
-                None => record,
-            };
-            self.check_name(expected, &record.name, &source)?;
-            self.check_signature(&digest, record.signature.clone(), &source)
-                .map_err(|e| self.refuse(&source, &digest, e))?;
+            let record = self
+                .recheck_stored(record, signature, &source, expected)
+                .await?;
             let entry = match self.registry.loaded(&digest) {
                 Some(entry) => entry,
                 None => self.load_on_standby(&digest).await?,
@@ -922,6 +922,17 @@ impl ModelManager {
     pub fn stored(&self, digest: &str) -> Option<VersionRecord> {
         self.store.get(digest)
     }
+}
+
+/// The digest of `bytes`, off the async runtime (hashing 64 MiB takes a
+/// while).
+async fn hash(bytes: Vec<u8>) -> Result<(Vec<u8>, String), DeployError> {
+    tokio::task::spawn_blocking(move || {
+        let digest = ModelEngine::digest(&bytes);
+        (bytes, digest)
+    })
+    .await
+    .map_err(|e| DeployError::Internal(format!("hashing panicked: {e}")))
 }
 
 /// How many components load at once at start-up: one per core, since
