@@ -93,7 +93,9 @@ pub(crate) fn documented_routes(
         .routes(routes!(list_models))
         .routes(routes!(purge_cache))
         .routes(routes!(purge_model_cache))
-        .routes(routes!(crate::request_log::score_history));
+        .routes(routes!(crate::request_log::score_history))
+        .routes(routes!(crate::stats::portfolio_stats))
+        .routes(routes!(crate::stats::model_stats));
     let models = crate::admin::routes(max_component_bytes);
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limits.requests.wrap(v1, true))
@@ -196,6 +198,12 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The machine-readable code of the answer.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
     }
 }
 
