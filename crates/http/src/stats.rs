@@ -81,17 +81,27 @@ pub(crate) struct ModelStatsResponse {
     pub(crate) buckets: Vec<StatsBucket>,
 }
 
-fn unprocessable(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+/// A refused query string: its code and message, answered as a 422.
+#[derive(Debug)]
+struct Refused(&'static str, String);
+
+impl From<Refused> for ApiError {
+    fn from(Refused(code, message): Refused) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
 }
 
-/// The bucket and the aligned range of a query string, or the 422.
+fn unprocessable(code: &'static str, message: String) -> Refused {
+    Refused(code, message)
+}
+
+/// The bucket and the aligned range of a query string, or why not.
 fn range(
     from: Option<&str>,
     to: Option<&str>,
     bucket: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(Bucket, DateTime<Utc>, DateTime<Utc>), ApiError> {
+) -> Result<(Bucket, DateTime<Utc>, DateTime<Utc>), Refused> {
     let bucket: Bucket = bucket
         .unwrap_or("day")
         .parse()
@@ -130,7 +140,7 @@ fn range(
 }
 
 fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
-    unprocessable("invalid_query", e.body_text())
+    unprocessable("invalid_query", e.body_text()).into()
 }
 
 async fn answer(state: &AppState, query: &StatsQuery) -> Result<Vec<StatsBucket>, ApiError> {
@@ -260,8 +270,8 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn code(r: Result<(Bucket, DateTime<Utc>, DateTime<Utc>), ApiError>) -> &'static str {
-        r.err().map_or("ok", |e| e.code())
+    fn code(r: Result<(Bucket, DateTime<Utc>, DateTime<Utc>), Refused>) -> &'static str {
+        r.err().map_or("ok", |e| e.0)
     }
 
     #[test]
