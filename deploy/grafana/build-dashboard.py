@@ -90,9 +90,9 @@ CH = {"type": "grafana-clickhouse-datasource", "uid": "clickhouse"}
 VAR_SQL = (
     "SELECT bucket AS time,\n"
     "  minIfMerge(vmin) AS min,\n"
-    "  quantilesIfMerge(0.5, 0.95, 0.99)(vq)[1] AS p50,\n"
-    "  quantilesIfMerge(0.5, 0.95, 0.99)(vq)[2] AS p95,\n"
-    "  quantilesIfMerge(0.5, 0.95, 0.99)(vq)[3] AS p99,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[1] AS p50,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[2] AS p95,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[3] AS p99,\n"
     "  maxIfMerge(vmax) AS max\n"
     "FROM riskhost.score_events_model_day\n"
     "WHERE model = '${ch_model}' AND $__timeFilter(bucket)\n"

@@ -8,8 +8,15 @@
 //! `T_model_hour` (key `(model, version, bucket, error_code)`), each fed by a
 //! materialized view `…_mv` (`CREATE MATERIALIZED VIEW … TO …`). Every row
 //! holds aggregate *states* (`countState`, `min/max/avgIfState`,
-//! `quantilesIfState(0.5, 0.95, 0.99)`, `sumState(cached)`), which merges
-//! combine and queries finish with the `-Merge` combinators.
+//! `quantilesTDigestIfState(0.5, 0.95, 0.99)`, `sumState(cached)`), which
+//! merges combine and queries finish with the `-Merge` combinators.
+//!
+//! Why t-digest states and a small index granularity: a query reads whole
+//! granules of states, and `quantiles`' reservoir state holds up to 8,192
+//! values (64 KiB) per row, so a 90-day read of one model merged tens of
+//! MiB; t-digest states are a few KiB at most (within ClickHouse's stated
+//! 1 % error), and granules of 256 rows keep what a query reads next to
+//! what it asked for (scenario 12 of BENCHMARKS.md: 86 → ~10 ms).
 //!
 //! Why these shapes, on ClickHouse 18.16: it has no `Map` type and its
 //! `sumMap` takes only numeric keys, so error counts by code are the
@@ -35,7 +42,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::HistoryError;
-use riskhost_db::{DbError, Warehouse, validate_clickhouse_name};
+use riskhost_db::{DbError, Warehouse, WarehouseSettings, validate_clickhouse_name};
+
+/// How long the backfill of one aggregate table may take.
+const BACKFILL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The width of a statistics bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,8 +147,8 @@ pub struct StatsBucket {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub mean: Option<f64>,
-    /// ClickHouse's `quantiles` (reservoir sample of 8,192 values: exact
-    /// below that many, approximate above).
+    /// ClickHouse's `quantilesTDigest` (t-digest, merged across rows:
+    /// approximate, within ClickHouse's stated 1 %; values kept as Float32).
     pub p50: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
@@ -168,7 +178,7 @@ const STATE_COLUMNS: &str = "n AggregateFunction(count),
             vmin AggregateFunction(minIf, Float64, UInt8),
             vmax AggregateFunction(maxIf, Float64, UInt8),
             vavg AggregateFunction(avgIf, Float64, UInt8),
-            vq AggregateFunction(quantilesIf(0.5, 0.95, 0.99), Float64, UInt8)";
+            vq AggregateFunction(quantilesTDigestIf(0.5, 0.95, 0.99), Float64, UInt8)";
 
 /// The aggregate columns, as the view's (and the backfill's) SELECT makes them.
 const STATE_SELECT: &str = "countState() AS n,
@@ -176,7 +186,7 @@ const STATE_SELECT: &str = "countState() AS n,
             minIfState(value, error_code = '') AS vmin,
             maxIfState(value, error_code = '') AS vmax,
             avgIfState(value, error_code = '') AS vavg,
-            quantilesIfState(0.5, 0.95, 0.99)(value, error_code = '') AS vq";
+            quantilesTDigestIfState(0.5, 0.95, 0.99)(value, error_code = '') AS vq";
 
 fn keys(by_portfolio: bool) -> &'static str {
     if by_portfolio {
@@ -203,7 +213,8 @@ fn create_target_sql(db: &str, target: &str, by_portfolio: bool) -> String {
             {STATE_COLUMNS}
         ) ENGINE = AggregatingMergeTree
         PARTITION BY toYYYYMM(bucket)
-        ORDER BY ({keys}, bucket, error_code)",
+        ORDER BY ({keys}, bucket, error_code)
+        SETTINGS index_granularity = 256",
         keys = keys(by_portfolio)
     )
 }
@@ -344,6 +355,13 @@ pub struct Backfill {
 /// run twice *concurrently*.
 pub async fn backfill_analytics(wh: &Warehouse, table: &str) -> Result<Backfill, DbError> {
     validate_clickhouse_name("table", table)?;
+    // An `INSERT … SELECT` over months of events takes far longer than one
+    // query may (`--clickhouse-timeout-ms`), and one abandoned by its client
+    // runs on in ClickHouse without its record: so it is waited for.
+    let wh = &Warehouse::new(WarehouseSettings {
+        timeout: BACKFILL_TIMEOUT,
+        ..wh.settings().clone()
+    })?;
     let db = wh.database();
     let cutoff = create_analytics(wh, table).await?;
     let done: Vec<String> = wh
@@ -361,6 +379,27 @@ pub async fn backfill_analytics(wh: &Warehouse, table: &str) -> Result<Backfill,
         let step = format!("backfill:{target}");
         if done.contains(&step) {
             continue;
+        }
+        // A backfill that ran without its record (interrupted) left rows
+        // in buckets that end before the cutoff, which no view writes: refuse
+        // rather than count them twice.
+        let before =
+            bucket.floor(DateTime::from_timestamp(i64::from(cutoff), 0).unwrap_or_default());
+        let partial: u64 = wh
+            .timed(
+                "analytics_backfill_check",
+                wh.client()
+                    .query(&format!(
+                        "SELECT count() FROM {db}.{target} WHERE bucket < toDateTime(?)"
+                    ))
+                    .bind(u32::try_from(before.timestamp()).unwrap_or(0))
+                    .fetch_one::<u64>(),
+            )
+            .await?;
+        if partial > 0 {
+            return Err(DbError::Invalid(format!(
+                "{db}.{target} already holds aggregates from before the cutoff but no record of a backfill (an interrupted migrate?): drop the {table}_* aggregate tables, their _mv views and {table}_analytics_state, then migrate again"
+            )));
         }
         let filter = format!("ts < toDateTime({cutoff})");
         wh.execute(
@@ -410,7 +449,8 @@ struct StatsRow {
     vmin: f64,
     vmax: f64,
     vavg: f64,
-    vq: Vec<f64>,
+    /// `quantilesTDigest` answers Float32.
+    vq: Vec<f32>,
 }
 
 /// Reads the aggregates for `q` from the tables of the events `table`.
@@ -444,7 +484,7 @@ pub(crate) async fn query_stats(
     let sql = format!(
         "SELECT toUInt32(bucket) AS b, model, {version} AS v, error_code,
                 countMerge(n), sumMerge(hits), minIfMerge(vmin), maxIfMerge(vmax),
-                avgIfMerge(vavg), quantilesIfMerge(0.5, 0.95, 0.99)(vq)
+                avgIfMerge(vavg), quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)
          FROM {db}.{target}
          WHERE {subject_filter} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)
          GROUP BY b, {series}, v, error_code
@@ -518,9 +558,10 @@ fn combine(rows: Vec<StatsRow>, with_version: bool) -> Vec<StatsBucket> {
                 b.min = finite(r.vmin);
                 b.max = finite(r.vmax);
                 b.mean = finite(r.vavg);
-                b.p50 = r.vq.first().copied().and_then(finite);
-                b.p95 = r.vq.get(1).copied().and_then(finite);
-                b.p99 = r.vq.get(2).copied().and_then(finite);
+                let q = |i: usize| r.vq.get(i).map(|&v| f64::from(v)).and_then(finite);
+                b.p50 = q(0);
+                b.p95 = q(1);
+                b.p99 = q(2);
             }
         } else {
             *b.errors.entry(r.error_code).or_default() += r.n;
@@ -608,7 +649,9 @@ mod tests {
     #[test]
     fn the_ddl_fits_clickhouse_18_16() {
         let t = create_target_sql("db", "e_portfolio_day", true);
-        assert!(t.contains("AggregatingMergeTree") && t.contains("quantilesIf(0.5, 0.95, 0.99)"));
+        assert!(
+            t.contains("AggregatingMergeTree") && t.contains("quantilesTDigestIf(0.5, 0.95, 0.99)")
+        );
         assert!(!t.contains("Map(") && !t.contains("DateTime64"));
         let v = create_view_sql(
             "db",
@@ -635,7 +678,7 @@ mod tests {
             vmin: v,
             vmax: v,
             vavg: v,
-            vq: vec![v, v, v],
+            vq: vec![v as f32; 3],
         };
         let out = combine(vec![row("", 3, 1, 2.0), row("boom", 1, 1, f64::NAN)], false);
         assert_eq!(out.len(), 1);
