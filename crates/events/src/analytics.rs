@@ -16,7 +16,7 @@
 //! values (64 KiB) per row, so a 90-day read of one model merged tens of
 //! MiB; t-digest states are a few KiB at most (within ClickHouse's stated
 //! 1 % error), and granules of 256 rows keep what a query reads next to
-//! what it asked for (scenario 12 of BENCHMARKS.md: 86 → ~10 ms).
+//! what it asked for (scenario 12 of BENCHMARKS.md: 86 → 7 ms).
 //!
 //! Why these shapes, on ClickHouse 18.16: it has no `Map` type and its
 //! `sumMap` takes only numeric keys, so error counts by code are the
