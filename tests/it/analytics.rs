@@ -295,7 +295,24 @@ fn every_aggregate_equals_the_raw_events() {
             &format!("model by {bucket}"),
         );
     }
+    // Asked again, the answer comes from the sink's answer cache, the same.
+    let hits = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("riskhost_stats_requests_total{")
+                    && l.contains("outcome=\"hit\"")
+                    && l.contains("subject=\"portfolio\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = hits(&server.get_text("/metrics"));
+    let (_, first) = server.get("/v1/portfolios/p-an/stats?bucket=hour");
+    let (status, again) = server.get("/v1/portfolios/p-an/stats?bucket=hour");
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(first, again);
     let metrics = server.get_text("/metrics");
+    assert!(hits(&metrics) >= before + 1.0, "{metrics}");
     assert!(
         metrics.contains("riskhost_stats_query_seconds_bucket"),
         "the queries are timed"
