@@ -591,6 +591,11 @@ impl moka::Expiry<StatsQuery, (Arc<Vec<StatsBucket>>, Duration)> for PerEntry {
     }
 }
 
+/// Memory the answer cache may hold (by the estimate below).
+const CACHE_BYTES: u64 = 32 << 20;
+/// About what one bucket takes in memory (strings and an error or two).
+const BUCKET_BYTES: usize = 256;
+
 /// How long a closed range's answer is kept: events replayed from a spool
 /// after an outage can still land in a closed bucket, so not forever.
 pub(crate) const CLOSED_TTL: Duration = Duration::from_secs(30 * 60);
@@ -600,8 +605,15 @@ pub(crate) const OPEN_TTL: Duration = Duration::from_secs(5);
 impl StatsCache {
     pub(crate) fn new() -> StatsCache {
         StatsCache {
+            // Bounded in bytes, not answers: one answer may hold 1,000
+            // buckets for each of many series.
             cache: moka::sync::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(CACHE_BYTES)
+                .weigher(
+                    |_q: &StatsQuery, (answer, _): &(Arc<Vec<StatsBucket>>, Duration)| {
+                        u32::try_from(256 + answer.len() * BUCKET_BYTES).unwrap_or(u32::MAX)
+                    },
+                )
                 .expire_after(PerEntry)
                 .build(),
             closed_ttl: CLOSED_TTL,
