@@ -406,6 +406,37 @@ fn migrate_backfills_older_events_once() {
     assert!(first.contains("3 events recorded before"), "{first}");
     let again = migrate();
     assert!(again.contains("already backfilled"), "{again}");
+    // Without the record (an interrupted migrate), the rows it left are
+    // seen and the backfill refused, not run twice.
+    ch_query(
+        &url,
+        &format!("DROP TABLE {db}.score_events_analytics_state"),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(common::binary())
+        .args(["db", "migrate", "--clickhouse-url", &url])
+        .args(["--clickhouse-database", &db])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("no record of a backfill"), "{stderr}");
+    ch_query(
+        &url,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {db}.score_events_analytics_state (step String, cutoff DateTime, done DateTime) ENGINE = TinyLog"
+        ),
+    )
+    .unwrap();
+    ch_query(
+        &url,
+        &format!(
+            "INSERT INTO {db}.score_events_analytics_state SELECT concat('backfill:score_events_', t), now(), now()
+             FROM (SELECT arrayJoin(['portfolio_day', 'portfolio_hour', 'model_day', 'model_hour']) AS t)"
+        ),
+    )
+    .unwrap();
 
     let data_dir = TempDir::new("backfill");
     let server = analytics_server(&ch, &data_dir);
