@@ -36,7 +36,9 @@ plotted = set()
 for p in dash["panels"]:
     assert p["targets"], f"panel {p['title']} has no queries"
     for t in p["targets"]:
-        plotted |= {base(m) for m in re.findall(r"riskhost_[a-z0-9_]+", t["expr"])}
+        # Prometheus targets have `expr`; ClickHouse ones `rawSql` (tables, not metrics).
+        assert t.get("expr") or t.get("rawSql"), f"panel {p['title']} has an empty query"
+        plotted |= {base(m) for m in re.findall(r"riskhost_[a-z0-9_]+", t.get("expr", ""))}
 rules = yaml.safe_load((root / "prometheus/alerts.yml").read_text())
 alerted = {base(m) for g in rules["groups"] for r in g["rules"] for m in re.findall(r"riskhost_[a-z0-9_]+", r["expr"])}
 missing = sorted((plotted | alerted) - exported)

@@ -78,7 +78,42 @@ panels = [
         "riskhost_http_requests_in_flight",
         "histogram_quantile(0.99, sum by (le, op) (rate(riskhost_redis_op_duration_seconds_bucket[5m])))"],
         12, 40, "short", legend=["in flight", "redis p99 {{op}} (s)"]),
+    panel(13, "Score statistics routes: ClickHouse time p50 / p99 and answers by outcome",
+          quantiles("riskhost_stats_query_seconds", "subject") + [
+              "sum by (subject, outcome) (rate(riskhost_stats_requests_total[5m]))"],
+          0, 48, "s", legend=["p50 {{subject}}", "p99 {{subject}}", "{{outcome}}/s {{subject}}"]),
 ]
+
+# ClickHouse (grafana-clickhouse-datasource): the per-day aggregates the
+# materialized views keep (docs/data-sources.md, "Score analytics").
+CH = {"type": "grafana-clickhouse-datasource", "uid": "clickhouse"}
+VAR_SQL = (
+    "SELECT bucket AS time,\n"
+    "  minIfMerge(vmin) AS min,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[1] AS p50,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[2] AS p95,\n"
+    "  quantilesTDigestIfMerge(0.5, 0.95, 0.99)(vq)[3] AS p99,\n"
+    "  maxIfMerge(vmax) AS max\n"
+    "FROM riskhost.score_events_model_day\n"
+    "WHERE model = '${ch_model}' AND $__timeFilter(bucket)\n"
+    "GROUP BY bucket ORDER BY bucket"
+)
+panels.append({
+    "id": 14,
+    "type": "timeseries",
+    "title": "Daily score distribution across portfolios: ${ch_model}",
+    "description": "Per UTC day, over every score the model served (all portfolios and versions): "
+                   "min, p50, p95, p99, max. From ClickHouse's score_events_model_day aggregates.",
+    "datasource": CH,
+    "repeat": "ch_model",
+    "repeatDirection": "h",
+    "maxPerRow": 2,
+    "gridPos": {"x": 12, "y": 48, "w": 12, "h": 8},
+    "fieldConfig": {"defaults": {"unit": "short"}, "overrides": []},
+    "options": {"legend": {"displayMode": "table", "placement": "bottom"}},
+    "targets": [{"refId": "A", "datasource": CH, "editorType": "sql", "queryType": "timeseries",
+                 "format": 0, "rawSql": VAR_SQL}],
+})
 
 dashboard = {
     "uid": "riskhost",
@@ -98,6 +133,16 @@ dashboard = {
         "multi": True,
         "current": {"text": "All", "value": "$__all"},
         "allValue": ".*",
+        "refresh": 2,
+    }, {
+        "name": "ch_model",
+        "label": "model (ClickHouse)",
+        "type": "query",
+        "datasource": CH,
+        "query": "SELECT DISTINCT model FROM riskhost.score_events_model_day ORDER BY model",
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
         "refresh": 2,
     }]},
     "panels": panels,

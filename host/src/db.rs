@@ -42,6 +42,17 @@ async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
             wh.database(),
             args.events_table
         );
+        let backfill = riskhost_events::backfill_analytics(&wh, &args.events_table).await?;
+        match backfill.events {
+            Some(n) => println!(
+                "score analytics: {n} events recorded before {} aggregated",
+                backfill.cutoff
+            ),
+            None => println!(
+                "score analytics: already backfilled (cutoff {})",
+                backfill.cutoff
+            ),
+        }
     }
     Ok(())
 }

@@ -129,6 +129,20 @@ fn routes() -> Vec<Route> {
             allowed: (404, Some("history_not_configured")),
         },
         Route {
+            method: Method::GET,
+            path: "/v1/portfolios/p/stats",
+            body: None,
+            admin: false,
+            allowed: (404, Some("history_not_configured")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/models/var-historical/stats",
+            body: None,
+            admin: false,
+            allowed: (404, Some("history_not_configured")),
+        },
+        Route {
             method: Method::POST,
             path: "/v1/backtests",
             // A valid request over a range the bundled data cannot test:
@@ -307,8 +321,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
             checked += 1;
         }
     }
-    // 14 protected routes × 6 kinds of caller.
-    assert_eq!(checked, 84);
+    // 16 protected routes × 6 kinds of caller.
+    assert_eq!(checked, 96);
     // The open routes need nothing, whatever header comes along.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for (who, header) in &callers {

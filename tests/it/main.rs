@@ -5,6 +5,7 @@
 
 mod common;
 
+mod analytics;
 mod api;
 mod auth;
 mod backtest;

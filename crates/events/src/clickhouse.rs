@@ -23,7 +23,8 @@
 //! microseconds within the second) on every version, which keeps one row
 //! layout for all. Columns added later (`key_id`) are added to an existing
 //! table with `ALTER TABLE … ADD COLUMN` after a look at `system.columns`
-//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`].
+//! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`],
+//! which also creates the aggregate tables and views of `analytics.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +36,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
+use super::analytics::{StatsCache, create_analytics, query_stats};
 use super::spool::Spool;
-use super::{EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent};
+use super::{
+    EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent, StatsBucket,
+    StatsQuery, StatsSubject,
+};
 use riskhost_db::{DbError, ServerVersion, Warehouse, validate_clickhouse_name};
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -154,8 +159,11 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFA
 /// `client` must carry the LowCardinality setting on servers that need it.
 /// Creates the database and the events `table` if missing, in the layout of
 /// the server's version, and adds the columns a table made by an older
-/// riskhost lacks: what the writer does at start and `riskhost db migrate`
-/// does on demand. Answers the server's version.
+/// riskhost lacks, then the aggregate tables and their materialized views
+/// (`analytics.rs`; the backfill of older events is
+/// [`backfill_analytics`](super::backfill_analytics)'s): what the writer
+/// does at start and `riskhost db migrate` does on demand. Answers the
+/// server's version.
 pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVersion, DbError> {
     validate_clickhouse_name("table", table)?;
     let version = wh.server_version().await?;
@@ -175,6 +183,7 @@ pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVe
     wh.timed("create_events_table", client.query(&ddl).execute())
         .await?;
     add_missing_columns(wh, &client, table).await?;
+    create_analytics(wh, table).await?;
     Ok(version)
 }
 
@@ -309,6 +318,7 @@ pub struct ClickHouseSink {
     queue_max_bytes: u64,
     wh: Warehouse,
     table: String,
+    stats: StatsCache,
 }
 
 struct Writer {
@@ -383,6 +393,7 @@ impl ClickHouseSink {
             queue_max_bytes: args.queue_max_bytes.max(1),
             wh,
             table: args.table.clone(),
+            stats: StatsCache::new(),
         }))
     }
 
@@ -556,6 +567,29 @@ impl EventSink for ClickHouseSink {
                 q.from.is_none_or(|f| e.ts >= f) && q.to.is_none_or(|t| e.ts < t)
             })
             .collect())
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> Result<Arc<Vec<StatsBucket>>, HistoryError> {
+        let subject = match q.subject {
+            StatsSubject::Portfolio { .. } => "portfolio",
+            StatsSubject::Model { .. } => "model",
+        };
+        if let Some(hit) = self.stats.get(q) {
+            metrics::counter!("riskhost_stats_requests_total", "subject" => subject, "outcome" => "hit")
+                .increment(1);
+            return Ok(hit);
+        }
+        let now = Utc::now();
+        let started = Instant::now();
+        let answer = query_stats(&self.wh, &self.table, q).await;
+        metrics::histogram!("riskhost_stats_query_seconds", "subject" => subject)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if answer.is_ok() { "miss" } else { "error" };
+        metrics::counter!("riskhost_stats_requests_total", "subject" => subject, "outcome" => outcome)
+            .increment(1);
+        let answer = Arc::new(answer?);
+        self.stats.put(q.clone(), answer.clone(), now);
+        Ok(answer)
     }
 }
 

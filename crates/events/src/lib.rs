@@ -8,6 +8,10 @@
 //! - [`ClickHouseSink`] (`clickhouse.rs`): batched inserts into a MergeTree
 //!   table ([`create_events_table`]), with a local append-only spool
 //!   (`spool.rs`) while ClickHouse is down or slow.
+//! - `analytics.rs`: the per-day and per-hour aggregates ClickHouse keeps
+//!   of the events (materialized views, [`backfill_analytics`]) and
+//!   [`EventSink::stats`], which reads them ([`StatsQuery`] →
+//!   [`StatsBucket`]s), behind an in-process cache.
 //! - [`with_request`], [`current_request_id`], [`current_key_id`]: the
 //!   request an event belongs to, kept in a task-local by the HTTP layer
 //!   (which owns the `x-request-id` header and authentication) and read by
@@ -18,9 +22,13 @@
 //!
 //! The crate's API is what this file defines and re-exports.
 
+mod analytics;
 mod clickhouse;
 mod spool;
 
+pub use self::analytics::{
+    Backfill, Bucket, StatsBucket, StatsQuery, StatsSubject, backfill_analytics,
+};
 pub use self::clickhouse::{ClickHouseSink, create_events_table};
 
 use std::collections::BTreeMap;
@@ -260,6 +268,11 @@ pub trait EventSink: Send + Sync + 'static {
     async fn flush(&self, timeout: Duration);
     /// A portfolio's recorded scores, oldest first.
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError>;
+    /// Aggregates of the recorded scores per bucket, oldest first. Only a
+    /// sink that stores events has them.
+    async fn stats(&self, _query: &StatsQuery) -> Result<Arc<Vec<StatsBucket>>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
 }
 
 /// Drops events (the default).

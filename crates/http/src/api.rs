@@ -96,7 +96,9 @@ pub(crate) fn documented_routes(
         .routes(routes!(list_models))
         .routes(routes!(purge_cache))
         .routes(routes!(purge_model_cache))
-        .routes(routes!(crate::request_log::score_history));
+        .routes(routes!(crate::request_log::score_history))
+        .routes(routes!(crate::stats::portfolio_stats))
+        .routes(routes!(crate::stats::model_stats));
     let models = crate::admin::routes(max_component_bytes);
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limits.requests.wrap(v1, true))

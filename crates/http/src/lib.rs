@@ -10,6 +10,7 @@
 //!   ([`RequestLimits`]).
 //! - `request_log.rs`: the request id, the per-request span and access
 //!   line, and the score-history route.
+//! - `stats.rs`: the score-statistics routes (aggregates per day or hour).
 //! - `openapi.rs`: the OpenAPI document's frame ([`openapi_document`]).
 //!
 //! The crate's API is what this file re-exports.
@@ -24,6 +25,7 @@ mod backtests;
 mod limits;
 mod openapi;
 mod request_log;
+mod stats;
 
 pub use self::api::{ApiError, AppState, HttpLimits, router};
 pub use self::limits::RequestLimits;

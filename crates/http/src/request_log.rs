@@ -120,7 +120,11 @@ pub(crate) struct HistoryResponse {
 
 const MAX_LIMIT: u32 = 10_000;
 
-fn parse_bound(name: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_bound(
+    name: &str,
+    text: &str,
+    end_of_day: bool,
+) -> Result<DateTime<Utc>, String> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let day = if end_of_day {
             date.succ_opt().unwrap_or(date)

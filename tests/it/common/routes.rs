@@ -12,6 +12,8 @@ pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/models/{name}/versions", Some("score")),
     ("GET", "/v1/fleet", Some("score")),
     ("GET", "/v1/portfolios/{id}/scores", Some("score")),
+    ("GET", "/v1/portfolios/{id}/stats", Some("score")),
+    ("GET", "/v1/models/{name}/stats", Some("score")),
     ("POST", "/v1/backtests", Some("score")),
     ("GET", "/v1/backtests/{id}", Some("score")),
     ("GET", "/v1/backtests/{id}/report.html", Some("score")),

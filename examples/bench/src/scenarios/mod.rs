@@ -9,6 +9,7 @@
 //! `riskhost serve` (release build) on loopback ([`crate::service`]) and load
 //! it with [`crate::loadgen`].
 
+pub(crate) mod analytics;
 pub(crate) mod backtest;
 pub(crate) mod batch;
 pub(crate) mod batching;
@@ -98,6 +99,11 @@ pub(crate) const ALL: &[Scenario] = &[
         key: "fleet",
         name: "11. a fleet of three replicas sharing a PostgreSQL registry",
         run: fleet::run,
+    },
+    Scenario {
+        key: "analytics",
+        name: "12. score analytics: aggregates vs raw events, 10M events",
+        run: analytics::run,
     },
     Scenario {
         key: "sizes",
