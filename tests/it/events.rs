@@ -101,13 +101,18 @@ fn every_score_is_recorded_across_a_clickhouse_outage() {
         "the spool is replayed and every score is in ClickHouse",
         Duration::from_secs(120),
         // Rows are visible before their insert returns (the more so with
-        // the analytics views to feed), and the spool is trimmed only then.
+        // the analytics views to feed), and the spool is trimmed and the
+        // written counter moved only then.
         || {
             count(&ch, "") == Some(served)
                 && server
                     .metric("riskhost_events_spool_pending")
                     .unwrap_or(0.0)
                     == 0.0
+                && server
+                    .metric("riskhost_events_written_total")
+                    .unwrap_or(0.0) as u64
+                    == served
         },
     );
     assert_eq!(
