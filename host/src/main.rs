@@ -3,11 +3,6 @@
 
 use clap::{CommandFactory, FromArgMatches};
 
-/// mimalloc instead of glibc's malloc, which led the profile of an L1 hit
-/// (BENCHMARKS.md, "Allocator"). Only the binary chooses; the crates do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let config_file = match riskhost::apply_config_file(&args) {
