@@ -33,4 +33,4 @@ mod tooling;
 pub use self::cli::run;
 pub use self::config::Cli;
 pub use self::server::serve_in_process;
-pub use self::settings_file::{ConfigFile, apply_config_file, print_effective};
+pub use self::settings_file::{ConfigFile, apply_config_file, apply_secret_files, print_effective};

@@ -1,10 +1,17 @@
-//! The `riskhost` binary: reads the configuration file into the environment,
-//! parses the command line and runs a subcommand.
+//! The `riskhost` binary: reads secret files and the configuration file into
+//! the environment, parses the command line and runs a subcommand.
 
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let from_secret_files = match riskhost::apply_secret_files(&riskhost::Cli::command()) {
+        Ok(variables) => variables,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let config_file = match riskhost::apply_config_file(&args) {
         Ok(path) => path,
         Err(error) => {
@@ -12,11 +19,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // After both: clap reads the environment when a command is built.
     let mut command = riskhost::Cli::command();
     let matches = command.get_matches_mut();
     if let Some(("config", sub)) = matches.subcommand() {
         if let Some(config) = command.find_subcommand("config") {
-            riskhost::print_effective(config, sub, config_file.as_ref());
+            riskhost::print_effective(config, sub, config_file.as_ref(), &from_secret_files);
         }
         return std::process::ExitCode::SUCCESS;
     }

@@ -7,6 +7,12 @@
 //! variable, so one mechanism serves every flag. `riskhost config` prints the
 //! effective value of every setting and where it came from, with secrets
 //! redacted.
+//!
+//! A secret setting (one whose environment value clap hides) can also be
+//! read from a file named by `<VARIABLE>_FILE`, the convention of Docker and
+//! Kubernetes secrets mounted as files: an environment variable shows in
+//! `/proc/<pid>/environ`, crash dumps and `kubectl describe`, a mounted file
+//! does not.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -77,6 +83,60 @@ pub fn apply_config_file(args: &[OsString]) -> anyhow::Result<Option<ConfigFile>
         }
     }
     Ok(Some(ConfigFile { path, variables }))
+}
+
+/// Reads every secret setting named by a `<VARIABLE>_FILE` variable into
+/// `<VARIABLE>`, for every subcommand of `command`, and answers the
+/// variables it set. Runs before the configuration file is applied, so a
+/// secret file outranks the file as its variable would. A variable whose
+/// `_FILE` twin is a setting of its own (`RISKHOST_API_KEYS_FILE`, a file of
+/// key lines) is left to that setting.
+pub fn apply_secret_files(command: &Command) -> anyhow::Result<Vec<String>> {
+    let mut all_envs = Vec::new();
+    let mut secret_envs = Vec::new();
+    collect_envs(command, &mut all_envs, &mut secret_envs);
+    let mut applied = Vec::new();
+    for variable in secret_envs {
+        let file_variable = format!("{variable}_FILE");
+        if all_envs.contains(&file_variable) || applied.contains(&variable) {
+            continue;
+        }
+        let Some(path) = std::env::var_os(&file_variable) else {
+            continue;
+        };
+        if std::env::var_os(&variable).is_some() {
+            bail!("both {variable} and {file_variable} are set; set one of them");
+        }
+        let value = std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {file_variable}={}", Path::new(&path).display())
+        })?;
+        // Files written by `echo` or an editor end in a newline that is not
+        // part of the secret.
+        let value = value
+            .strip_suffix('\n')
+            .map(|v| v.strip_suffix('\r').unwrap_or(v))
+            .unwrap_or(&value);
+        // SAFETY: called at start-up from `main`, before any thread exists.
+        unsafe { std::env::set_var(&variable, value) };
+        applied.push(variable);
+    }
+    Ok(applied)
+}
+
+/// Every environment variable of `command` and its subcommands, and those
+/// of them whose values clap hides (the secrets).
+fn collect_envs(command: &Command, all: &mut Vec<String>, secret: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
+            all.push(env.to_owned());
+            if arg.is_hide_env_values_set() {
+                secret.push(env.to_owned());
+            }
+        }
+    }
+    for sub in command.get_subcommands() {
+        collect_envs(sub, all, secret);
+    }
 }
 
 /// The `[[api_keys]]` array of tables as `--api-key` values, `;`-separated.
@@ -175,7 +235,12 @@ fn redact_parameters(value: &str, url: bool) -> String {
 
 /// Prints every setting of `command` (the `serve` command's arguments) with
 /// its effective value and source.
-pub fn print_effective(command: &Command, matches: &ArgMatches, config_file: Option<&ConfigFile>) {
+pub fn print_effective(
+    command: &Command,
+    matches: &ArgMatches,
+    config_file: Option<&ConfigFile>,
+    from_secret_files: &[String],
+) {
     use std::fmt::Write as _;
     let mut out = String::from(
         "# effective riskhost configuration (flag > RISKHOST_* env > config file > default)\n",
@@ -214,14 +279,14 @@ pub fn print_effective(command: &Command, matches: &ArgMatches, config_file: Opt
             .map(|e| e.to_string_lossy().into_owned())
             .unwrap_or_default();
         let from_file = config_file.is_some_and(|f| f.variables.contains(&env));
-        let source = if from_file && source == "env" {
-            "file"
-        } else {
-            source
+        let source = match source {
+            "env" if from_secret_files.contains(&env) => "env file",
+            "env" if from_file => "file",
+            other => other,
         };
         let _ = writeln!(
             out,
-            "{:<28} = {:<40} # {source:<7} {env}",
+            "{:<28} = {:<40} # {source:<8} {env}",
             id.replace('_', "-"),
             shown
         );

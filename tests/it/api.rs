@@ -529,6 +529,72 @@ fn config_prints_effective_settings_with_sources_and_redacts_secrets() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`nested` is a table"));
 }
 
+/// A secret read from a mounted file (`RISKHOST_<NAME>_FILE`) is used as
+/// its variable would be, shown as coming from a file and never printed; a
+/// variable set both ways, or a file that cannot be read, stops start-up.
+#[test]
+fn secrets_can_come_from_files_named_by_file_variables() {
+    let dir = TempDir::new("secret-files");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-s3cret\n").expect("write");
+    let config = |envs: &[(&str, &std::path::Path)]| {
+        let mut command = std::process::Command::new(common::binary());
+        command.arg("config").env_remove("RISKHOST_ADMIN_TOKEN");
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        command.output().expect("run riskhost config")
+    };
+    let output = config(&[("RISKHOST_ADMIN_TOKEN_FILE", &token_file)]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("admin-token "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("<redacted>") && line.contains("env file"),
+        "{text}"
+    );
+    assert!(!text.contains("file-s3cret"), "a secret leaked: {text}");
+
+    // A value read from a file is the variable's value, its newline trimmed.
+    let url_file = dir.path().join("postgres-url");
+    std::fs::write(&url_file, "postgres://riskhost:pw@127.0.0.1:5999/risk\n").expect("write");
+    let output = config(&[("RISKHOST_POSTGRES_URL_FILE", &url_file)]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("postgres-url "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("postgres://riskhost:***@127.0.0.1:5999/risk ") && line.contains("env file"),
+        "{text}"
+    );
+
+    let mut both = std::process::Command::new(common::binary());
+    let both = both
+        .arg("config")
+        .env("RISKHOST_ADMIN_TOKEN", "x")
+        .env("RISKHOST_ADMIN_TOKEN_FILE", &token_file)
+        .output()
+        .expect("run");
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr)
+            .contains("both RISKHOST_ADMIN_TOKEN and RISKHOST_ADMIN_TOKEN_FILE"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let missing = config(&[("RISKHOST_POSTGRES_URL_FILE", &dir.path().join("absent"))]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("RISKHOST_POSTGRES_URL_FILE"));
+}
+
 /// A path parameter that is not UTF-8 once decoded (`%FF`) is refused with
 /// a JSON error on every route that has one, as every other error is.
 #[test]
