@@ -667,6 +667,30 @@ fn undecodable_path_parameters_get_json_errors_on_every_route() {
     }
 }
 
+/// An upload to a path that no model can be called is refused for its name
+/// before the body is used: no OCI registry is asked (it would answer 502
+/// here, where `unreachable.invalid` resolves to nothing).
+#[test]
+fn an_upload_to_an_invalid_model_name_is_refused_before_any_pull() {
+    let server = Server::start(&["--admin-token", "name-s3cret"]);
+    for name in ["Bad_Name", "%C3%94V", "-x", "a--b"] {
+        let response = server
+            .client
+            .put(server.url(&format!("/v1/models/{name}")))
+            .bearer_auth("name-s3cret")
+            .json(&json!({"oci": "unreachable.invalid/models/x:1"}))
+            .send()
+            .expect("upload");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().unwrap_or_default();
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_model_name",
+            "{name}: {body}"
+        );
+    }
+}
+
 /// A quantity whose valuation no model can compute in f64 is the request's
 /// fault: 422 naming the position, before any model runs.
 #[test]

@@ -106,11 +106,14 @@ fn the_document_lists_exactly_the_routes_served_with_their_scopes() {
         let op = &doc["paths"][path][method.to_lowercase()];
         match scope {
             Some(scope) => {
-                assert_eq!(
-                    op["security"],
-                    json!([{"bearer": [scope]}]),
-                    "{method} {path}"
-                );
+                // This server scores anonymously (the harness's default), so
+                // its document makes the key optional where `score` suffices.
+                let security = if *scope == "score" {
+                    json!([{}, {"bearer": [scope]}])
+                } else {
+                    json!([{"bearer": [scope]}])
+                };
+                assert_eq!(op["security"], security, "{method} {path}");
                 for status in ["401", "403", "429"] {
                     assert!(
                         op["responses"][status].is_object(),
@@ -144,7 +147,7 @@ fn the_document_lists_exactly_the_routes_served_with_their_scopes() {
     let batch = &doc["paths"]["/v1/score/batch"]["post"]["responses"]["200"]["content"];
     assert!(batch["application/json"].is_object() && batch["application/x-ndjson"].is_object());
     let upload = &doc["paths"]["/v1/models/{name}"]["put"]["requestBody"]["content"];
-    let schema = &upload["application/wasm"]["schema"];
+    let schema = &upload["application/octet-stream"]["schema"];
     let schema = schema["$ref"]
         .as_str()
         .and_then(|r| doc.pointer(r.trim_start_matches('#')))
@@ -218,10 +221,53 @@ fn the_cli_prints_the_same_document() {
         .expect("riskhost openapi");
     assert!(out.status.success());
     let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let server = Server::start(&[]);
+    // The CLI prints the document of the default settings.
+    let server = Server::start(&["--anonymous-scoring=false"]);
     let (status, served) = server.get("/openapi.json");
     assert_eq!(status, 200);
     assert_eq!(printed, served);
+}
+
+/// The served document states the bounds of this server's flags, and under
+/// `--anonymous-scoring` that a key is optional for scoring.
+#[test]
+fn the_served_document_follows_the_servers_limits_and_key_policy() {
+    let server = Server::start(&["--batch-max-models", "4", "--max-positions", "50"]);
+    let (_, doc) = server.get("/openapi.json");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["models"]["maxItems"],
+        4
+    );
+    assert_eq!(
+        schemas["PortfolioInput"]["properties"]["positions"]["maxItems"],
+        50
+    );
+    assert_eq!(
+        doc["paths"]["/v1/score"]["post"]["security"],
+        json!([{}, {"bearer": ["score"]}])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/models/{name}"]["put"]["security"],
+        json!([{"bearer": ["admin"]}])
+    );
+    // What the document promises is what the server does: 4 models pass
+    // the bound, 5 are refused with 413.
+    let models = [
+        "var-historical",
+        "es-historical",
+        "var-parametric",
+        "var-historical@1.0.0",
+        "es-historical@1.0.0",
+    ];
+    let batch = |n: usize| {
+        server.post(
+            "/v1/score/batch",
+            &json!({"models": models[..n], "portfolios": [{"id": "tech"}]}),
+        )
+    };
+    assert_ne!(batch(4).0, 413, "{}", batch(4).1);
+    assert_eq!(batch(5).0, 413, "{}", batch(5).1);
 }
 
 #[test]

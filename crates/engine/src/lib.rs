@@ -56,7 +56,7 @@ pub use self::validate::{
 };
 use bindings::{Job, MarketData, ModelError, Score};
 
-pub use self::name::{InvalidModelName, ModelName};
+pub use self::name::{InvalidModelName, MAX_MODEL_NAME_BYTES, ModelName};
 
 /// Why the engine itself could not be set up (not a model's fault).
 #[derive(Debug, Clone, thiserror::Error)]

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// The longest model name, in bytes.
-pub(crate) const MAX_MODEL_NAME_BYTES: usize = 64;
+pub const MAX_MODEL_NAME_BYTES: usize = 64;
 
 /// A checked model name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -74,7 +74,7 @@ impl From<DeployError> for ApiError {
 struct OciSource {
     /// `REGISTRY/REPOSITORY@sha256:…`, or a tag, resolved to its digest
     /// once, now: the digest is what is recorded and served.
-    #[schema(example = "ghcr.io/acme/var-historical@sha256:…")]
+    #[schema(example = "ghcr.io/acme/var-historical:1.0.0")]
     oci: String,
 }
 
@@ -151,9 +151,10 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         ("x-riskhost-signature" = Option<String>, Header, description = "Base64 of the model's detached `.sig` file (`riskhost model sign`); required with `--require-signatures`"),
     ),
     request_body(
-        description = "The component's bytes, or where to pull it from: `{\"oci\": \"REGISTRY/REPO@sha256:…\"}` (a tag is resolved to its digest once; the artifact's signature comes along)",
+        description = "The component's bytes (`application/octet-stream`; `application/wasm` is accepted as well), or where to pull it from: `{\"oci\": \"REGISTRY/REPO@sha256:…\"}` (a tag is resolved to its digest once; the artifact's signature comes along)",
         content(
-            (crate::openapi::ComponentBytes = "application/wasm"),
+            // `application/wasm` stays out of the document: openapi-python-client
+            // refuses an operation that lists a media type it does not know.
             (crate::openapi::ComponentBytes = "application/octet-stream"),
             (OciSource = "application/json"),
         )
@@ -167,7 +168,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         (status = 502, description = "The OCI registry is unreachable, refused the credentials or answered outside the protocol (`oci_unreachable`, `oci_unauthorized`, `oci_protocol_error`)", body = ErrorBody),
         (status = 409, description = "The model was purged while the version was being deployed; nothing changed (`version_removed`)", body = ErrorBody),
         (status = 415, description = "Not `application/wasm` or `application/octet-stream`", body = ErrorBody),
-        (status = 422, description = "Not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`); from a registry: a bad reference, a layer whose digest does not match, an artifact that is not a component, or one over `--max-component-mib` (`invalid_oci_reference`, `invalid_body`, `oci_digest_mismatch`, `oci_not_a_component`, `oci_artifact_too_large`)", body = ErrorBody),
+        (status = 422, description = "A path that is no model name (`invalid_model_name`); not a valid model, its name differs, or its signature is missing, invalid or from an untrusted publisher (`invalid_model`, `model_name_mismatch`, `signature_missing`, `signature_invalid`, `untrusted_publisher`); from a registry: a bad reference, a layer whose digest does not match, an artifact that is not a component, or one over `--max-component-mib` (`invalid_oci_reference`, `invalid_body`, `oci_digest_mismatch`, `oci_not_a_component`, `oci_artifact_too_large`)", body = ErrorBody),
         (status = 500, description = "The store failed (`store_error`), or this replica could not serve what the registry now holds (`internal_error`)", body = ErrorBody),
         (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
@@ -190,6 +191,16 @@ async fn upload(
                 .trim()
                 .to_ascii_lowercase()
         });
+    // Before anything is read or pulled: a name no model can have is the
+    // caller's error, whatever the body (an OCI pull would otherwise run
+    // first, and fail with the registry's error instead).
+    riskhost_engine::ModelName::parse(&name).map_err(|invalid| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_model_name",
+            invalid.to_string(),
+        )
+    })?;
     let from_registry = content_type.as_deref() == Some("application/json");
     if let Some(ct) = content_type.as_deref()
         && !from_registry
@@ -254,7 +265,7 @@ async fn versions(
     Ok(Json(state.catalog.versions(&name).await?))
 }
 
-/// The body of a rollback; empty means `{}`.
+/// The body of a rollback; empty or `null` means `{}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
@@ -289,10 +300,14 @@ async fn rollback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Deployed>, ApiError> {
     let body = body.map_err(body_error)?;
+    // An empty body and JSON `null` both mean "no options": generated
+    // clients send `null` for an optional body left unset.
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest { to: None }
     } else {
-        serde_json::from_slice::<RollbackRequest>(&body).map_err(json_error)?
+        serde_json::from_slice::<Option<RollbackRequest>>(&body)
+            .map_err(json_error)?
+            .unwrap_or(RollbackRequest { to: None })
     };
     Ok(Json(
         state

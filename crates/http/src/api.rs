@@ -117,9 +117,19 @@ pub(crate) fn documented_routes(
 /// line of the request is inside a span naming it.
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
-    let (routes, _document) =
+    let (routes, document) =
         documented_routes(limits.clone(), max_component_bytes).split_for_parts();
+    let documented_limits = crate::openapi::DocumentedLimits {
+        scoring: state.scoring.settings(),
+        backtest: state.backtest_limits,
+    };
+    let document =
+        crate::openapi::served(document, &documented_limits, state.auth.anonymous_scoring());
+    let document = ServedDocument(Bytes::from(
+        serde_json::to_vec(&document).unwrap_or_default(),
+    ));
     routes
+        .layer(axum::Extension(document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -659,20 +669,21 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "The OpenAPI document",
         content((crate::openapi::DocumentSchema = "application/json"))))
 )]
-async fn openapi_json() -> Response {
-    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let document = DOCUMENT.get_or_init(|| {
-        Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default())
-    });
+async fn openapi_json(axum::Extension(document): axum::Extension<ServedDocument>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        document.clone(),
+        document.0,
     )
         .into_response()
 }
+
+/// The document this server serves, encoded once: it states the limits of
+/// this server's flags.
+#[derive(Clone)]
+struct ServedDocument(Bytes);
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::new(

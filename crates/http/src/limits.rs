@@ -41,14 +41,17 @@ impl RequestLimits {
     /// `with_timeout`, the request timeout. Model uploads go without the
     /// timeout: a deploy is not cut off half-way (the engine bounds
     /// compilation itself).
+    /// Its answers (503 `overloaded`, 504 `request_timeout`) are added to
+    /// every operation of `router`'s document.
     pub(crate) fn wrap<S>(
         &self,
-        router: utoipa_axum::router::OpenApiRouter<S>,
+        mut router: utoipa_axum::router::OpenApiRouter<S>,
         with_timeout: bool,
     ) -> utoipa_axum::router::OpenApiRouter<S>
     where
         S: Clone + Send + Sync + 'static,
     {
+        crate::openapi::document_limit_answers(router.get_openapi_mut(), with_timeout);
         let timeout = self.timeout;
         let on_error =
             move |error: BoxError| async move { overloaded_or_timed_out(error, timeout) };

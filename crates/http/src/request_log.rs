@@ -103,8 +103,10 @@ pub(crate) struct HistoryParams {
     /// Only this model's scores.
     pub(crate) model: Option<String>,
     /// `YYYY-MM-DD` (start of that day, UTC) or RFC 3339; inclusive.
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) from: Option<String>,
     /// `YYYY-MM-DD` (the whole day is included) or RFC 3339 (exclusive).
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) to: Option<String>,
     /// At most 10,000; 1,000 by default.
     #[param(minimum = 1, maximum = 10000)]

@@ -31,11 +31,14 @@ pub(crate) struct PortfolioStatsParams {
     pub(crate) model: Option<String>,
     /// `YYYY-MM-DD` or RFC 3339, rounded down to its bucket; inclusive. By
     /// default 30 buckets before `to`.
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) from: Option<String>,
     /// `YYYY-MM-DD` (the whole day is included) or RFC 3339, rounded up to
     /// a bucket's end; exclusive. By default the end of the current bucket.
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) to: Option<String>,
     /// `day` (default) or `hour`.
+    #[param(inline, value_type = Option<Bucket>)]
     pub(crate) bucket: Option<String>,
 }
 
@@ -48,10 +51,13 @@ pub(crate) struct ModelStatsParams {
     /// version).
     pub(crate) version: Option<String>,
     /// As for the portfolio statistics.
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) from: Option<String>,
     /// As for the portfolio statistics.
+    #[param(schema_with = crate::openapi::date_or_date_time)]
     pub(crate) to: Option<String>,
     /// `day` (default) or `hour`.
+    #[param(inline, value_type = Option<Bucket>)]
     pub(crate) bucket: Option<String>,
 }
 

@@ -238,6 +238,11 @@ impl ScoringService {
         &self.events
     }
 
+    /// The limits and policies this service scores under.
+    pub fn settings(&self) -> &ScoringSettings {
+        &self.settings
+    }
+
     pub fn registry(&self) -> &Arc<ModelRegistry> {
         &self.registry
     }
