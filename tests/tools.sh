@@ -5,14 +5,21 @@
 # free port) and a Python virtualenv with scipy (tests/backtest_fixtures.py
 # computes the backtest statistics independently with it) and oras (an
 # independent OCI client for tests/it/oci.rs). Prints the venv's python,
-# which tests/run.sh exports as RISKHOST_TEST_PYTHON. Installs nothing
-# present.
+# which tests/run.sh exports as RISKHOST_TEST_PYTHON. The same venv holds
+# the API tools of tests/it/api_tools.rs: schemathesis, and two client
+# generators (openapi-python-client; openapi-generator-cli, whose wheel
+# carries the generator's jar and runs on the machine's Java 17) with what
+# their generated clients import. Installs nothing present.
 set -euo pipefail
 
 SCIPY_VERSION=1.14.1
 ORAS_VERSION=0.2.25
 # The htpasswd file of a registry that requires credentials (tests/it/oci.rs).
 BCRYPT_VERSION=4.2.1
+SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+OPENAPI_GENERATOR_VERSION=7.26.0
+PYTHON_DATEUTIL_VERSION=2.9.0.post0
 
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (Debian package)" >&2
@@ -35,5 +42,18 @@ fi
 if ! "$venv/bin/python" -c 'import oras.client, bcrypt' >/dev/null 2>&1; then
     echo "installing oras $ORAS_VERSION and bcrypt $BCRYPT_VERSION into $venv" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check "oras==$ORAS_VERSION" "bcrypt==$BCRYPT_VERSION" >&2
+fi
+if ! "$venv/bin/python" -c 'import schemathesis, openapi_python_client, openapi_generator_cli, dateutil, pydantic' >/dev/null 2>&1; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION, openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION and openapi-generator-cli $OPENAPI_GENERATOR_VERSION into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "schemathesis==$SCHEMATHESIS_VERSION" \
+        "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION" \
+        "openapi-generator-cli==$OPENAPI_GENERATOR_VERSION" \
+        "python-dateutil==$PYTHON_DATEUTIL_VERSION" >&2
+fi
+if ! command -v java >/dev/null 2>&1; then
+    echo "installing a Java runtime for openapi-generator (Debian package)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null
 fi
 echo "$venv/bin/python"

@@ -7,6 +7,7 @@ mod common;
 
 mod analytics;
 mod api;
+mod api_tools;
 mod auth;
 mod backtest;
 mod batch;
