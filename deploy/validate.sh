@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Validates what can be validated without Docker or a cluster: the alert
-# rules (promtool, installed from Debian if missing), the Prometheus config,
+# rules (promtool, installed from Debian if missing) and their unit tests
+# (prometheus/alerts.test.yml: every alert fires and stays silent in at
+# least one case each), the Prometheus config,
 # the Grafana dashboard (regenerated and compared, JSON structure, every
 # metric it plots is one riskhost exports), and the YAML of the compose file
 # and Kubernetes manifests (parse, expected kinds, probes and limits).
@@ -12,6 +14,7 @@ if ! command -v promtool >/dev/null; then
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 fi
 promtool check rules prometheus/alerts.yml
+promtool test rules prometheus/alerts.test.yml
 # The config references the rules by their in-container path; check a copy.
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 sed "s#/etc/prometheus/alerts.yml#$PWD/prometheus/alerts.yml#" prometheus/prometheus.yml > "$tmp/prometheus.yml"
@@ -40,6 +43,14 @@ for p in dash["panels"]:
         assert t.get("expr") or t.get("rawSql"), f"panel {p['title']} has an empty query"
         plotted |= {base(m) for m in re.findall(r"riskhost_[a-z0-9_]+", t.get("expr", ""))}
 rules = yaml.safe_load((root / "prometheus/alerts.yml").read_text())
+alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+cases = [c for t in yaml.safe_load((root / "prometheus/alerts.test.yml").read_text())["tests"]
+         for c in t.get("alert_rule_test", [])]
+fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
+silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+assert alerts <= fires, f"alerts without a test where they fire: {sorted(alerts - fires)}"
+assert alerts <= silent, f"alerts without a test where they stay silent: {sorted(alerts - silent)}"
+assert (fires | silent) <= alerts, f"tests of alerts that do not exist: {sorted((fires | silent) - alerts)}"
 alerted = {base(m) for g in rules["groups"] for r in g["rules"] for m in re.findall(r"riskhost_[a-z0-9_]+", r["expr"])}
 missing = sorted((plotted | alerted) - exported)
 if missing:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the tests drive besides the services: Debian's
+# `prometheus` for promtool (tests/it/metrics.rs runs `promtool check
+# metrics` on a scrape), Debian's
 # headless `chromium` (the backtest report is rendered in it), Debian's
 # `docker-registry` (distribution 2.8: each OCI test starts its own on a
 # free port) and a Python virtualenv with scipy (tests/backtest_fixtures.py
@@ -20,6 +22,12 @@ SCHEMATHESIS_VERSION=4.32.5
 OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
 OPENAPI_GENERATOR_VERSION=7.26.0
 PYTHON_DATEUTIL_VERSION=2.9.0.post0
+
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "installing promtool (Debian package prometheus)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (Debian package)" >&2

@@ -40,18 +40,23 @@ panels = [
         legend=["{{route}}"]),
     panel(2, "HTTP latency p50 / p99 by route", quantiles("riskhost_http_request_duration_seconds", "route"),
           12, 0, "s", legend=["p50 {{route}}", "p99 {{route}}"]),
-    panel(3, "Error rate (5xx share)", [
-        'sum(rate(riskhost_http_requests_total{status=~"5.."}[5m])) / sum(rate(riskhost_http_requests_total[5m]))',
+    # By cause (riskhost_http_errors_total): `server` is what pages
+    # (RiskhostErrorRateHigh); `model` and `caller` come from request content.
+    panel(3, "Error answers by cause (share of requests) and model call failures", [
+        'sum by (cause) (rate(riskhost_http_errors_total[5m])) / scalar(sum(rate(riskhost_http_requests_total[5m])))',
         'sum by (model, kind) (rate(riskhost_model_errors_total[5m]))'], 0, 8, "percentunit",
-        legend=["5xx share", "{{model}} {{kind}}"]),
+        legend=["{{cause}}", "{{model}} {{kind}} calls/s"]),
     panel(4, "Model call latency p50 / p99", quantiles("riskhost_model_call_duration_seconds", "model, version", MODEL),
           12, 8, "s", legend=["p50 {{model}} {{version}}", "p99 {{model}} {{version}}"]),
     panel(5, "Jobs scored per second by model and outcome", [
         f'sum by (model, outcome) (rate(riskhost_model_jobs_total{{{MODEL}}}[1m]))'], 0, 16, "ops",
         legend=["{{model}} {{outcome}}"]),
+    # Every lookup records one tier="l1" result, and with Redis each l1 miss
+    # one tier="l2" result: lookups are the l1 results, hits those of both
+    # tiers (as RiskhostCacheHitRateLow counts them).
     panel(6, "Cache hit rate by model", [
         f'sum by (model) (rate(riskhost_cache_lookups_total{{result="hit",{MODEL}}}[5m])) '
-        f'/ sum by (model) (rate(riskhost_cache_lookups_total{{{MODEL}}}[5m]))',
+        f'/ sum by (model) (rate(riskhost_cache_lookups_total{{tier="l1",{MODEL}}}[5m]))',
         'sum by (tier) (rate(riskhost_cache_lookups_total{result="hit"}[5m]))'], 12, 16, "percentunit",
         legend=["{{model}}", "hits/s {{tier}}"]),
     panel(7, "Batch sizes p50 / p99 (model calls and dynamic batches)",

@@ -215,9 +215,13 @@ fn every_day_equals_the_single_score_as_of_that_day_and_the_pnl_its_closes() {
 fn a_backtest_is_memoized_and_metered_like_any_score() {
     let dir = TempDir::new("backtest-memo");
     let (server, _plugins) = start(&dir, &[]);
-    let jobs = |s: &Server| {
-        s.metric("riskhost_model_jobs_total{model=\"var-historical\"")
-            .unwrap_or(0.0)
+    // Every outcome's series (they exist at 0 from the model's load).
+    let jobs = |s: &Server| -> f64 {
+        s.get_text("/metrics")
+            .lines()
+            .filter(|l| l.starts_with("riskhost_model_jobs_total{model=\"var-historical\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let (status, first) = run_backtest(&server, "2021-02-15", "2021-04-30");
     assert_eq!(status, 201, "{first}");

@@ -2,13 +2,15 @@
 //! (scores that miss and then hit both cache tiers, a batch, errors, an
 //! admin upload), `/metrics` holds conventionally named metrics with the
 //! expected labels, histograms with buckets, and counts equal to what was
-//! sent.
+//! sent; the counters alerts read exist at 0 from a model's load; errors
+//! are counted by whose fault they are; and `promtool check metrics`
+//! accepts the scrape (every metric has HELP text).
 
 use crate::common;
 
 use std::collections::BTreeMap;
 
-use common::{Server, workspace};
+use common::{Server, admin_request, answer, plugins_with, put_model, test_plugins_dir, workspace};
 use serde_json::json;
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/";
@@ -375,5 +377,293 @@ fn odd_methods_and_paths_do_not_grow_the_scrape() {
             "riskhost_http_requests_total",
             &[("method", "GET")]
         ) >= 2.0
+    );
+}
+
+/// `promtool check metrics` on `text`: its exit status and what it printed.
+fn promtool_check(text: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`): run tests/tools.sh, as tests/run.sh does");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the scrape to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+/// Issue 23, findings 4 to 6. Right after the models load, the counters
+/// alerts read exist at 0 (so `increase()` counts the first event); after
+/// traffic that reaches most paths (cache misses and hits in both tiers,
+/// a batch, a model trap, a quantity too large to value, an auth failure,
+/// an upload that swaps, a delete and a re-upload), errors are counted by
+/// cause and `promtool check metrics` accepts the scrape.
+#[test]
+fn promtool_accepts_the_scrape_and_alerted_counters_start_at_zero() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let prefix = format!("riskhost-it-promtool-{}-{nanos}", std::process::id());
+    let plugins = plugins_with(
+        &["var-historical", "var-parametric"],
+        &["hostile-panic", "versioned-a"],
+    );
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--admin-token",
+        TOKEN,
+        "--redis-url",
+        SHARED_REDIS,
+        "--redis-prefix",
+        &prefix,
+        "--redis-timeout-ms",
+        "2000",
+    ]);
+
+    // At load, before any request: every label value, at 0.
+    let samples = parse(&server.get_text("/metrics"));
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert_eq!(found, [0.0], "{name} {labels:?}");
+    };
+    at_zero("riskhost_model_load_failures_total", &[]);
+    for (model, version) in [
+        ("var-historical", "1.0.0"),
+        ("var-parametric", "1.0.0"),
+        ("hostile-panic", "1.0.0"),
+        ("versioned", "1.0.0"),
+    ] {
+        let mv = [("model", model), ("version", version)];
+        for kind in [
+            "model_timeout",
+            "model_resource_exhausted",
+            "model_trap",
+            "model_unavailable",
+        ] {
+            at_zero(
+                "riskhost_model_errors_total",
+                &[mv[0], mv[1], ("kind", kind)],
+            );
+        }
+        for outcome in ["ok", "invalid_input", "insufficient_data", "internal"] {
+            at_zero(
+                "riskhost_model_jobs_total",
+                &[mv[0], mv[1], ("outcome", outcome)],
+            );
+        }
+        at_zero("riskhost_model_rejected_total", &[mv[0]]);
+        at_zero("riskhost_model_swaps_total", &[mv[0]]);
+        at_zero("riskhost_cache_coalesced_total", &[mv[0]]);
+        for (tier, result) in [
+            ("l1", "hit"),
+            ("l1", "miss"),
+            ("l2", "hit"),
+            ("l2", "miss"),
+            ("l2", "bypass"),
+            ("l2", "error"),
+        ] {
+            at_zero(
+                "riskhost_cache_lookups_total",
+                &[mv[0], ("tier", tier), ("result", result)],
+            );
+        }
+    }
+    for cause in ["caller", "model", "server"] {
+        at_zero(
+            "riskhost_http_errors_total",
+            &[("route", "/v1/score"), ("cause", cause)],
+        );
+    }
+
+    // Traffic. Scores: 2 misses, the same 2 again (in-process hits).
+    for _ in 0..2 {
+        for q in 1..=2 {
+            assert_eq!(score(&server, q), 200);
+        }
+    }
+    let (status, body) = server.post(
+        "/v1/score/batch",
+        &json!({"models": ["var-historical", "var-parametric"], "portfolios": [{"id": "balanced"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The caller's mistakes: invalid parameters, and a quantity whose
+    // valuation overflows f64 (422 before any model runs, not a 500).
+    let (status, body) = server.post(
+        "/v1/score",
+        &json!({"model": "var-historical", "portfolio": {"id": "balanced"}, "params": {"confidence": 7}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server.post(
+        "/v1/score",
+        &json!({"model": "var-historical", "portfolio": {"positions": [{"instrument": "SPX", "quantity": 1e306}]}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    // A model's failure: it traps on this input, twice (never memoized).
+    for _ in 0..2 {
+        let (status, body) = server.post(
+            "/v1/score",
+            &json!({"model": "hostile-panic", "portfolio": {"id": "balanced"}, "params": {"misbehave": 1}}),
+        );
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error"]["code"], "model_trap", "{body}");
+    }
+    // An unknown key.
+    let (status, _) = answer(
+        admin_request(
+            &server,
+            "nosuchkey.wrong-secret",
+            reqwest::Method::GET,
+            "/v1/models",
+        )
+        .send(),
+    );
+    assert_eq!(status, 401);
+    // A swap, then a delete and a re-upload of another model.
+    let b = std::fs::read(test_plugins_dir().join("versioned-b.wasm")).expect("versioned-b");
+    let (status, body) = put_model(&server, TOKEN, "versioned", b, None);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = answer(
+        admin_request(
+            &server,
+            TOKEN,
+            reqwest::Method::DELETE,
+            "/v1/models/var-parametric",
+        )
+        .send(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let parametric =
+        std::fs::read(workspace().join("plugins/dist/var-parametric.wasm")).expect("model");
+    let (status, body) = put_model(&server, TOKEN, "var-parametric", parametric, None);
+    assert!(matches!(status, 200 | 201), "{body}");
+    assert_eq!(body["changed"], true, "{body}");
+
+    let text = server.get_text("/metrics");
+    let samples = parse(&text);
+    let errors = |cause: &str| {
+        value(
+            &samples,
+            "riskhost_http_errors_total",
+            &[("route", "/v1/score"), ("cause", cause)],
+        )
+    };
+    assert_eq!(errors("caller"), 2.0, "the 422s are the caller's");
+    assert_eq!(errors("model"), 2.0, "the traps are the model's");
+    assert_eq!(errors("server"), 0.0, "nothing failed on the server side");
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_model_errors_total",
+            &[("model", "hostile-panic"), ("kind", "model_trap")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_auth_failures_total",
+            &[("reason", "invalid_key")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_model_swaps_total",
+            &[("model", "versioned")]
+        ),
+        1.0
+    );
+    // Re-uploaded after its delete: no swap (nothing was active), but the
+    // series is there for the next one.
+    let swaps: Vec<_> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "riskhost_model_swaps_total"
+                && l.get("model").map(String::as_str) == Some("var-parametric")
+        })
+        .collect();
+    assert_eq!(swaps.len(), 1, "{swaps:?}");
+    assert_eq!(swaps[0].2, 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_cache_lookups_total",
+            &[("tier", "l1"), ("result", "hit")]
+        ),
+        2.0
+    );
+
+    // Every metric has HELP text and follows the conventions promtool knows.
+    let described: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = line.split(' ').next().unwrap_or_default();
+        assert!(described.contains(&name), "{name} has no HELP text");
+    }
+    let (status, printed) = promtool_check(&text);
+    assert!(!printed.contains("no help text"), "{printed}");
+    assert_eq!(status, Some(0), "promtool check metrics: {printed}\n{text}");
+
+    // A second replica on the same Redis: the two scores the first one
+    // stored are L2 hits there (each an l1 miss and an l2 hit), a third is
+    // a miss in both. 2 of its 3 requests came from the memo, and that is
+    // the hit rate the alert and the dashboard compute; counting every
+    // lookup result as a lookup would say 2 of 6.
+    let plugins = plugins_with(&["var-historical"], &[]);
+    let replica = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--redis-url",
+        SHARED_REDIS,
+        "--redis-prefix",
+        &prefix,
+        "--redis-timeout-ms",
+        "2000",
+    ]);
+    for q in 1..=3 {
+        assert_eq!(score(&replica, q), 200);
+    }
+    let samples = parse(&replica.get_text("/metrics"));
+    let lookups =
+        |selector: &[(&str, &str)]| value(&samples, "riskhost_cache_lookups_total", selector);
+    assert_eq!(lookups(&[("tier", "l2"), ("result", "hit")]), 2.0);
+    let hit_rate = lookups(&[("result", "hit")]) / lookups(&[("tier", "l1")]);
+    assert_eq!(hit_rate, 2.0 / 3.0);
+    assert_eq!(
+        value(
+            &samples,
+            "riskhost_model_jobs_total",
+            &[("model", "var-historical"), ("outcome", "ok")]
+        ),
+        1.0,
+        "the model ran for the third request only"
     );
 }

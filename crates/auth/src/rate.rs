@@ -114,6 +114,12 @@ impl RateLimits {
     /// Decides key and address rates in Redis, fleet-wide; the local
     /// buckets remain the fall-back.
     pub fn with_shared(mut self, shared: SharedRate) -> RateLimits {
+        // At 0 from start-up, so an alert's `rate()` counts the first
+        // fall-back too.
+        for reason in crate::shared_rate::FALLBACK_REASONS {
+            metrics::counter!("riskhost_rate_limit_fallback_total", "reason" => reason)
+                .increment(0);
+        }
         self.shared = Some(shared);
         self
     }

@@ -85,8 +85,13 @@ pub(crate) enum SharedError {
     Answer(i64),
 }
 
+/// Every value [`SharedError::reason`] answers.
+pub(crate) const FALLBACK_REASONS: [&str; 3] = ["unavailable", "timeout", "error"];
+
 impl SharedError {
     /// The `reason` label of `riskhost_rate_limit_fallback_total`.
+    /// The `reason` label of `riskhost_rate_limit_fallback_total`: one of
+    /// [`FALLBACK_REASONS`].
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             SharedError::Unavailable => "unavailable",

@@ -119,6 +119,11 @@ pub trait ScoreCache: Send + Sync + 'static {
     /// Drops one model's entries (`Some(name)`, every version of it) or all
     /// of them, in every tier this process reaches.
     async fn purge(&self, model: Option<&str>) -> Result<PurgeReport, PurgeError>;
+    /// Creates `model`'s lookup and write counters at 0, for every tier and
+    /// result this cache records, when the model loads: a series that first
+    /// appears at 1 is no increase to `rate()`, and a hit rate without a
+    /// hit series would be no answer instead of 0.
+    fn register_model(&self, model: &str);
 }
 
 /// What is memoized, and for how long.
@@ -164,6 +169,20 @@ impl CachePolicy {
             Err(ModelError::Internal(_)) => Duration::ZERO,
         };
         (!ttl.is_zero()).then_some(ttl)
+    }
+}
+
+/// The `result` values of `riskhost_cache_lookups_total` per tier: every
+/// lookup is one `l1` result; with a shared tier, each `l1` miss is one `l2`
+/// result (`bypass` while the breaker is open, `error` when Redis failed).
+/// So the hit rate is (`l1` hits + `l2` hits) / `l1` lookups.
+const L1_RESULTS: [&str; 2] = ["hit", "miss"];
+const L2_RESULTS: [&str; 4] = ["hit", "miss", "bypass", "error"];
+
+fn zero_lookups(model: &str, tier: CacheTier, results: &[&'static str]) {
+    for &result in results {
+        metrics::counter!("riskhost_cache_lookups_total", "model" => model.to_owned(), "tier" => tier.as_str(), "result" => result)
+            .increment(0);
     }
 }
 
@@ -316,6 +335,10 @@ impl ScoreCache for InProcessCache {
             purged_l2: None,
         })
     }
+
+    fn register_model(&self, model: &str) {
+        zero_lookups(model, CacheTier::L1, &L1_RESULTS);
+    }
 }
 
 /// The in-process tier in front of the shared Redis tier, subscribed to
@@ -386,6 +409,12 @@ impl ScoreCache for TieredCache {
 
     fn get_local(&self, key: &ScoreKey) -> Option<Arc<CachedScore>> {
         self.l1.get(key)
+    }
+
+    fn register_model(&self, model: &str) {
+        zero_lookups(model, CacheTier::L1, &L1_RESULTS);
+        zero_lookups(model, CacheTier::L2, &L2_RESULTS);
+        self.l2.register_model(model);
     }
 
     async fn put_many(&self, model: &str, entries: Vec<(ScoreKey, Arc<CachedScore>, Duration)>) {

@@ -38,6 +38,9 @@ pub(crate) const CHUNK: usize = 1000;
 /// overflows its clock, and a refused write would count against the breaker.
 const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
+/// The `result` values of `riskhost_cache_writes_total`.
+const WRITE_RESULTS: [&str; 3] = ["ok", "error", "bypass"];
+
 /// How to reach Redis and when to give up on it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -285,6 +288,14 @@ impl RedisCache {
         count_lookups(model, CacheTier::L2, "hit", hits);
         count_lookups(model, CacheTier::L2, "miss", keys.len() - hits);
         found
+    }
+
+    /// Creates `model`'s write counters at 0 (`put_many`'s results).
+    pub(crate) fn register_model(&self, model: &str) {
+        for result in WRITE_RESULTS {
+            metrics::counter!("riskhost_cache_writes_total", "model" => model.to_owned(), "tier" => "l2", "result" => result)
+                .increment(0);
+        }
     }
 
     /// Stores entries: one pipeline of `SET key value PX ttl`.

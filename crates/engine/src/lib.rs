@@ -132,6 +132,15 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Every code [`CallError::code`] answers: the `kind` label values of
+    /// `riskhost_model_errors_total`, which exist at 0 from a model's load.
+    pub const CODES: [&'static str; 4] = [
+        "model_timeout",
+        "model_resource_exhausted",
+        "model_trap",
+        "model_unavailable",
+    ];
+
     /// The stable error code clients see.
     pub fn code(&self) -> &'static str {
         match self {
@@ -1028,6 +1037,27 @@ impl EpochTicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_call_error_code_is_listed() {
+        let errors = [
+            CallError::Timeout(Duration::from_millis(1)),
+            CallError::MemoryExhausted { limit_bytes: 1 },
+            CallError::FuelExhausted { budget: 1 },
+            CallError::StackOverflow,
+            CallError::TooManyResources { limit: 1 },
+            CallError::Trap(String::new()),
+            CallError::OutputTooLarge(String::new()),
+            CallError::ResultCount {
+                expected: 1,
+                got: 0,
+            },
+            CallError::Instantiate(String::new()),
+        ];
+        let answered: std::collections::BTreeSet<_> = errors.iter().map(CallError::code).collect();
+        let listed: std::collections::BTreeSet<_> = CallError::CODES.into_iter().collect();
+        assert_eq!(answered, listed);
+    }
 
     #[test]
     fn last_words_of_a_rust_panic_are_its_location_and_message() {

@@ -57,6 +57,16 @@ impl FleetSettings {
     }
 }
 
+/// Every `reason` of `riskhost_fleet_reconcile_failures_total`.
+const FAILURE_REASONS: [&str; 6] = [
+    "invalid_model",
+    "signature",
+    "digest_mismatch",
+    "registry_unavailable",
+    "store",
+    "other",
+];
+
 /// Why a reconcile could not apply something, as the failure metric's
 /// `reason` label names it.
 fn reason_of(error: &DeployError) -> &'static str {
@@ -105,6 +115,11 @@ impl SharedRegistry {
         pool: PgPool,
         settings: FleetSettings,
     ) -> Result<Arc<SharedRegistry>, DbError> {
+        // At 0 from start-up, so the first failure is an increase.
+        for reason in FAILURE_REASONS {
+            metrics::counter!("riskhost_fleet_reconcile_failures_total", "reason" => reason)
+                .increment(0);
+        }
         Ok(Arc::new(SharedRegistry {
             manager,
             registry: PgRegistry::new(pool)?,

@@ -119,6 +119,14 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
     let (routes, document) =
         documented_routes(limits.clone(), max_component_bytes).split_for_parts();
+    // Every route's error series exist from start-up, so a rate or an
+    // increase over them counts a process's first error too.
+    for route in document.paths.paths.keys() {
+        for cause in ErrorCause::ALL {
+            metrics::counter!("riskhost_http_errors_total", "route" => route.clone(), "cause" => cause.as_str())
+                .increment(0);
+        }
+    }
     let documented_limits = crate::openapi::DocumentedLimits {
         scoring: state.scoring.settings(),
         backtest: state.backtest_limits,
@@ -176,22 +184,66 @@ pub(crate) struct ErrorDetail {
     pub(crate) message: String,
 }
 
+/// Whose fault an error answer is: the `cause` label of
+/// `riskhost_http_errors_total`. The paging alert counts `server` only, so
+/// no request content can page anyone: a caller's mistakes are `caller`,
+/// and a model failing on an input (its trap, internal error or deadline)
+/// is `model`, the model owner's to fix (its own ticket alerts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorCause {
+    /// The request: 4xx.
+    Caller,
+    /// A model's call or answer: 500 `model_*` and 504 `model_timeout`.
+    Model,
+    /// The host, its dependencies or its capacity: every other 5xx.
+    Server,
+}
+
+impl ErrorCause {
+    /// Every value, so the series exist at 0 from start-up.
+    pub(crate) const ALL: [ErrorCause; 3] =
+        [ErrorCause::Caller, ErrorCause::Model, ErrorCause::Server];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ErrorCause::Caller => "caller",
+            ErrorCause::Model => "model",
+            ErrorCause::Server => "server",
+        }
+    }
+
+    /// The cause of an answer that did not say: by its status class.
+    fn of_status(status: StatusCode) -> Option<ErrorCause> {
+        if status.is_server_error() {
+            Some(ErrorCause::Server)
+        } else if status.is_client_error() {
+            Some(ErrorCause::Caller)
+        } else {
+            None
+        }
+    }
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    cause: ErrorCause,
     retry_after_secs: Option<u32>,
     extra_header: Option<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
+    /// An answer whose cause is its status class (4xx the caller's, 5xx the
+    /// server's); model failures come from `From<ScoreError>`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
+            cause: ErrorCause::of_status(status).unwrap_or(ErrorCause::Server),
             retry_after_secs: None,
             extra_header: None,
         }
@@ -231,6 +283,8 @@ impl IntoResponse for ApiError {
         if let Some((name, value)) = self.extra_header {
             response.headers_mut().insert(name, value);
         }
+        // For `track_http`, which labels the error with it.
+        response.extensions_mut().insert(self.cause);
         response
     }
 }
@@ -247,10 +301,20 @@ impl From<ScoreError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, None)
             }
         };
+        let cause = match error.class() {
+            ErrorClass::InvalidRequest | ErrorClass::NotFound => ErrorCause::Caller,
+            // The model's code failed on this input or ran past its own
+            // deadline: any caller can provoke it, only its owner can fix it.
+            ErrorClass::ModelFailure | ErrorClass::Timeout => ErrorCause::Model,
+            ErrorClass::Overloaded | ErrorClass::Unavailable | ErrorClass::Internal => {
+                ErrorCause::Server
+            }
+        };
         ApiError {
             status,
             code: error.code(),
             message: error.to_string(),
+            cause,
             retry_after_secs,
             extra_header: None,
         }
@@ -723,7 +787,8 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Counts and times requests by route, method and status, each label from
 /// a bounded set: the route template (`unmatched` when none matched), the
-/// method (`method_label`) and the status code.
+/// method (`method_label`) and the status code; and error answers by route
+/// and [`ErrorCause`].
 async fn track_http(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -736,6 +801,15 @@ async fn track_http(request: Request, next: Next) -> Response {
     in_flight.increment(1.0);
     let response = next.run(request).await;
     in_flight.decrement(1.0);
+    let cause = response
+        .extensions()
+        .get::<ErrorCause>()
+        .copied()
+        .or_else(|| ErrorCause::of_status(response.status()));
+    if let Some(cause) = cause {
+        metrics::counter!("riskhost_http_errors_total", "route" => route.clone(), "cause" => cause.as_str())
+            .increment(1);
+    }
     let status = response.status().as_u16().to_string();
     let labels = [
         ("route", route),

@@ -47,8 +47,8 @@ pub use self::deploy::{
 };
 pub use self::loader::{load_directory, load_file};
 pub use self::registry::{
-    Bulkhead, BulkheadLimits, DEFAULT_STANDBY_VERSIONS, LoadFailure, ModelEntry, ModelRef,
-    ModelRegistry, Overloaded, ResolveError, rfc3339,
+    Bulkhead, BulkheadLimits, DEFAULT_STANDBY_VERSIONS, LoadFailure, LoadObserver, ModelEntry,
+    ModelRef, ModelRegistry, Overloaded, ResolveError, rfc3339,
 };
 pub use self::store::{Activation, ModelStore, StoreError, VersionRecord};
 pub use self::watcher::{WatchSettings, run as watch_directory};

@@ -217,6 +217,11 @@ pub(crate) trait VersionLoader: Send + Sync + 'static {
     async fn load_on_standby(&self, digest: &str) -> Result<Arc<ModelEntry>, String>;
 }
 
+/// Told of every version that becomes loaded (activated, or put on standby
+/// for a pin), e.g. to create its labelled counters at 0: a series that
+/// first appears at 1 is no increase to `rate()` or `increase()`.
+pub type LoadObserver = Arc<dyn Fn(&ModelEntry) + Send + Sync>;
+
 /// How many non-active versions stay loaded by default.
 pub const DEFAULT_STANDBY_VERSIONS: u64 = 8;
 
@@ -230,6 +235,7 @@ pub struct ModelRegistry {
     /// One lazy load at a time: concurrent requests for the same pinned
     /// version wait and then find it in `standby` instead of loading it twice.
     lazy_loads: tokio::sync::Mutex<()>,
+    observers: std::sync::RwLock<Vec<LoadObserver>>,
 }
 
 impl Default for ModelRegistry {
@@ -245,6 +251,8 @@ impl ModelRegistry {
 
     /// A registry keeping up to `standby` non-active versions loaded.
     pub fn with_standby_capacity(standby: u64) -> Self {
+        // At 0 from start-up, so the first failure is an increase.
+        metrics::counter!("riskhost_model_load_failures_total").increment(0);
         ModelRegistry {
             active: ArcSwap::from_pointee(BTreeMap::new()),
             failures: std::sync::Mutex::new(BTreeMap::new()),
@@ -255,6 +263,34 @@ impl ModelRegistry {
                 .build(),
             loader: OnceLock::new(),
             lazy_loads: tokio::sync::Mutex::new(()),
+            observers: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Calls `observer` with every version loaded now and every version
+    /// loaded from now on (a version may be seen more than once).
+    pub fn on_load(&self, observer: LoadObserver) {
+        // Registered first, so a version loaded meanwhile is not missed.
+        if let Ok(mut observers) = self.observers.write() {
+            observers.push(observer.clone());
+        }
+        for entry in self.active.load().values() {
+            observer(entry);
+        }
+        for (_, entry) in self.standby.iter() {
+            observer(&entry);
+        }
+    }
+
+    fn loaded_now(&self, entry: &ModelEntry) {
+        // The swaps counter `deploy` increments: at 0 from the model's
+        // first load, and again after a delete and a re-upload.
+        metrics::counter!("riskhost_model_swaps_total", "model" => entry.model.name().to_owned())
+            .increment(0);
+        if let Ok(observers) = self.observers.read() {
+            for observer in observers.iter() {
+                observer(entry);
+            }
         }
     }
 
@@ -268,6 +304,7 @@ impl ModelRegistry {
     /// replaced, which stays loaded on standby (for pins and rollbacks).
     pub fn activate(&self, entry: Arc<ModelEntry>) -> Option<Arc<ModelEntry>> {
         let name = entry.model.name().to_owned();
+        self.loaded_now(&entry);
         self.clear_failure(&entry.source);
         let mut replaced = None;
         self.active.rcu(|current| {
@@ -324,6 +361,7 @@ impl ModelRegistry {
 
     /// Keeps a loaded, non-active version on standby.
     pub(crate) fn keep_on_standby(&self, entry: Arc<ModelEntry>) {
+        self.loaded_now(&entry);
         self.standby.insert(entry.model.digest.clone(), entry);
     }
 

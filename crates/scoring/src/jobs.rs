@@ -377,12 +377,7 @@ fn call_once(
             .results
             .into_iter()
             .map(|result| {
-                let outcome = match &result {
-                    Ok(_) => "ok",
-                    Err(ModelError::InvalidInput(_)) => "invalid_input",
-                    Err(ModelError::InsufficientData(_)) => "insufficient_data",
-                    Err(ModelError::Internal(_)) => "internal",
-                };
+                let outcome = job_outcome(&result);
                 metrics::counter!("riskhost_model_jobs_total", "model" => name.to_owned(), "version" => entry.model.version().to_owned(), "outcome" => outcome).increment(1);
                 Ok(result)
             })
@@ -395,6 +390,35 @@ fn call_once(
     }
 }
 
+/// The `outcome` label of `riskhost_model_jobs_total`.
+fn job_outcome(result: &ModelOutcome) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ModelError::InvalidInput(_)) => "invalid_input",
+        Err(ModelError::InsufficientData(_)) => "insufficient_data",
+        Err(ModelError::Internal(_)) => "internal",
+    }
+}
+
+/// Every value [`job_outcome`] answers.
+const JOB_OUTCOMES: [&str; 4] = ["ok", "invalid_input", "insufficient_data", "internal"];
+
+/// Creates a loaded version's per-model counters at 0, every label value
+/// included (the registry calls this at each load, through
+/// `ModelRegistry::on_load`): a series that first appears at 1 is no
+/// increase to `rate()`, so an alert would miss the first error.
+pub(crate) fn register_metrics(entry: &ModelEntry) {
+    let (name, version) = (entry.model.name(), entry.model.version());
+    for outcome in JOB_OUTCOMES {
+        metrics::counter!("riskhost_model_jobs_total", "model" => name.to_owned(), "version" => version.to_owned(), "outcome" => outcome).increment(0);
+    }
+    for kind in riskhost_engine::CallError::CODES {
+        metrics::counter!("riskhost_model_errors_total", "model" => name.to_owned(), "version" => version.to_owned(), "kind" => kind).increment(0);
+    }
+    metrics::counter!("riskhost_model_rejected_total", "model" => name.to_owned()).increment(0);
+    metrics::counter!("riskhost_cache_coalesced_total", "model" => name.to_owned()).increment(0);
+}
+
 /// What a call of `jobs` valued at `as_of` may observe: the clock frozen at
 /// `as_of` and WASI randomness seeded from the jobs. Models should use each
 /// job's own seed, which does not depend on the batch (see docs).
@@ -405,5 +429,26 @@ pub fn call_determinism(jobs: &[&PreparedJob], as_of: NaiveDate) -> Determinism 
     Determinism {
         as_of_unix_seconds: i64::from(days_since_epoch(as_of)) * 86_400,
         seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_outcome_is_listed() {
+        let outcomes: [ModelOutcome; 4] = [
+            Ok(bindings::Score {
+                value: 0.0,
+                unit: bindings::Unit::CurrencyAmount,
+                breakdown: Vec::new(),
+            }),
+            Err(ModelError::InvalidInput(String::new())),
+            Err(ModelError::InsufficientData(String::new())),
+            Err(ModelError::Internal(String::new())),
+        ];
+        let answered: Vec<_> = outcomes.iter().map(job_outcome).collect();
+        assert_eq!(answered, JOB_OUTCOMES);
     }
 }

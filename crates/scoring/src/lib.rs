@@ -216,6 +216,16 @@ impl ScoringService {
             market: market.clone(),
         });
         let batchers = Batchers::new(settings.dynamic, executor.clone());
+        // Each loaded version's counters exist at 0 from its load. Weak, so
+        // the registry does not keep the cache (and its purge subscriber)
+        // alive.
+        let memo = Arc::downgrade(&cache);
+        registry.on_load(Arc::new(move |entry: &ModelEntry| {
+            jobs::register_metrics(entry);
+            if let Some(memo) = memo.upgrade() {
+                memo.register_model(entry.model.name());
+            }
+        }));
         ScoringService {
             registry,
             market,
