@@ -120,6 +120,13 @@ def real_body(path, body):
         body["portfolio"] = real_portfolio(body["portfolio"])
     if isinstance(body.get("portfolios"), list):
         body["portfolios"] = [real_portfolio(p) for p in body["portfolios"]]
+    selection = body.get("portfolios")
+    if isinstance(selection, dict):
+        # A run's selection: inline portfolios, or stored ids.
+        if isinstance(selection.get("inline"), list):
+            selection["inline"] = [real_portfolio(p) for p in selection["inline"]]
+        if isinstance(selection.get("ids"), list):
+            selection["ids"] = [pick(PORTFOLIOS, i) if isinstance(i, str) else i for i in selection["ids"]]
     if isinstance(body.get("as_of"), str) and not FIRST_DATE <= body["as_of"] <= LAST_DATE:
         body["as_of"] = LAST_DATE
     if isinstance(body.get("params"), dict):

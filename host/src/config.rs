@@ -257,6 +257,53 @@ pub(crate) struct ServeArgs {
     /// MiB; the oldest are evicted first past it.
     #[arg(long, env = "RISKHOST_BACKTEST_STORE_MIB", default_value_t = 64)]
     pub(crate) backtest_store_mib: u64,
+    #[command(flatten)]
+    pub(crate) runs: RunArgs,
+}
+
+/// Where risk runs (`POST /v1/runs`) are kept and how they are worked.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    /// `local`: runs kept in the data directory (`runs/`), chunks queued
+    /// in this process.
+    #[arg(long = "runs", env = "RISKHOST_RUNS", default_value = "local",
+          value_parser = ["local"])]
+    pub(crate) backend: String,
+    /// Workers scoring run chunks at once; each chunk is one batch call
+    /// spread over the models' bulkheads.
+    #[arg(long, env = "RISKHOST_RUN_WORKERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub(crate) run_workers: u64,
+    /// Portfolios per chunk.
+    #[arg(long, env = "RISKHOST_RUN_CHUNK_SIZE", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) run_chunk_size: u64,
+    /// Most portfolios in one run (413 past it).
+    #[arg(long, env = "RISKHOST_RUN_MAX_PORTFOLIOS", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) run_max_portfolios: u64,
+    /// Deliveries of a chunk that fails as a whole before it is quarantined
+    /// (its portfolios then get `chunk_failed` cells).
+    #[arg(long, env = "RISKHOST_RUN_MAX_DELIVERIES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) run_max_deliveries: u32,
+    /// Wait before a failed chunk's next delivery, in ms, times its
+    /// deliveries so far.
+    #[arg(long, env = "RISKHOST_RUN_BACKOFF_MS", default_value_t = 1000)]
+    pub(crate) run_backoff_ms: u64,
+}
+
+impl RunArgs {
+    pub(crate) fn local(&self, data_dir: &std::path::Path) -> riskhost_runs::LocalRunsSettings {
+        riskhost_runs::LocalRunsSettings {
+            dir: data_dir.join("runs"),
+            workers: usize::try_from(self.run_workers).unwrap_or(2),
+            chunk_size: usize::try_from(self.run_chunk_size).unwrap_or(256),
+            max_portfolios: self.run_max_portfolios,
+            max_deliveries: self.run_max_deliveries,
+            backoff: std::time::Duration::from_millis(self.run_backoff_ms),
+        }
+    }
 }
 
 /// Bounds on one backtest (`POST /v1/backtests`, `riskhost backtest`).

@@ -125,10 +125,21 @@ impl Server {
             None => Arc::new(l1),
             Some(settings) => Arc::new(TieredCache::new(l1, RedisCache::connect(settings).await?)),
         };
-        let scoring = services
-            .scoring(cache, args.scoring())
-            .with_events(events.clone());
+        let scoring = Arc::new(
+            services
+                .scoring(cache, args.scoring())
+                .with_events(events.clone()),
+        );
+        let runs = riskhost_runs::LocalRuns::open(
+            args.runs.local(&args.hot_swap.data_dir),
+            scoring.clone(),
+            args.scoring().batch.max_models,
+        )
+        .await
+        .context("cannot open the run store")?;
         let state = Arc::new(AppState {
+            runs: Arc::new(runs),
+            run_body_limit: args.max_batch_body_bytes,
             scoring,
             metrics: metrics.clone(),
             shutting_down: AtomicBool::new(false),

@@ -149,6 +149,13 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("riskhost_oci_pulls_total", Kind::Counter, None, "Components pulled from OCI registries, by result"),
     ("riskhost_oci_pull_bytes_total", Kind::Counter, Some(Unit::Bytes), "Bytes of components pulled from OCI registries"),
     ("riskhost_oci_pull_duration_seconds", Kind::Histogram, Some(Unit::Seconds), "Time of one pull from an OCI registry"),
+    // Risk runs.
+    ("riskhost_runs", Kind::Gauge, None, "Runs by status (planned, running, completed, completed_with_failures, cancelled)"),
+    ("riskhost_run_chunks_pending", Kind::Gauge, None, "Run chunks queued and not yet taken by a worker (the queue's lag)"),
+    ("riskhost_run_chunks_in_flight", Kind::Gauge, None, "Run chunks being scored now"),
+    ("riskhost_run_chunks_quarantined_total", Kind::Counter, None, "Run chunks that failed on every delivery and were quarantined"),
+    ("riskhost_run_cells_total", Kind::Counter, None, "Run cells (portfolio × model) written, by outcome (ok, failed); its rate is the runs' cells/s"),
+    ("riskhost_run_portfolios_total", Kind::Counter, None, "Portfolios planned into runs"),
 ];
 
 fn describe_metrics() {

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("riskhost-auth", &["riskhost-db"]),
+    ("riskhost-runs", &["riskhost-scoring", "riskhost-models"]),
     (
         "riskhost-http",
         &[
@@ -45,6 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "riskhost-auth",
             "riskhost-backtest",
             "riskhost-oci",
+            "riskhost-runs",
         ],
     ),
 ];

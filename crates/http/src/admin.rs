@@ -96,7 +96,7 @@ fn oci_error(error: riskhost_oci::OciError) -> ApiError {
 
 /// A JSON body that did not parse: 400 `malformed_json` when it is not
 /// JSON, 422 `invalid_body` when it is the wrong JSON.
-fn json_error(e: serde_json::Error) -> ApiError {
+pub(crate) fn json_error(e: serde_json::Error) -> ApiError {
     if e.is_syntax() || e.is_eof() {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
     } else {

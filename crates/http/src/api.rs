@@ -36,7 +36,7 @@ use riskhost_scoring::{
 
 /// Shared by every handler.
 pub struct AppState {
-    pub scoring: ScoringService,
+    pub scoring: Arc<ScoringService>,
     pub metrics: PrometheusHandle,
     /// Set when shutdown begins, so `/readyz` turns unready before draining.
     pub shutting_down: AtomicBool,
@@ -54,6 +54,11 @@ pub struct AppState {
     pub backtests: riskhost_backtest::BacktestStore,
     /// `--backtest-max-cells` and the portfolio bound of a backtest.
     pub backtest_limits: riskhost_scoring::BacktestLimits,
+    /// Risk runs (`--runs`): planned here, scored by workers.
+    pub runs: Arc<dyn riskhost_runs::Runs>,
+    /// The largest JSON body of `POST /v1/runs` (bigger runs are uploaded
+    /// as NDJSON, streamed).
+    pub run_body_limit: usize,
 }
 
 /// HTTP settings.
@@ -103,6 +108,9 @@ pub(crate) fn documented_routes(
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limits.requests.wrap(v1, true))
         .merge(limits.requests.wrap(crate::backtests::routes(), true))
+        // Without the timeout: planning a run of every stored portfolio, or
+        // reading an upload of a million, outlasts it; results stream.
+        .merge(limits.requests.wrap(crate::runs::routes(), false))
         .merge(limits.requests.wrap(models, false))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

@@ -5,6 +5,8 @@
 //!   extractors, and the scoring, cache and operations routes.
 //! - `admin.rs`: the model-management routes.
 //! - `backtests.rs`: run a backtest, read it again, read its HTML report.
+//! - `runs.rs`: submit a risk run (JSON or a streamed NDJSON upload),
+//!   follow it, cancel it, read its results as NDJSON or CSV.
 //! - `auth.rs`: the `Scorer`/`Admin` extractors over `riskhost_auth`.
 //! - `limits.rs`: the global concurrency limit and request timeout layers
 //!   ([`RequestLimits`]).
@@ -25,6 +27,7 @@ mod backtests;
 mod limits;
 mod openapi;
 mod request_log;
+mod runs;
 mod stats;
 
 pub use self::api::{ApiError, AppState, HttpLimits, router};

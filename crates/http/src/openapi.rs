@@ -47,6 +47,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "models", description = "Served models and their versions"),
         (name = "cache", description = "The memo of scores"),
         (name = "events", description = "Recorded scores (needs ClickHouse)"),
+        (name = "runs", description = "Risk runs: every portfolio × several models for one as-of date, scored by workers, results as NDJSON or CSV"),
         (name = "backtests", description = "VaR backtests: coverage and independence tests, the Basel traffic light, an HTML report"),
         (name = "operations", description = "Probes, metrics and this document (open)"),
     )
@@ -105,6 +106,30 @@ pub(crate) fn served(
         &mut schemas["BacktestRequest"]["properties"]["portfolios"],
         limits.backtest.max_portfolios,
     );
+    // A run in JSON names its portfolios (only an NDJSON upload, whose
+    // schema is prose, leaves them out), with at least one id or portfolio.
+    bound_items(
+        &mut schemas["RunRequest"]["properties"]["models"],
+        batch.max_models,
+    );
+    schemas["RunRequest"]["properties"]["models"]["uniqueItems"] = true.into();
+    schemas["RunRequest"]["properties"]["portfolios"] =
+        serde_json::json!({"$ref": "#/components/schemas/Selection"});
+    schemas["RunRequest"]["required"] = serde_json::json!(["models", "portfolios"]);
+    if let Some(branches) = schemas["Selection"]["oneOf"].as_array_mut() {
+        for branch in branches {
+            branch["additionalProperties"] = false.into();
+            if let Some(all) = branch["properties"].get_mut("all") {
+                // `{"all": false}` selects nothing and is refused.
+                all["const"] = true.into();
+            }
+            for list in ["ids", "inline"] {
+                if let Some(items) = branch["properties"].get_mut(list) {
+                    items["minItems"] = 1.into();
+                }
+            }
+        }
+    }
     let input = &mut schemas["PortfolioInput"];
     if let Some(id) = input["properties"]["id"].as_object_mut() {
         id.insert("minLength".into(), 1.into());

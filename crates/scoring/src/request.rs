@@ -28,13 +28,13 @@ pub struct ScoreRequest {
 
 /// A portfolio given inline (`positions`), or by `id` alone when the data
 /// source stores it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortfolioInput {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positions: Option<Vec<PositionInput>>,
 }
 

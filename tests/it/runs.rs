@@ -1,0 +1,495 @@
+//! Risk runs on one server (`--runs local`): a run of every stored
+//! portfolio matches single scores bit for bit, an NDJSON upload is planned
+//! into chunks with one cell per portfolio and model, a run keeps its
+//! pinned version while another is activated, cancel stops it, a purged
+//! version quarantines the chunks that need it, a SIGKILL mid-run is
+//! resumed without a duplicate, and bad input gets its error.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::common::{Server, TempDir, assert_error, plugins_with, put_model, workspace};
+
+const TOKEN: &str = "runs-admin-s3cret";
+
+/// `POST /v1/runs` with a JSON body.
+fn submit(server: &Server, body: &Value) -> (u16, Value) {
+    server.post("/v1/runs", body)
+}
+
+/// `POST /v1/runs` with an NDJSON body.
+fn upload(server: &Server, lines: &[Value]) -> (u16, Value) {
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let response = server
+        .client
+        .post(server.url("/v1/runs"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .expect("upload");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+/// Polls a run until its status is final.
+fn wait_final(server: &Server, id: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, run) = server.get(&format!("/v1/runs/{id}"));
+        assert_eq!(status, 200, "{run}");
+        let state = run["status"].as_str().unwrap_or_default();
+        if ["completed", "completed_with_failures", "cancelled"].contains(&state) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The run's NDJSON result lines.
+fn results(server: &Server, id: &str) -> Vec<Value> {
+    let text = server.get_text(&format!("/v1/runs/{id}/results"));
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// (portfolio_index, model) → its line, asserting each appears once.
+fn by_cell(lines: &[Value]) -> BTreeMap<(u64, String), Value> {
+    let mut cells = BTreeMap::new();
+    for line in lines {
+        let key = (
+            line["portfolio_index"].as_u64().expect("portfolio_index"),
+            line["model"].as_str().unwrap_or_default().to_owned(),
+        );
+        assert!(
+            cells.insert(key.clone(), line.clone()).is_none(),
+            "{key:?} twice"
+        );
+    }
+    cells
+}
+
+/// Inline portfolios, each valued differently.
+fn portfolios(n: usize) -> Vec<Value> {
+    let instruments = ["AAPL", "SPX", "GOLD", "TLT", "EURUSD", "MSFT"];
+    (0..n)
+        .map(|i| {
+            json!({"positions": [
+                {"instrument": instruments[i % instruments.len()], "quantity": 10.0 + i as f64},
+                {"instrument": instruments[(i + 1) % instruments.len()], "quantity": -3.5},
+            ]})
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
+    let server = Server::start(&[]);
+    let models = ["var-historical", "es-historical", "var-parametric"];
+    let (status, run) = submit(
+        &server,
+        &json!({"models": models, "portfolios": {"all": true}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    assert_eq!(run["status_url"], format!("/v1/runs/{id}"));
+    let run = wait_final(&server, &id, Duration::from_secs(60));
+    assert_eq!(run["status"], "completed", "{run}");
+    let stored = std::fs::read_dir(workspace().join("examples/portfolios"))
+        .expect("portfolios")
+        .count() as u64;
+    assert_eq!(run["portfolios"], stored);
+    assert_eq!(run["cells"], json!({"ok": stored * 3, "failed": 0}));
+    let lines = results(&server, &id);
+    let cells = by_cell(&lines);
+    assert_eq!(cells.len() as u64, stored * 3);
+    for line in &lines {
+        assert_eq!(line["run_id"], id.as_str());
+        let model = line["model"].as_str().unwrap_or_default();
+        let digest = &run["digests"][model];
+        assert_eq!(&line["digest"], digest, "{line}");
+        let (status, single) = server.post(
+            "/v1/score",
+            &json!({
+                "model": format!("{model}@{}", digest.as_str().unwrap_or_default()),
+                "portfolio": {"id": line["portfolio_id"]},
+                "as_of": run["as_of"],
+            }),
+        );
+        assert_eq!(status, 200, "{single}");
+        assert_eq!(
+            line["value"].as_f64(),
+            single["value"].as_f64(),
+            "{line}\n{single}"
+        );
+    }
+    // CSV: a header and a row per cell.
+    let csv = server.get_text(&format!("/v1/runs/{id}/results?format=csv"));
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(
+        rows[0].starts_with("run_id,portfolio_index,portfolio_id,model"),
+        "{csv}"
+    );
+    assert_eq!(rows.len() as u64, 1 + stored * 3);
+    // The list holds it.
+    let (_, list) = server.get("/v1/runs");
+    assert_eq!(list["runs"][0]["id"], id.as_str());
+}
+
+#[test]
+fn an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks() {
+    let server = Server::start(&["--run-chunk-size", "64"]);
+    let mut lines = vec![json!({"models": ["var-historical", "es-historical"]})];
+    let mut inline = portfolios(1000);
+    // One portfolio no model can value: it fails its own cells only.
+    inline[500] = json!({"positions": [{"instrument": "NO-SUCH", "quantity": 1}]});
+    lines.extend(inline);
+    let (status, run) = upload(&server, &lines);
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(
+        run["chunks"]["total"], 16,
+        "1000 portfolios in chunks of 64"
+    );
+    let id = run["id"].as_str().expect("id").to_owned();
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 1998, "failed": 2}), "{run}");
+    let cells = by_cell(&results(&server, &id));
+    assert_eq!(cells.len(), 2000);
+    for index in 0..1000u64 {
+        for model in ["var-historical", "es-historical"] {
+            let cell = &cells[&(index, model.to_owned())];
+            if index == 500 {
+                assert_eq!(cell["error"]["code"], "unknown_instrument", "{cell}");
+            } else {
+                assert!(cell["value"].is_number(), "{cell}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_run_keeps_its_pinned_version_while_another_is_activated() {
+    let plugins = plugins_with(&["var-historical"], &["versioned-a", "slow-legal"]);
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--admin-token",
+        TOKEN,
+        "--run-chunk-size",
+        "1",
+        "--run-workers",
+        "1",
+    ]);
+    let (_, models) = server.get("/v1/models");
+    let pinned = models["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "versioned"))
+        .map(|m| m["digest"].clone())
+        .expect("versioned is served");
+    // slow-legal makes each chunk last ~30 ms, so the run outlives the swap.
+    let (status, run) = submit(
+        &server,
+        &json!({"models": ["versioned", "slow-legal"], "params": {"steps_millions": 20},
+                "portfolios": {"inline": portfolios(150)}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let b = std::fs::read(workspace().join("tests/plugins/dist/versioned-b.wasm")).expect("b");
+    let (status, deployed) = put_model(&server, TOKEN, "versioned", b, None);
+    assert_eq!(status, 201, "{deployed}");
+    let (_, during) = server.get(&format!("/v1/runs/{id}"));
+    assert!(
+        during["chunks"]["done"].as_u64() < during["chunks"]["total"].as_u64(),
+        "the run finished before the swap, so it proves nothing: {during}"
+    );
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["digests"]["versioned"], pinned);
+    for cell in results(&server, &id)
+        .iter()
+        .filter(|c| c["model"] == "versioned")
+    {
+        assert_eq!(
+            cell["digest"], pinned,
+            "a cell left the pinned version: {cell}"
+        );
+    }
+    assert_eq!(
+        server
+            .post(
+                "/v1/score",
+                &json!({"model": "versioned", "portfolio": {"id": "tech"}})
+            )
+            .1["digest"],
+        deployed["digest"],
+        "new requests get the new version"
+    );
+}
+
+#[test]
+fn cancel_stops_a_run_and_its_results_so_far_stay_readable() {
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "1",
+        "--run-workers",
+        "1",
+    ]);
+    let (status, run) = submit(
+        &server,
+        &json!({"models": ["slow-legal"], "params": {"steps_millions": 20},
+                "portfolios": {"inline": portfolios(300)}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    let response = server
+        .client
+        .delete(server.url(&format!("/v1/runs/{id}")))
+        .send()
+        .expect("cancel");
+    assert_eq!(response.status().as_u16(), 200);
+    let cancelled: Value = response.json().expect("JSON");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(cancelled["finished_at"].is_string());
+    // At most the chunk in flight finishes after the cancel.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, later) = server.get(&format!("/v1/runs/{id}"));
+    let done = later["chunks"]["done"].as_u64().unwrap_or_default();
+    assert!(
+        done <= cancelled["chunks"]["done"].as_u64().unwrap_or_default() + 1 && done < 300,
+        "{cancelled}\n{later}"
+    );
+    assert_eq!(later["status"], "cancelled");
+    assert_eq!(results(&server, &id).len() as u64, done);
+}
+
+#[test]
+fn a_chunk_whose_pinned_version_is_purged_is_quarantined_and_reported() {
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let server = Server::start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--admin-token",
+        TOKEN,
+        "--run-chunk-size",
+        "10",
+        "--run-workers",
+        "1",
+        "--run-max-deliveries",
+        "2",
+        "--run-backoff-ms",
+        "10",
+    ]);
+    let (status, run) = submit(
+        &server,
+        &json!({"models": ["slow-legal"], "params": {"steps_millions": 20},
+                "portfolios": {"inline": portfolios(100)}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    std::thread::sleep(Duration::from_millis(400));
+    let response = server
+        .client
+        .delete(server.url("/v1/models/slow-legal?purge=true"))
+        .bearer_auth(TOKEN)
+        .send()
+        .expect("purge");
+    assert_eq!(response.status().as_u16(), 200);
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed_with_failures", "{run}");
+    let failed = run["chunks"]["failed"].as_u64().unwrap_or_default();
+    assert!(failed >= 1, "{run}");
+    assert_eq!(
+        run["chunks"]["done"].as_u64().unwrap_or_default() + failed,
+        10
+    );
+    let failures = run["failures"].as_array().expect("failures");
+    assert_eq!(failures.len() as u64, failed);
+    for failure in failures {
+        assert_eq!(failure["portfolios"], 10, "{failure}");
+        assert_eq!(failure["deliveries"], 2, "{failure}");
+        assert!(
+            failure["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("slow-legal")),
+            "{failure}"
+        );
+    }
+    // No portfolio is dropped: every one has its cell, the quarantined
+    // ones an error naming why.
+    let cells = by_cell(&results(&server, &id));
+    assert_eq!(cells.len(), 100);
+    let quarantined = cells
+        .values()
+        .filter(|c| c["error"]["code"] == "chunk_failed")
+        .count() as u64;
+    assert_eq!(quarantined, failed * 10);
+}
+
+#[test]
+fn a_run_survives_a_sigkill_and_ends_with_exactly_one_cell_each() {
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let data = TempDir::new("runs-data");
+    let args = [
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--data-dir",
+        data.path().to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "5",
+        "--run-workers",
+        "2",
+    ];
+    let server = Server::start_with(&args);
+    let (status, run) = submit(
+        &server,
+        &json!({"models": ["var-historical", "slow-legal"], "params": {"steps_millions": 10},
+                "portfolios": {"inline": portfolios(200)}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, now) = server.get(&format!("/v1/runs/{id}"));
+        if now["chunks"]["done"].as_u64().unwrap_or_default() >= 3 {
+            assert_ne!(
+                now["status"], "completed",
+                "the run ended before the kill: {now}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server); // SIGKILL
+    let server = Server::start_with(&args);
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 400, "failed": 0}), "{run}");
+    let cells = by_cell(&results(&server, &id));
+    assert_eq!(cells.len(), 400, "exactly one cell per portfolio and model");
+}
+
+#[test]
+fn bad_runs_get_their_errors() {
+    let server = Server::start(&["--run-max-portfolios", "10"]);
+    let answer = submit(
+        &server,
+        &json!({"models": ["no-such-model"], "portfolios": {"all": true}}),
+    );
+    assert_error(&answer, 404, "unknown_model", "no-such-model");
+    let answer = submit(
+        &server,
+        &json!({"models": ["var-historical"], "portfolios": {"ids": []}}),
+    );
+    assert_error(&answer, 422, "empty_selection", "no portfolio");
+    let answer = submit(
+        &server,
+        &json!({"models": ["var-historical"], "portfolios": {"inline": portfolios(11)}}),
+    );
+    assert_error(&answer, 413, "too_many_portfolios", "10");
+    let answer = submit(&server, &json!({"models": [], "portfolios": {"all": true}}));
+    assert_error(&answer, 422, "invalid_run", "models");
+    let answer = submit(&server, &json!({"models": ["var-historical"]}));
+    assert_error(&answer, 422, "invalid_run", "portfolios");
+    let answer = submit(
+        &server,
+        &json!({"models": ["var-historical"], "portfolios": {"all": false}}),
+    );
+    assert_error(&answer, 422, "invalid_run", "all");
+    let answer = submit(
+        &server,
+        &json!({"models": ["var-historical"], "as_of": "1999-01-01", "portfolios": {"all": true}}),
+    );
+    assert_error(&answer, 422, "invalid_run", "as_of");
+    let answer = upload(
+        &server,
+        &[json!({"models": ["var-historical"], "portfolios": {"all": true}})],
+    );
+    assert_error(&answer, 422, "invalid_run", "lines");
+    let answer = upload(
+        &server,
+        &[
+            json!({"models": ["var-historical"]}),
+            json!({"id": "tech"}),
+            json!({"positions": 7}),
+        ],
+    );
+    assert_error(&answer, 422, "invalid_body", "line 3");
+    let answer = server.get("/v1/runs/no-such-run");
+    assert_error(&answer, 404, "unknown_run", "no-such-run");
+    let response = server
+        .client
+        .post(server.url("/v1/runs"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 415);
+    // Nothing of a refused run stays: the list is empty.
+    assert_eq!(server.get("/v1/runs").1["runs"], json!([]));
+}
+
+/// A made-up token for `id` and the `--api-key` value holding its hash.
+fn key(id: &str) -> (String, String) {
+    let token = format!("{id}.{}", hex::encode(Sha256::digest(id.as_bytes())));
+    let spec = format!(
+        "{id}:sha256={},scopes=score",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    (token, spec)
+}
+
+#[test]
+fn a_run_is_read_only_by_the_key_that_submitted_it() {
+    let (alice, alice_spec) = key("alice");
+    let (bob, bob_spec) = key("bob");
+    let server = Server::start(&[
+        "--api-key",
+        &alice_spec,
+        "--api-key",
+        &bob_spec,
+        "--anonymous-scoring=false",
+    ]);
+    let request = |token: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = server
+            .client
+            .request(method, server.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let response = r.send().expect("request");
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, run) = request(
+        &alice,
+        reqwest::Method::POST,
+        "/v1/runs",
+        Some(json!({"models": ["var-historical"], "portfolios": {"ids": ["tech"]}})),
+    );
+    assert_eq!(status, 202, "{run}");
+    let path = format!("/v1/runs/{}", run["id"].as_str().unwrap_or_default());
+    assert_eq!(request(&alice, reqwest::Method::GET, &path, None).0, 200);
+    assert_eq!(request(&bob, reqwest::Method::GET, &path, None).0, 404);
+    assert_eq!(request(&bob, reqwest::Method::DELETE, &path, None).0, 404);
+    assert_eq!(
+        request(&bob, reqwest::Method::GET, "/v1/runs", None).1["runs"],
+        json!([])
+    );
+    assert_eq!(
+        request(&alice, reqwest::Method::GET, "/v1/runs", None).1["runs"][0]["id"],
+        run["id"]
+    );
+}
