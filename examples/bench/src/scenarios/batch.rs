@@ -31,16 +31,18 @@ const PORTFOLIOS: usize = 10_000;
 const POSITIONS: usize = 20;
 const CELLS: usize = PORTFOLIOS * MODELS.len();
 
-struct Portfolio {
-    id: String,
+pub(crate) struct Portfolio {
+    pub(crate) id: String,
     positions: Vec<(String, i64)>,
 }
 
-fn portfolios() -> Vec<Portfolio> {
+/// `n` portfolios of `POSITIONS` distinct bundled instruments, the same
+/// for every run (a fixed seed).
+pub(crate) fn portfolios(n: usize) -> Vec<Portfolio> {
     let table = riskhost_market::sample_table();
     let names: Vec<String> = table.instruments().to_vec();
     let mut rng = Rng::new(7);
-    (0..PORTFOLIOS)
+    (0..n)
         .map(|i| {
             // A partial Fisher–Yates shuffle picks POSITIONS distinct names.
             let mut pool = names.clone();
@@ -58,7 +60,7 @@ fn portfolios() -> Vec<Portfolio> {
                 })
                 .collect();
             Portfolio {
-                id: format!("bench-{i:05}"),
+                id: format!("bench-{i:07}"),
                 positions,
             }
         })
@@ -75,13 +77,13 @@ fn inline(p: &Portfolio) -> Value {
 }
 
 /// The PostgreSQL schema of this run; dropped on drop.
-struct Schema {
-    url: String,
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) url: String,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    fn create(ctx: &Context, portfolios: &[Portfolio]) -> anyhow::Result<Schema> {
+    pub(crate) fn create(ctx: &Context, portfolios: &[Portfolio]) -> anyhow::Result<Schema> {
         let url = std::env::var("RISKHOST_BENCH_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let schema = Schema {
@@ -147,7 +149,7 @@ impl Drop for Schema {
 }
 
 pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
-    let portfolios = portfolios();
+    let portfolios = portfolios(PORTFOLIOS);
     let schema = Schema::create(ctx, &portfolios)?;
     let data = Scratch::new("batch")?;
     let dist = ctx.dist_arg();

@@ -20,6 +20,7 @@ pub(crate) mod hotswap;
 pub(crate) mod http;
 pub(crate) mod memory;
 pub(crate) mod overhead;
+pub(crate) mod runs;
 pub(crate) mod sizes;
 pub(crate) mod startup;
 
@@ -104,6 +105,11 @@ pub(crate) const ALL: &[Scenario] = &[
         key: "analytics",
         name: "12. score analytics: aggregates vs raw events, 10M events",
         run: analytics::run,
+    },
+    Scenario {
+        key: "runs",
+        name: "13. a risk run of every stored portfolio vs the batch API",
+        run: runs::run,
     },
     Scenario {
         key: "sizes",
