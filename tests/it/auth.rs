@@ -168,6 +168,43 @@ fn routes() -> Vec<Route> {
             allowed: (404, Some("unknown_backtest")),
         },
         Route {
+            method: Method::POST,
+            path: "/v1/runs",
+            // A selection of nothing: authorized callers reach the run's
+            // own validation, and no run is left behind.
+            body: json_body(json!({"models": ["var-historical"], "portfolios": {"ids": []}})),
+            admin: false,
+            allowed: (422, Some("empty_selection")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs",
+            body: None,
+            admin: false,
+            allowed: (200, None),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs/run-none",
+            body: None,
+            admin: false,
+            allowed: (404, Some("unknown_run")),
+        },
+        Route {
+            method: Method::DELETE,
+            path: "/v1/runs/run-none",
+            body: None,
+            admin: false,
+            allowed: (404, Some("unknown_run")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs/run-none/results",
+            body: None,
+            admin: false,
+            allowed: (404, Some("unknown_run")),
+        },
+        Route {
             method: Method::PUT,
             path: "/v1/models/var-historical",
             body: Some(("application/wasm", b"\0asm-not-a-component".to_vec())),
