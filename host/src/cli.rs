@@ -49,6 +49,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::New(args) => crate::tooling::new::run(&args),
         Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
+        // Off the runtime: its HTTP client is reqwest's blocking one.
+        Command::Run(command) => crate::run_command::run(command),
         Command::Key(command) => {
             crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
             runtime.block_on(crate::key_command::run(command))

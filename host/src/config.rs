@@ -49,6 +49,9 @@ pub(crate) enum Command {
     /// Inspect or test a model component before shipping it.
     #[command(subcommand)]
     Model(crate::tooling::ModelCommand),
+    /// Risk runs on a server: submit models × portfolios, follow them, read their results.
+    #[command(subcommand)]
+    Run(crate::run_command::RunCommand),
     /// Create and manage API keys.
     #[command(subcommand)]
     Key(crate::key_command::KeyCommand),

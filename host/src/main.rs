@@ -36,7 +36,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            // 1, or 3 and 4 for a run waited for that ended with failures
+            // or cancelled.
+            std::process::ExitCode::from(riskhost::exit_code(&error))
         }
     }
 }

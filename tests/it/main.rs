@@ -26,6 +26,7 @@ mod openapi;
 mod properties;
 mod python;
 mod quant;
+mod run_cli;
 mod runs;
 mod sandbox;
 mod shutdown;
