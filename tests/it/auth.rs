@@ -358,8 +358,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
             checked += 1;
         }
     }
-    // 16 protected routes × 6 kinds of caller.
-    assert_eq!(checked, 96);
+    // 21 protected routes × 6 kinds of caller.
+    assert_eq!(checked, 126);
     // The open routes need nothing, whatever header comes along.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for (who, header) in &callers {
