@@ -295,8 +295,12 @@ pub(crate) async fn run(
     });
 
     let shutdown_started = Arc::new(tokio::sync::Notify::new());
+    // When the grace period ends: the in-flight requests and the run chunks
+    // being scored share it.
+    let grace_ends = Arc::new(std::sync::OnceLock::new());
     let serving = {
         let (state, shutdown_started) = (state.clone(), shutdown_started.clone());
+        let grace_ends = grace_ends.clone();
         // The peer address feeds the per-address limit of anonymous callers.
         axum::serve(
             listener,
@@ -312,7 +316,9 @@ pub(crate) async fn run(
                 );
                 tokio::time::sleep(shutdown_delay).await;
             }
-            tracing::info!("shutdown: listener closed, draining in-flight requests");
+            tracing::info!("shutdown: listener closed, draining in-flight requests and run chunks");
+            let _ = grace_ends.set(tokio::time::Instant::now() + shutdown_grace);
+            state.runs.stop_pulling();
             shutdown_started.notify_one();
         })
     };
@@ -324,6 +330,17 @@ pub(crate) async fn run(
             Ok(())
         }
     };
+    let deadline = grace_ends
+        .get()
+        .copied()
+        .unwrap_or_else(|| tokio::time::Instant::now() + shutdown_grace);
+    match state.runs.drained(deadline).await {
+        0 => tracing::info!("runs drained: every chunk being scored was written"),
+        left => tracing::warn!(
+            chunks = left,
+            "run chunks still being scored at the end of the grace period; they are scored again after a restart"
+        ),
+    }
     loading.abort();
     upkeep.abort();
     // Score events still in memory go to ClickHouse, or to the spool.

@@ -493,3 +493,73 @@ fn a_run_is_read_only_by_the_key_that_submitted_it() {
         run["id"]
     );
 }
+
+/// SIGTERM mid-run: no chunk starts after it, the one being scored is
+/// written before the process exits (within the grace period), and a
+/// restart finishes the run with exactly one cell each.
+#[test]
+fn sigterm_lets_the_chunk_being_scored_finish_and_a_restart_completes_the_run() {
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let data = TempDir::new("runs-drain");
+    let args = [
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--data-dir",
+        data.path().to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "2",
+        "--run-workers",
+        "1",
+        "--shutdown-grace-secs",
+        "60",
+    ];
+    let mut server = Server::start_logging(&args, "info");
+    let (status, run) = submit(
+        &server,
+        &json!({"models": ["slow-legal"], "params": {"steps_millions": 40},
+                "portfolios": {"inline": portfolios(60)}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(2) {
+        assert!(Instant::now() < deadline, "no chunk was scored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.terminate();
+    let exit = server
+        .wait_exit(Duration::from_secs(90))
+        .expect("the server exits");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|l| l["message"] == "runs drained: every chunk being scored was written"),
+        "no drain in the logs"
+    );
+    // One worker scores the chunks in order: the written ones are a prefix,
+    // and no half-written file is left.
+    let chunks = data.path().join("runs").join(&id).join("chunks");
+    let names: Vec<String> = std::fs::read_dir(&chunks)
+        .expect("chunks")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let written = names.iter().filter(|n| n.ends_with(".out.ndjson")).count();
+    assert!(
+        (2..30).contains(&written),
+        "{written} of 30 chunks before the stop"
+    );
+    for chunk in 0..written {
+        assert!(
+            names.contains(&format!("{chunk:08}.out.ndjson")),
+            "{names:?}"
+        );
+    }
+    drop(server);
+    let server = Server::start_with(&args);
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(by_cell(&results(&server, &id)).len(), 60);
+}

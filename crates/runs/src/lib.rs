@@ -232,6 +232,14 @@ pub trait Runs: Send + Sync {
 
     /// The run's result lines so far, in chunk order.
     async fn results(&self, key_id: &str, id: &str) -> Result<ResultLines, RunError>;
+
+    /// Shutdown, first step: no worker starts another chunk.
+    fn stop_pulling(&self);
+
+    /// Shutdown, second step: waits until the chunks being scored are
+    /// written, at most until `deadline`; answers how many were still
+    /// being scored then (they are scored again after a restart).
+    async fn drained(&self, deadline: tokio::time::Instant) -> usize;
 }
 
 /// The columns of a run's CSV results.

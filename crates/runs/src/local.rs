@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +72,10 @@ struct Shared {
     runs: Mutex<HashMap<String, RunState>>,
     /// Serialises writes of `run.json`.
     writing: tokio::sync::Mutex<()>,
+    /// Set at shutdown: workers start no chunk after it.
+    draining: AtomicBool,
+    /// Chunks being scored now.
+    in_flight: AtomicUsize,
     queue: mpsc::UnboundedSender<ChunkJob>,
 }
 
@@ -98,6 +103,8 @@ impl LocalRuns {
             scoring,
             runs: Mutex::new(HashMap::new()),
             writing: tokio::sync::Mutex::new(()),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             queue,
         });
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
@@ -238,6 +245,16 @@ impl Shared {
     /// its last delivery quarantines it.
     async fn work(self: &Arc<Self>, job: ChunkJob) {
         metrics::gauge!("riskhost_run_chunks_pending").decrement(1.0);
+        // Shutting down: the chunk has no results, so a restart requeues it.
+        if self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.work_on(job).await;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    async fn work_on(self: &Arc<Self>, job: ChunkJob) {
         let found = self.runs.lock().ok().and_then(|runs| {
             runs.get(&job.run).map(|state| {
                 (
@@ -542,6 +559,20 @@ impl Runs for LocalRuns {
             })
             .await
             .ok_or_else(|| RunError::UnknownRun(id.to_owned()))
+    }
+
+    fn stop_pulling(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    async fn drained(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let in_flight = self.shared.in_flight.load(Ordering::Acquire);
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                return in_flight;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn results(&self, key_id: &str, id: &str) -> Result<ResultLines, RunError> {
