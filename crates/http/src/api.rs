@@ -360,6 +360,16 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The request's media type, lower-cased and without parameters
+/// (`application/json; charset=utf-8` → `application/json`).
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
 /// `Json` whose rejections are JSON errors too. It reads the whole body
 /// before judging the content type, so a rejected request leaves its
 /// keep-alive connection usable for the client's next request.
@@ -373,17 +383,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|mime| {
-                let mime = mime.trim();
-                mime.eq_ignore_ascii_case("application/json")
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            })
-            .unwrap_or(false);
+        let is_json = media_type(request.headers()).is_some_and(|mime| {
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {

@@ -150,15 +150,8 @@ pub(crate) fn served(
 /// `score`: their security requirement gains the empty alternative `{}`.
 /// A wrong key is still refused (401).
 fn make_scoring_key_optional(json: &mut serde_json::Value) {
-    let Some(paths) = json["paths"].as_object_mut() else {
-        return;
-    };
     let needs_score = serde_json::json!([{ BEARER: ["score"] }]);
-    for operation in paths
-        .values_mut()
-        .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|item| item.values_mut())
-    {
+    for operation in json_operations_mut(json) {
         if operation["security"] == needs_score {
             operation["security"] = serde_json::json!([{}, { BEARER: ["score"] }]);
         }
@@ -169,14 +162,7 @@ fn make_scoring_key_optional(json: &mut serde_json::Value) {
 /// parameter called `name` or `model` is always a model name, and a
 /// signature header is never empty.
 fn constrain_parameters(json: &mut serde_json::Value) {
-    let Some(paths) = json["paths"].as_object_mut() else {
-        return;
-    };
-    let operations = paths
-        .values_mut()
-        .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|item| item.values_mut());
-    for operation in operations {
+    for operation in json_operations_mut(json) {
         unwrap_optional_body(operation);
         let Some(parameters) = operation
             .get_mut("parameters")
@@ -361,41 +347,29 @@ impl Modify for Conventions {
             ),
         );
         let string = || ObjectBuilder::new().schema_type(Type::String).build();
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-                &mut item.head,
-                &mut item.options,
-                &mut item.trace,
-            ];
-            for operation in operations.into_iter().flatten() {
-                operation.parameters.get_or_insert_with(Vec::new).push(
-                    ParameterBuilder::new()
-                        .name(REQUEST_ID_HEADER)
-                        .parameter_in(ParameterIn::Header)
-                        .required(Required::False)
-                        .description(Some(
-                            "Your id for this request (1–128 visible ASCII characters); \
-                             a fresh UUID is used otherwise. It is echoed, logged and \
-                             stored with the score events.",
-                        ))
-                        .schema(Some(string()))
-                        .build(),
-                );
-                for response in operation.responses.responses.values_mut() {
-                    if let RefOr::T(response) = response {
-                        response.headers.insert(
-                            REQUEST_ID_HEADER.to_owned(),
-                            HeaderBuilder::new()
-                                .schema(string())
-                                .description(Some("The request's id, as logged"))
-                                .build(),
-                        );
-                    }
+        for operation in operations_mut(openapi) {
+            operation.parameters.get_or_insert_with(Vec::new).push(
+                ParameterBuilder::new()
+                    .name(REQUEST_ID_HEADER)
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "Your id for this request (1–128 visible ASCII characters); \
+                         a fresh UUID is used otherwise. It is echoed, logged and \
+                         stored with the score events.",
+                    ))
+                    .schema(Some(string()))
+                    .build(),
+            );
+            for response in operation.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.headers.insert(
+                        REQUEST_ID_HEADER.to_owned(),
+                        HeaderBuilder::new()
+                            .schema(string())
+                            .description(Some("The request's id, as logged"))
+                            .build(),
+                    );
                 }
             }
         }
@@ -430,35 +404,58 @@ pub(crate) fn document_limit_answers(openapi: &mut Document, with_timeout: bool)
             "the request outlived `--request-timeout-ms` (`request_timeout`)",
         ));
     }
-    for item in openapi.paths.paths.values_mut() {
-        let operations = [
+    for operation in operations_mut(openapi) {
+        for (status, text) in &answers {
+            let responses = &mut operation.responses.responses;
+            match responses.get_mut(*status) {
+                Some(RefOr::T(response)) => {
+                    response.description = format!("{}; or {text}", response.description);
+                }
+                Some(RefOr::Ref(_)) => {}
+                None => {
+                    let mut response = error_response(&capitalised(text));
+                    if *status == "503" {
+                        response
+                            .headers
+                            .insert("retry-after".to_owned(), retry_after());
+                    }
+                    responses.insert((*status).to_owned(), response.into());
+                }
+            }
+        }
+    }
+}
+
+/// Every operation of `openapi`.
+fn operations_mut(
+    openapi: &mut Document,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.put,
             &mut item.post,
             &mut item.delete,
             &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            for (status, text) in &answers {
-                let responses = &mut operation.responses.responses;
-                match responses.get_mut(*status) {
-                    Some(RefOr::T(response)) => {
-                        response.description = format!("{}; or {text}", response.description);
-                    }
-                    Some(RefOr::Ref(_)) => {}
-                    None => {
-                        let mut response = error_response(&capitalised(text));
-                        if *status == "503" {
-                            response
-                                .headers
-                                .insert("retry-after".to_owned(), retry_after());
-                        }
-                        responses.insert((*status).to_owned(), response.into());
-                    }
-                }
-            }
-        }
-    }
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
+/// Every operation of a document already encoded as JSON.
+fn json_operations_mut(
+    json: &mut serde_json::Value,
+) -> impl Iterator<Item = &mut serde_json::Value> {
+    json.get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
 }
 
 fn capitalised(text: &str) -> String {

@@ -100,12 +100,8 @@ async fn submit_run(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_else(|| "application/json".to_owned());
+    let content_type =
+        crate::api::media_type(&headers).unwrap_or_else(|| "application/json".to_owned());
     let (request, portfolios) = match content_type.as_str() {
         "application/json" => {
             let bytes = axum::body::to_bytes(body, state.run_body_limit)
