@@ -644,10 +644,13 @@ async fn flush_chunk(dir: &Path, chunk: u64, buffer: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
-/// Counts the ok and failed cells of result lines.
+/// Counts the ok and failed cells of result lines (a failed cell has an
+/// `error`).
 fn count_cells(lines: &[u8], cells: &mut CellCounts) {
     for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        if line.windows(9).any(|w| w == b"\"error\":{") {
+        let failed = serde_json::from_slice::<serde_json::Value>(line)
+            .map_or(true, |cell| cell.get("error").is_some());
+        if failed {
             cells.failed += 1;
         } else {
             cells.ok += 1;
