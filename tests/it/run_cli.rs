@@ -9,7 +9,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::common::{Server, TempDir, binary, plugins_with, workspace};
+use crate::common::{
+    Server, TempDir, binary, inline_portfolios, plugins_with, stored_portfolio_count, workspace,
+};
 
 /// `riskhost run ARGS --server URL`, run to its end.
 fn cli(server: &Server, args: &[&str]) -> Output {
@@ -68,26 +70,6 @@ fn assert_fails(output: &Output, code: i32, needles: &[&str]) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// The number of portfolios the server stores (the bundled examples).
-fn stored_portfolios() -> usize {
-    std::fs::read_dir(workspace().join("examples/portfolios"))
-        .expect("examples/portfolios")
-        .count()
-}
-
-/// `n` portfolios, each valued differently, as JSON values.
-fn portfolios(n: usize) -> Vec<Value> {
-    let instruments = ["AAPL", "SPX", "GOLD", "TLT", "EURUSD", "MSFT"];
-    (0..n)
-        .map(|i| {
-            json!({"positions": [
-                {"instrument": instruments[i % instruments.len()], "quantity": 10.0 + i as f64},
-                {"instrument": instruments[(i + 1) % instruments.len()], "quantity": -3.5},
-            ]})
-        })
-        .collect()
-}
-
 fn ndjson(portfolios: &[Value]) -> String {
     portfolios.iter().map(|p| format!("{p}\n")).collect()
 }
@@ -126,7 +108,7 @@ fn a_run_of_every_stored_portfolio_is_waited_for_downloaded_and_read_back() {
     assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
 
     // A header, then one row per stored portfolio × model.
-    let stored = stored_portfolios();
+    let stored = stored_portfolio_count();
     let csv = std::fs::read_to_string(&csv_path).expect("the CSV results");
     let rows: Vec<&str> = csv.lines().collect();
     assert!(
@@ -211,7 +193,7 @@ fn portfolio_files_are_uploaded_json_lines_streamed() {
 
     // 300 portfolios, one per line: an NDJSON upload across chunks.
     let file = dir.path().join("book.ndjson");
-    std::fs::write(&file, ndjson(&portfolios(300))).expect("write the portfolios");
+    std::fs::write(&file, ndjson(&inline_portfolios(300))).expect("write the portfolios");
     let out = dir.path().join("results.ndjson");
     let output = cli(
         &server,
@@ -267,7 +249,7 @@ fn portfolio_files_are_uploaded_json_lines_streamed() {
     .expect("cannot run riskhost");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
-        .write_all(ndjson(&portfolios(7)).as_bytes())
+        .write_all(ndjson(&inline_portfolios(7)).as_bytes())
         .expect("write stdin");
     drop(stdin);
     let output = child.wait_with_output().expect("riskhost");
@@ -278,7 +260,7 @@ fn portfolio_files_are_uploaded_json_lines_streamed() {
 
     // A .json file: an array of portfolios, sent inline.
     let file = dir.path().join("three.json");
-    std::fs::write(&file, Value::Array(portfolios(3)).to_string()).expect("write");
+    std::fs::write(&file, Value::Array(inline_portfolios(3)).to_string()).expect("write");
     let output = cli(
         &server,
         &[
@@ -326,7 +308,7 @@ fn a_run_cancelled_while_the_client_waits_exits_4_with_its_results_so_far() {
     ]);
     let dir = TempDir::new("run-cli-cancel");
     let file = dir.path().join("book.ndjson");
-    std::fs::write(&file, ndjson(&portfolios(1000))).expect("write the portfolios");
+    std::fs::write(&file, ndjson(&inline_portfolios(1000))).expect("write the portfolios");
     let out = dir.path().join("partial.ndjson");
     let mut child = command(
         &server,

@@ -11,13 +11,23 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::common::{Server, TempDir, assert_error, plugins_with, put_model, workspace};
+use crate::common::{
+    Server, TempDir, assert_error, inline_portfolios, plugins_with, put_model,
+    stored_portfolio_count, workspace,
+};
 
 const TOKEN: &str = "runs-admin-s3cret";
 
 /// `POST /v1/runs` with a JSON body.
 fn submit(server: &Server, body: &Value) -> (u16, Value) {
     server.post("/v1/runs", body)
+}
+
+/// `POST /v1/runs` that must be accepted: the run's id.
+fn submit_ok(server: &Server, body: &Value) -> String {
+    let (status, run) = submit(server, body);
+    assert_eq!(status, 202, "{run}");
+    run["id"].as_str().expect("id").to_owned()
 }
 
 /// `POST /v1/runs` with an NDJSON body.
@@ -73,19 +83,6 @@ fn by_cell(lines: &[Value]) -> BTreeMap<(u64, String), Value> {
     cells
 }
 
-/// Inline portfolios, each valued differently.
-fn portfolios(n: usize) -> Vec<Value> {
-    let instruments = ["AAPL", "SPX", "GOLD", "TLT", "EURUSD", "MSFT"];
-    (0..n)
-        .map(|i| {
-            json!({"positions": [
-                {"instrument": instruments[i % instruments.len()], "quantity": 10.0 + i as f64},
-                {"instrument": instruments[(i + 1) % instruments.len()], "quantity": -3.5},
-            ]})
-        })
-        .collect()
-}
-
 #[test]
 fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
     let server = Server::start(&[]);
@@ -99,9 +96,7 @@ fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
     assert_eq!(run["status_url"], format!("/v1/runs/{id}"));
     let run = wait_final(&server, &id, Duration::from_secs(60));
     assert_eq!(run["status"], "completed", "{run}");
-    let stored = std::fs::read_dir(workspace().join("examples/portfolios"))
-        .expect("portfolios")
-        .count() as u64;
+    let stored = stored_portfolio_count() as u64;
     assert_eq!(run["portfolios"], stored);
     assert_eq!(run["cells"], json!({"ok": stored * 3, "failed": 0}));
     let lines = results(&server, &id);
@@ -144,7 +139,7 @@ fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
 fn an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks() {
     let server = Server::start(&["--run-chunk-size", "64"]);
     let mut lines = vec![json!({"models": ["var-historical", "es-historical"]})];
-    let mut inline = portfolios(1000);
+    let mut inline = inline_portfolios(1000);
     // One portfolio no model can value: it fails its own cells only.
     inline[500] = json!({"positions": [{"instrument": "NO-SUCH", "quantity": 1}]});
     lines.extend(inline);
@@ -192,13 +187,11 @@ fn a_run_keeps_its_pinned_version_while_another_is_activated() {
         .map(|m| m["digest"].clone())
         .expect("versioned is served");
     // slow-legal makes each chunk last ~30 ms, so the run outlives the swap.
-    let (status, run) = submit(
+    let id = submit_ok(
         &server,
         &json!({"models": ["versioned", "slow-legal"], "params": {"steps_millions": 20},
-                "portfolios": {"inline": portfolios(150)}}),
+                "portfolios": {"inline": inline_portfolios(150)}}),
     );
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_str().expect("id").to_owned();
     let b = std::fs::read(workspace().join("tests/plugins/dist/versioned-b.wasm")).expect("b");
     let (status, deployed) = put_model(&server, TOKEN, "versioned", b, None);
     assert_eq!(status, 201, "{deployed}");
@@ -242,13 +235,11 @@ fn cancel_stops_a_run_and_its_results_so_far_stay_readable() {
         "--run-workers",
         "1",
     ]);
-    let (status, run) = submit(
+    let id = submit_ok(
         &server,
         &json!({"models": ["slow-legal"], "params": {"steps_millions": 20},
-                "portfolios": {"inline": portfolios(300)}}),
+                "portfolios": {"inline": inline_portfolios(300)}}),
     );
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_str().expect("id").to_owned();
     std::thread::sleep(Duration::from_millis(300));
     let response = server
         .client
@@ -288,13 +279,11 @@ fn a_chunk_whose_pinned_version_is_purged_is_quarantined_and_reported() {
         "--run-backoff-ms",
         "10",
     ]);
-    let (status, run) = submit(
+    let id = submit_ok(
         &server,
         &json!({"models": ["slow-legal"], "params": {"steps_millions": 20},
-                "portfolios": {"inline": portfolios(100)}}),
+                "portfolios": {"inline": inline_portfolios(100)}}),
     );
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_str().expect("id").to_owned();
     std::thread::sleep(Duration::from_millis(400));
     let response = server
         .client
@@ -349,13 +338,11 @@ fn a_run_survives_a_sigkill_and_ends_with_exactly_one_cell_each() {
         "2",
     ];
     let server = Server::start_with(&args);
-    let (status, run) = submit(
+    let id = submit_ok(
         &server,
         &json!({"models": ["var-historical", "slow-legal"], "params": {"steps_millions": 10},
-                "portfolios": {"inline": portfolios(200)}}),
+                "portfolios": {"inline": inline_portfolios(200)}}),
     );
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, now) = server.get(&format!("/v1/runs/{id}"));
@@ -393,7 +380,7 @@ fn bad_runs_get_their_errors() {
     assert_error(&answer, 422, "empty_selection", "no portfolio");
     let answer = submit(
         &server,
-        &json!({"models": ["var-historical"], "portfolios": {"inline": portfolios(11)}}),
+        &json!({"models": ["var-historical"], "portfolios": {"inline": inline_portfolios(11)}}),
     );
     assert_error(&answer, 413, "too_many_portfolios", "10");
     let answer = submit(&server, &json!({"models": [], "portfolios": {"all": true}}));
@@ -514,13 +501,11 @@ fn sigterm_lets_the_chunk_being_scored_finish_and_a_restart_completes_the_run() 
         "60",
     ];
     let mut server = Server::start_logging(&args, "info");
-    let (status, run) = submit(
+    let id = submit_ok(
         &server,
         &json!({"models": ["slow-legal"], "params": {"steps_millions": 40},
-                "portfolios": {"inline": portfolios(60)}}),
+                "portfolios": {"inline": inline_portfolios(60)}}),
     );
-    assert_eq!(status, 202, "{run}");
-    let id = run["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(2) {
         assert!(Instant::now() < deadline, "no chunk was scored");
@@ -562,4 +547,83 @@ fn sigterm_lets_the_chunk_being_scored_finish_and_a_restart_completes_the_run() 
     let run = wait_final(&server, &id, Duration::from_secs(120));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(by_cell(&results(&server, &id)).len(), 60);
+}
+
+/// `{"all": true}` on PostgreSQL: every portfolio the database stores,
+/// across chunks, each read by id when its chunk is scored; a sample of
+/// cells equals single scores by id.
+#[test]
+fn a_run_of_every_portfolio_stored_in_postgres_scores_each_once() {
+    use crate::common::db::{PgSchema, psql, riskhost_db};
+    let schema = PgSchema::new("runs_all");
+    riskhost_db(&[
+        "seed",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+    ]);
+    psql(
+        &schema.url,
+        &format!(
+            "INSERT INTO {s}.portfolios (id) SELECT 'pg-' || i FROM generate_series(1, 300) AS i;
+             INSERT INTO {s}.positions SELECT 'pg-' || i, 'SPX', i FROM generate_series(1, 300) AS i;
+             INSERT INTO {s}.positions SELECT 'pg-' || i, 'TLT', -2 FROM generate_series(1, 300) AS i",
+            s = schema.name
+        ),
+    );
+    let stored: usize = psql(
+        &schema.url,
+        &format!("SELECT count(*) FROM {}.portfolios", schema.name),
+    )
+    .lines()
+    .find_map(|l| l.trim().parse().ok())
+    .expect("a count");
+    assert!(stored >= 300, "{stored}");
+    let server = Server::start(&[
+        "--data-source",
+        "postgres",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+        "--events",
+        "none",
+        "--run-chunk-size",
+        "64",
+    ]);
+    let models = ["var-historical", "es-historical"];
+    let id = submit_ok(
+        &server,
+        &json!({"models": models, "portfolios": {"all": true}}),
+    );
+    let run = wait_final(&server, &id, Duration::from_secs(120));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["portfolios"], stored as u64);
+    assert_eq!(run["chunks"]["total"], stored.div_ceil(64) as u64);
+    let lines = results(&server, &id);
+    let cells = by_cell(&lines);
+    assert_eq!(cells.len(), stored * models.len());
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &lines {
+        assert!(line["value"].is_number(), "{line}");
+        *ids.entry(line["portfolio_id"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(ids.len(), stored, "every stored id once per model");
+    assert!(ids.values().all(|n| *n == models.len()), "{ids:?}");
+    for line in lines.iter().filter(|l| {
+        ["pg-1", "pg-150", "pg-300"].contains(&l["portfolio_id"].as_str().unwrap_or_default())
+    }) {
+        let (status, single) = server.post(
+            "/v1/score",
+            &json!({"model": line["model"], "portfolio": {"id": line["portfolio_id"]}, "as_of": run["as_of"]}),
+        );
+        assert_eq!(status, 200, "{single}");
+        assert_eq!(
+            line["value"].as_f64(),
+            single["value"].as_f64(),
+            "{line}\n{single}"
+        );
+    }
 }

@@ -519,3 +519,24 @@ impl Server {
         metric_value(&self.get_text("/metrics"), series)
     }
 }
+
+/// `n` inline portfolios, each valued differently (quantities grow with
+/// the index), on instruments the bundled data prices.
+pub(crate) fn inline_portfolios(n: usize) -> Vec<Value> {
+    let instruments = ["AAPL", "SPX", "GOLD", "TLT", "EURUSD", "MSFT"];
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"positions": [
+                {"instrument": instruments[i % instruments.len()], "quantity": 10.0 + i as f64},
+                {"instrument": instruments[(i + 1) % instruments.len()], "quantity": -3.5},
+            ]})
+        })
+        .collect()
+}
+
+/// How many portfolios the bundled data stores (`examples/portfolios`).
+pub(crate) fn stored_portfolio_count() -> usize {
+    std::fs::read_dir(workspace().join("examples/portfolios"))
+        .expect("examples/portfolios")
+        .count()
+}
