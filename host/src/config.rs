@@ -268,10 +268,34 @@ pub(crate) struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
     /// `local`: runs kept in the data directory (`runs/`), chunks queued
-    /// in this process.
-    #[arg(long = "runs", env = "RISKHOST_RUNS", default_value = "local",
-          value_parser = ["local"])]
-    pub(crate) backend: String,
+    /// in this process. `nats`: every replica works every run; chunks on a
+    /// NATS JetStream work queue (`--nats-url`), state in PostgreSQL
+    /// (`--postgres-url`), results in ClickHouse (`--clickhouse-url`).
+    #[arg(
+        long = "runs",
+        env = "RISKHOST_RUNS",
+        value_enum,
+        default_value = "local"
+    )]
+    pub(crate) backend: RunBackend,
+    /// NATS server of `--runs nats`.
+    #[arg(
+        long,
+        env = "RISKHOST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub(crate) nats_url: String,
+    /// Prefix of the run stream (`<PREFIX>_RUNS`), its subjects and its
+    /// consumer, so several deployments can share one NATS server.
+    #[arg(long, env = "RISKHOST_NATS_PREFIX", default_value = "riskhost")]
+    pub(crate) nats_prefix: String,
+    /// How long a chunk may go unacknowledged before NATS delivers it to
+    /// another worker, in seconds; a worker scoring a long chunk says it is
+    /// alive every third of it. A killed worker's chunk waits this long.
+    #[arg(long, env = "RISKHOST_RUN_ACK_WAIT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) run_ack_wait_secs: u64,
     /// Workers scoring run chunks at once; each chunk is one batch call
     /// spread over the models' bulkheads.
     #[arg(long, env = "RISKHOST_RUN_WORKERS", default_value_t = 2,
@@ -298,7 +322,27 @@ pub(crate) struct RunArgs {
     pub(crate) run_backoff_ms: u64,
 }
 
+/// Where runs are kept and worked (`--runs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RunBackend {
+    Local,
+    Nats,
+}
+
 impl RunArgs {
+    pub(crate) fn nats(&self) -> riskhost_runs::NatsRunsSettings {
+        riskhost_runs::NatsRunsSettings {
+            url: self.nats_url.clone(),
+            prefix: self.nats_prefix.clone(),
+            workers: usize::try_from(self.run_workers).unwrap_or(2),
+            chunk_size: usize::try_from(self.run_chunk_size).unwrap_or(1000),
+            max_portfolios: self.run_max_portfolios,
+            max_deliveries: self.run_max_deliveries,
+            backoff: std::time::Duration::from_millis(self.run_backoff_ms),
+            ack_wait: std::time::Duration::from_secs(self.run_ack_wait_secs),
+        }
+    }
+
     pub(crate) fn local(&self, data_dir: &std::path::Path) -> riskhost_runs::LocalRunsSettings {
         riskhost_runs::LocalRunsSettings {
             dir: data_dir.join("runs"),

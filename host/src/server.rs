@@ -24,7 +24,7 @@ use riskhost_models::{
 
 use riskhost_fleet::SharedRegistry;
 
-use crate::config::{ModelStoreKind, ServeArgs};
+use crate::config::{ModelStoreKind, RunBackend, ServeArgs};
 use crate::services::{Services, authenticator, event_sink, open_market};
 
 /// `riskhost serve`: builds the server from `args`, binds its port and
@@ -130,15 +130,9 @@ impl Server {
                 .scoring(cache, args.scoring())
                 .with_events(events.clone()),
         );
-        let runs = riskhost_runs::LocalRuns::open(
-            args.runs.local(&args.hot_swap.data_dir),
-            scoring.clone(),
-            args.scoring().batch.max_models,
-        )
-        .await
-        .context("cannot open the run store")?;
+        let runs = open_runs(args, &scoring).await?;
         let state = Arc::new(AppState {
-            runs: Arc::new(runs),
+            runs,
             run_body_limit: args.max_batch_body_bytes,
             scoring,
             metrics: metrics.clone(),
@@ -185,6 +179,52 @@ impl Server {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         })
     }
+}
+
+/// The run backend `--runs` names.
+async fn open_runs(
+    args: &ServeArgs,
+    scoring: &Arc<riskhost_scoring::ScoringService>,
+) -> anyhow::Result<Arc<dyn riskhost_runs::Runs>> {
+    let max_models = args.scoring().batch.max_models;
+    Ok(match args.runs.backend {
+        RunBackend::Local => Arc::new(
+            riskhost_runs::LocalRuns::open(
+                args.runs.local(&args.hot_swap.data_dir),
+                scoring.clone(),
+                max_models,
+            )
+            .await
+            .context("cannot open the run store")?,
+        ),
+        RunBackend::Nats => {
+            let data = &args.sources.data;
+            let mut postgres = data
+                .require_postgres()
+                .context("--runs nats keeps run state in PostgreSQL")?;
+            // Workers touch PostgreSQL a few times per chunk of hundreds of
+            // portfolios: a small pool, apart from scoring's.
+            postgres.pool_size = postgres.pool_size.min(4);
+            let pool =
+                crate::sources::open_postgres_pool("runs", postgres, Duration::from_secs(30))
+                    .await?;
+            let warehouse = riskhost_db::Warehouse::new(
+                data.require_clickhouse()
+                    .context("--runs nats writes run results to ClickHouse")?,
+            )?;
+            Arc::new(
+                riskhost_runs::NatsRuns::open(
+                    args.runs.nats(),
+                    scoring.clone(),
+                    max_models,
+                    pool,
+                    warehouse,
+                )
+                .await
+                .context("cannot start the NATS run workers")?,
+            )
+        }
+    })
 }
 
 /// The shared registry with `--model-store postgres`. Its pool connects

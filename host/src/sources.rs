@@ -121,7 +121,16 @@ pub(crate) async fn open_postgres(
     settings: PgSettings,
     patience: Duration,
 ) -> anyhow::Result<PgPool> {
-    let pool = PgPool::new("postgres", settings)?;
+    open_postgres_pool("postgres", settings, patience).await
+}
+
+/// [`open_postgres`] for a pool of its own, named `name` in the metrics.
+pub(crate) async fn open_postgres_pool(
+    name: &'static str,
+    settings: PgSettings,
+    patience: Duration,
+) -> anyhow::Result<PgPool> {
+    let pool = PgPool::new(name, settings)?;
     let deadline = std::time::Instant::now() + patience;
     loop {
         match riskhost_db::migrate(&pool).await {

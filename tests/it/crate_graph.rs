@@ -34,7 +34,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("riskhost-auth", &["riskhost-db"]),
-    ("riskhost-runs", &["riskhost-scoring", "riskhost-models"]),
+    (
+        "riskhost-runs",
+        &["riskhost-scoring", "riskhost-models", "riskhost-db"],
+    ),
     (
         "riskhost-http",
         &[

@@ -1,9 +1,13 @@
-//! Risk runs on one server (`--runs local`): a run of every stored
+//! Risk runs. The functional tests run on both backends (`local::…` on
+//! one process with `--runs local`, `nats::…` on NATS JetStream with state
+//! in PostgreSQL and results in ClickHouse): a run of every stored
 //! portfolio matches single scores bit for bit, an NDJSON upload is planned
 //! into chunks with one cell per portfolio and model, a run keeps its
 //! pinned version while another is activated, cancel stops it, a purged
-//! version quarantines the chunks that need it, a SIGKILL mid-run is
-//! resumed without a duplicate, and bad input gets its error.
+//! version quarantines the chunks that need it, bad input gets its error,
+//! and a run is only its submitter's. Then what each backend adds: a
+//! SIGKILL and a SIGTERM mid-run on one process; two replicas through a
+//! SIGKILL of one, NATS restarted mid-run, and NATS down at submission.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,10 +15,80 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::common::nats::{DedicatedNats, NatsRuns};
 use crate::common::{
-    Server, TempDir, assert_error, inline_portfolios, plugins_with, put_model,
+    Server, TempDir, assert_error, inline_portfolios, plugins_dir, plugins_with, put_model,
     stored_portfolio_count, workspace,
 };
+
+/// Where a functional test's runs are kept and worked.
+enum Backend {
+    Local,
+    Nats(NatsRuns),
+}
+
+impl Backend {
+    fn nats() -> Backend {
+        Backend::Nats(NatsRuns::new("runs"))
+    }
+
+    /// `args` plus this backend's flags, except those `args` give.
+    fn args(&self, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if let Backend::Nats(nats) = self {
+            for pair in nats.args().chunks(2) {
+                if !args.contains(&pair[0].as_str()) {
+                    all.extend_from_slice(pair);
+                }
+            }
+        }
+        all
+    }
+
+    /// A server with exactly `args` (which name `--plugins`) and the
+    /// backend's flags.
+    fn start_with(&self, args: &[&str]) -> Server {
+        let args = self.args(args);
+        Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// A server with the example models, `extra` and the backend's flags.
+    fn start(&self, extra: &[&str]) -> Server {
+        let plugins = plugins_dir();
+        let mut args = vec!["--plugins", plugins.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        self.start_with(&args)
+    }
+}
+
+/// Each named test once per backend: `local::NAME` and `nats::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::Local)
+            })*
+        }
+        mod nats {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::nats())
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit,
+    an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks,
+    a_run_keeps_its_pinned_version_while_another_is_activated,
+    cancel_stops_a_run_and_its_results_so_far_stay_readable,
+    a_chunk_whose_pinned_version_is_purged_is_quarantined_and_reported,
+    bad_runs_get_their_errors,
+    a_run_is_read_only_by_the_key_that_submitted_it,
+    a_run_of_every_portfolio_stored_in_postgres_scores_each_once,
+);
 
 const TOKEN: &str = "runs-admin-s3cret";
 
@@ -83,9 +157,8 @@ fn by_cell(lines: &[Value]) -> BTreeMap<(u64, String), Value> {
     cells
 }
 
-#[test]
-fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
-    let server = Server::start(&[]);
+fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit(backend: &Backend) {
+    let server = backend.start(&[]);
     let models = ["var-historical", "es-historical", "var-parametric"];
     let (status, run) = submit(
         &server,
@@ -135,9 +208,8 @@ fn a_run_of_every_stored_portfolio_matches_single_scores_bit_for_bit() {
     assert_eq!(list["runs"][0]["id"], id.as_str());
 }
 
-#[test]
-fn an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks() {
-    let server = Server::start(&["--run-chunk-size", "64"]);
+fn an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks(backend: &Backend) {
+    let server = backend.start(&["--run-chunk-size", "64"]);
     let mut lines = vec![json!({"models": ["var-historical", "es-historical"]})];
     let mut inline = inline_portfolios(1000);
     // One portfolio no model can value: it fails its own cells only.
@@ -167,10 +239,9 @@ fn an_ndjson_upload_gets_one_cell_per_portfolio_and_model_across_chunks() {
     }
 }
 
-#[test]
-fn a_run_keeps_its_pinned_version_while_another_is_activated() {
+fn a_run_keeps_its_pinned_version_while_another_is_activated(backend: &Backend) {
     let plugins = plugins_with(&["var-historical"], &["versioned-a", "slow-legal"]);
-    let server = Server::start_with(&[
+    let server = backend.start_with(&[
         "--plugins",
         plugins.path().to_str().unwrap_or_default(),
         "--admin-token",
@@ -224,10 +295,9 @@ fn a_run_keeps_its_pinned_version_while_another_is_activated() {
     );
 }
 
-#[test]
-fn cancel_stops_a_run_and_its_results_so_far_stay_readable() {
+fn cancel_stops_a_run_and_its_results_so_far_stay_readable(backend: &Backend) {
     let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
-    let server = Server::start_with(&[
+    let server = backend.start_with(&[
         "--plugins",
         plugins.path().to_str().unwrap_or_default(),
         "--run-chunk-size",
@@ -262,10 +332,9 @@ fn cancel_stops_a_run_and_its_results_so_far_stay_readable() {
     assert_eq!(results(&server, &id).len() as u64, done);
 }
 
-#[test]
-fn a_chunk_whose_pinned_version_is_purged_is_quarantined_and_reported() {
+fn a_chunk_whose_pinned_version_is_purged_is_quarantined_and_reported(backend: &Backend) {
     let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
-    let server = Server::start_with(&[
+    let server = backend.start_with(&[
         "--plugins",
         plugins.path().to_str().unwrap_or_default(),
         "--admin-token",
@@ -365,9 +434,8 @@ fn a_run_survives_a_sigkill_and_ends_with_exactly_one_cell_each() {
     assert_eq!(cells.len(), 400, "exactly one cell per portfolio and model");
 }
 
-#[test]
-fn bad_runs_get_their_errors() {
-    let server = Server::start(&["--run-max-portfolios", "10"]);
+fn bad_runs_get_their_errors(backend: &Backend) {
+    let server = backend.start(&["--run-max-portfolios", "10"]);
     let answer = submit(
         &server,
         &json!({"models": ["no-such-model"], "portfolios": {"all": true}}),
@@ -435,11 +503,10 @@ fn key(id: &str) -> (String, String) {
     (token, spec)
 }
 
-#[test]
-fn a_run_is_read_only_by_the_key_that_submitted_it() {
+fn a_run_is_read_only_by_the_key_that_submitted_it(backend: &Backend) {
     let (alice, alice_spec) = key("alice");
     let (bob, bob_spec) = key("bob");
-    let server = Server::start(&[
+    let server = backend.start(&[
         "--api-key",
         &alice_spec,
         "--api-key",
@@ -552,10 +619,17 @@ fn sigterm_lets_the_chunk_being_scored_finish_and_a_restart_completes_the_run() 
 /// `{"all": true}` on PostgreSQL: every portfolio the database stores,
 /// across chunks, each read by id when its chunk is scored; a sample of
 /// cells equals single scores by id.
-#[test]
-fn a_run_of_every_portfolio_stored_in_postgres_scores_each_once() {
+fn a_run_of_every_portfolio_stored_in_postgres_scores_each_once(backend: &Backend) {
     use crate::common::db::{PgSchema, psql, riskhost_db};
-    let schema = PgSchema::new("runs_all");
+    // On NATS, the market data and the run state share the run's schema.
+    let own;
+    let schema = match backend {
+        Backend::Nats(nats) => &nats.schema,
+        Backend::Local => {
+            own = PgSchema::new("runs_all");
+            &own
+        }
+    };
     riskhost_db(&[
         "seed",
         "--postgres-url",
@@ -580,7 +654,7 @@ fn a_run_of_every_portfolio_stored_in_postgres_scores_each_once() {
     .find_map(|l| l.trim().parse().ok())
     .expect("a count");
     assert!(stored >= 300, "{stored}");
-    let server = Server::start(&[
+    let server = backend.start(&[
         "--data-source",
         "postgres",
         "--postgres-url",
@@ -626,4 +700,165 @@ fn a_run_of_every_portfolio_stored_in_postgres_scores_each_once() {
             "{line}\n{single}"
         );
     }
+}
+
+/// `GET /metrics` of `server`: one series' value.
+fn metric(server: &Server, series: &str) -> f64 {
+    crate::common::metric_value(&server.get_text("/metrics"), series).unwrap_or_default()
+}
+
+/// Two replicas on one NATS stream score 20,000 portfolios × 3 models; one
+/// is SIGKILLed while it scores. Its chunks are delivered again to the
+/// other after the ack wait, and the run ends with exactly 60,000 cells,
+/// each once, a sample equal bit for bit to single scores.
+#[test]
+fn two_replicas_on_nats_score_a_run_through_a_sigkill_of_one_exactly_once() {
+    let nats = NatsRuns::new("runs");
+    let backend = Backend::Nats(nats);
+    let plugins = plugins_dir();
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "250",
+        "--run-workers",
+        "2",
+        "--run-ack-wait-secs",
+        "3",
+    ];
+    let doomed = backend.start_with(&args);
+    let survivor = backend.start_with(&args);
+    let models = ["var-historical", "es-historical", "var-parametric"];
+    let portfolios = inline_portfolios(20_000);
+    let mut lines = vec![json!({"models": models})];
+    lines.extend(portfolios.iter().cloned());
+    let (status, run) = upload(&doomed, &lines);
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["chunks"]["total"], 80);
+    let id = run["id"].as_str().expect("id").to_owned();
+    // Kill the replica while it scores a chunk, once the run is under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, now) = survivor.get(&format!("/v1/runs/{id}"));
+        assert_ne!(now["status"], "completed", "the run ended before the kill");
+        if now["chunks"]["done"].as_u64() >= Some(8)
+            && metric(&doomed, "riskhost_run_chunks_in_flight") >= 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(doomed); // SIGKILL
+    let run = wait_final(&survivor, &id, Duration::from_secs(600));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 60_000, "failed": 0}), "{run}");
+    let results = results(&survivor, &id);
+    assert_eq!(results.len(), 60_000, "exactly one line per cell");
+    let cells = by_cell(&results);
+    assert_eq!(cells.len(), 60_000);
+    // The killed replica's chunk was begun again by the survivor.
+    if let Backend::Nats(nats) = &backend {
+        let redelivered = crate::common::db::psql(
+            &nats.schema.url,
+            &format!(
+                "SELECT count(*) FROM {}.run_chunks WHERE run_id = '{id}' AND starts > 1",
+                nats.schema.name
+            ),
+        );
+        assert_ne!(redelivered, "0", "no chunk was delivered twice");
+    }
+    for index in (0..20_000u64).step_by(1_999) {
+        for model in models {
+            let cell = &cells[&(index, model.to_owned())];
+            let (status, single) = survivor.post(
+                "/v1/score",
+                &json!({
+                    "model": format!("{model}@{}", run["digests"][model].as_str().unwrap_or_default()),
+                    "portfolio": portfolios[index as usize],
+                    "as_of": run["as_of"],
+                }),
+            );
+            assert_eq!(status, 200, "{single}");
+            assert_eq!(
+                cell["value"].as_f64().map(f64::to_bits),
+                single["value"].as_f64().map(f64::to_bits),
+                "{cell}\n{single}"
+            );
+        }
+    }
+}
+
+/// NATS stopped and started again mid-run: the chunks on its file-backed
+/// stream survive, the workers reconnect, and the run completes with
+/// exactly one cell each.
+#[test]
+fn a_run_on_nats_completes_through_a_restart_of_nats() {
+    let server_nats = DedicatedNats::start();
+    let backend = Backend::Nats(NatsRuns::on("runs", &server_nats.url()));
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let server = backend.start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "5",
+        "--run-workers",
+        "1",
+        "--run-ack-wait-secs",
+        "3",
+    ]);
+    let id = submit_ok(
+        &server,
+        &json!({"models": ["var-historical", "slow-legal"], "params": {"steps_millions": 10},
+                "portfolios": {"inline": inline_portfolios(200)}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(3) {
+        assert!(Instant::now() < deadline, "no chunk was scored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server_nats.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, during) = server.get(&format!("/v1/runs/{id}"));
+    assert_eq!(during["status"], "running", "{during}");
+    server_nats.start_again();
+    let run = wait_final(&server, &id, Duration::from_secs(180));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 400, "failed": 0}), "{run}");
+    assert_eq!(by_cell(&results(&server, &id)).len(), 400);
+}
+
+/// NATS down at submission: 503 `runs_unavailable` naming NATS; once it is
+/// back, a run goes through.
+#[test]
+fn a_run_submitted_while_nats_is_down_gets_503_and_goes_through_once_it_is_back() {
+    let server_nats = DedicatedNats::start();
+    let backend = Backend::Nats(NatsRuns::on("runs", &server_nats.url()));
+    let server = backend.start(&[]);
+    server_nats.stop();
+    let body = json!({"models": ["var-historical"], "portfolios": {"all": true}});
+    let answer = submit(&server, &body);
+    assert_error(&answer, 503, "runs_unavailable", "NATS");
+    // Nothing of the refused run stays.
+    assert_eq!(server.get("/v1/runs").1["runs"], json!([]));
+    server_nats.start_again();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (status, run) = submit(&server, &body);
+        if status == 202 {
+            break run["id"].as_str().expect("id").to_owned();
+        }
+        assert_eq!(status, 503, "{run}");
+        assert!(
+            Instant::now() < deadline,
+            "NATS is back but runs are not: {run}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let run = wait_final(&server, &id, Duration::from_secs(60));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(
+        by_cell(&results(&server, &id)).len(),
+        stored_portfolio_count()
+    );
 }

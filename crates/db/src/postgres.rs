@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "the shared model registry",
         include_str!("../migrations/0005_model_registry.sql"),
     ),
+    (
+        6,
+        "risk runs on NATS JetStream",
+        include_str!("../migrations/0006_runs.sql"),
+    ),
 ];
 
 /// Connection and pool settings.

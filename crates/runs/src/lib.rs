@@ -12,11 +12,16 @@
 //!
 //! [`Runs`] is the capability; its backend is chosen at start-up:
 //! [`LocalRuns`] (`--runs local`, the embedded default) keeps runs in the
-//! data directory and queues chunks in the process.
+//! data directory and queues chunks in the process; [`NatsRuns`]
+//! (`--runs nats`) keeps them in PostgreSQL, queues chunks on a NATS
+//! JetStream work queue pulled by every replica, and writes results to
+//! ClickHouse.
 //!
 //! May not: know HTTP, or score anything itself (the batch engine does).
 
+mod chunk;
 mod local;
+mod nats;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -27,6 +32,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use self::local::{LocalRuns, LocalRunsSettings};
+pub use self::nats::{NatsRuns, NatsRunsSettings};
 pub use self::plan::portfolio_stream;
 use riskhost_scoring::PortfolioInput;
 

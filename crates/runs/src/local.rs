@@ -20,17 +20,16 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::chunk::{
+    chunk_failure, parse_portfolios, plan_chunks, quarantined_cells, result_lines, score_chunk,
+};
 use super::plan::pin;
 use super::{
-    CellCounts, ChunkCounts, ChunkFailure, ResultLines, RunError, RunSpec, RunStatus, RunView,
-    Runs, Submission,
+    CellCounts, ChunkCounts, ResultLines, RunError, RunSpec, RunStatus, RunView, Runs, Submission,
 };
-use riskhost_scoring::{
-    BatchCell, BatchRequest, CellError, CellOutcome, PortfolioInput, ScoringService,
-};
+use riskhost_scoring::{PortfolioInput, ScoringService};
 
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
@@ -281,7 +280,7 @@ impl Shared {
         }
         metrics::gauge!("riskhost_run_chunks_in_flight").increment(1.0);
         let first_index = job.chunk * self.settings.chunk_size as u64;
-        let outcome = self.score_chunk(&job, &spec, &dir, first_index).await;
+        let outcome = self.score_and_write(&job, &spec, &dir, first_index).await;
         metrics::gauge!("riskhost_run_chunks_in_flight").decrement(1.0);
         match outcome {
             Ok(cells) => {
@@ -319,7 +318,7 @@ impl Shared {
     /// Scores a chunk's portfolios with the run's pinned models and writes
     /// its result lines; answers their counts, or why the chunk failed as a
     /// whole.
-    async fn score_chunk(
+    async fn score_and_write(
         &self,
         job: &ChunkJob,
         spec: &RunSpec,
@@ -327,35 +326,12 @@ impl Shared {
         first_index: u64,
     ) -> Result<CellCounts, String> {
         let portfolios = read_chunk(dir, job.chunk).await?;
-        let request = BatchRequest {
-            models: spec
-                .digests
-                .iter()
-                .map(|(name, digest)| format!("{name}@{digest}"))
-                .collect(),
-            portfolios,
-            params: spec.params.clone(),
-            as_of: Some(spec.as_of),
-        };
-        let response = self
-            .scoring
-            .score_batch(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut cells = CellCounts::default();
-        let mut out = Vec::new();
-        for mut cell in response.results {
-            cell.portfolio_index += first_index as usize;
-            match cell.outcome {
-                CellOutcome::Score(_) => cells.ok += 1,
-                CellOutcome::Error { .. } => cells.failed += 1,
-            }
-            append_line(&mut out, &job.run, &cell).map_err(|e| e.to_string())?;
-        }
+        let scored = score_chunk(&self.scoring, spec, portfolios, first_index).await?;
+        let out = result_lines(&job.run, &scored.cells).map_err(|e| e.to_string())?;
         write_whole(&chunk_path(dir, job.chunk, "out.ndjson"), &out)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(cells)
+        Ok(scored.counts)
     }
 
     /// After its last delivery: error cells for each of the chunk's
@@ -370,44 +346,26 @@ impl Shared {
     ) {
         tracing::error!(run = %job.run, chunk = job.chunk, deliveries = job.deliveries + 1, %reason, "a run chunk is quarantined");
         let portfolios = read_chunk(dir, job.chunk).await.unwrap_or_default();
-        let message = format!(
-            "chunk {} failed {} times; the last time: {reason}",
+        let failure = chunk_failure(
             job.chunk,
-            job.deliveries + 1
-        );
-        let mut out = Vec::new();
-        for (offset, portfolio) in portfolios.iter().enumerate() {
-            for model in spec.digests.keys() {
-                let cell = BatchCell {
-                    portfolio_index: (first_index as usize) + offset,
-                    portfolio_id: portfolio.id.clone(),
-                    model: model.clone(),
-                    outcome: CellOutcome::Error {
-                        error: CellError {
-                            code: "chunk_failed",
-                            message: message.clone(),
-                        },
-                    },
-                };
-                let _ = append_line(&mut out, &job.run, &cell);
-            }
-        }
-        let failure = ChunkFailure {
-            chunk: job.chunk,
-            first_portfolio_index: first_index,
-            portfolios: portfolios.len() as u64,
-            portfolio_ids: portfolios.iter().filter_map(|p| p.id.clone()).collect(),
+            first_index,
+            &portfolios,
             reason,
-            deliveries: job.deliveries + 1,
+            job.deliveries + 1,
+        );
+        let cells = quarantined_cells(spec, &portfolios, first_index, &failure);
+        let written = match result_lines(&job.run, &cells) {
+            Ok(out) => write_whole(&chunk_path(dir, job.chunk, "out.ndjson"), &out).await,
+            Err(e) => Err(e),
         };
-        let written = match write_whole(&chunk_path(dir, job.chunk, "out.ndjson"), &out).await {
+        let written = match written {
             Ok(()) => write_json(&chunk_path(dir, job.chunk, "failed.json"), &failure).await,
             Err(e) => Err(e),
         };
         if let Err(error) = written {
             tracing::error!(run = %job.run, chunk = job.chunk, %error, "cannot record a quarantined chunk");
         }
-        let failed_cells = (portfolios.len() * spec.digests.len()) as u64;
+        let failed_cells = cells.len() as u64;
         metrics::counter!("riskhost_run_chunks_quarantined_total").increment(1);
         metrics::counter!("riskhost_run_cells_total", "outcome" => "failed")
             .increment(failed_cells);
@@ -441,25 +399,7 @@ async fn read_chunk(dir: &Path, chunk: u64) -> Result<Vec<PortfolioInput>, Strin
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|line| serde_json::from_slice(line).map_err(|e| format!("{}: {e}", path.display())))
-        .collect()
-}
-
-/// One result line: the batch API's cell plus `run_id`.
-#[derive(Serialize)]
-struct ResultLine<'a> {
-    run_id: &'a str,
-    #[serde(flatten)]
-    cell: &'a BatchCell,
-}
-
-fn append_line(out: &mut Vec<u8>, run_id: &str, cell: &BatchCell) -> Result<(), serde_json::Error> {
-    serde_json::to_writer(&mut *out, &ResultLine { run_id, cell })?;
-    out.push(b'\n');
-    Ok(())
+    parse_portfolios(&bytes, &path.display().to_string())
 }
 
 #[async_trait::async_trait]
@@ -476,12 +416,21 @@ impl Runs for LocalRuns {
         tokio::fs::create_dir_all(dir.join("chunks"))
             .await
             .map_err(|e| RunError::store("cannot create the run's directory", e))?;
-        let planned = write_chunks(&dir, submission.portfolios, &shared.settings).await;
-        let (portfolios, chunks) = match planned {
-            Ok((0, _)) => Err(RunError::EmptySelection),
-            other => other,
-        }
-        .inspect_err(|_| {
+        let planned = plan_chunks(
+            submission.portfolios,
+            shared.settings.chunk_size,
+            shared.settings.max_portfolios,
+            |chunk| {
+                let path = chunk_path(&dir, chunk.number, "in.ndjson");
+                async move {
+                    tokio::fs::write(&path, &chunk.lines).await.map_err(|e| {
+                        RunError::store(&format!("cannot write {}", path.display()), e)
+                    })
+                }
+            },
+        )
+        .await;
+        let (portfolios, chunks) = planned.inspect_err(|_| {
             // Nothing of a refused run stays behind.
             let _ = std::fs::remove_dir_all(&dir);
         })?;
@@ -595,53 +544,6 @@ impl Runs for LocalRuns {
             .filter_map(std::future::ready);
         Ok(lines.boxed())
     }
-}
-
-/// Writes the portfolios of a submission into chunk files as they arrive;
-/// answers how many portfolios and chunks there are.
-async fn write_chunks(
-    dir: &Path,
-    mut portfolios: futures::stream::BoxStream<'static, Result<PortfolioInput, RunError>>,
-    settings: &LocalRunsSettings,
-) -> Result<(u64, u64), RunError> {
-    let mut count = 0u64;
-    let mut chunks = 0u64;
-    let mut buffer = Vec::new();
-    let mut in_chunk = 0usize;
-    while let Some(portfolio) = portfolios.next().await {
-        let portfolio = portfolio?;
-        count += 1;
-        if count > settings.max_portfolios {
-            return Err(RunError::TooManyPortfolios {
-                max: settings.max_portfolios,
-            });
-        }
-        serde_json::to_writer(&mut buffer, &portfolio).map_err(|e| RunError::store("encode", e))?;
-        buffer.push(b'\n');
-        in_chunk += 1;
-        if in_chunk == settings.chunk_size {
-            flush_chunk(dir, chunks, &mut buffer).await?;
-            chunks += 1;
-            in_chunk = 0;
-        }
-    }
-    if in_chunk > 0 {
-        flush_chunk(dir, chunks, &mut buffer).await?;
-        chunks += 1;
-    }
-    Ok((count, chunks))
-}
-
-async fn flush_chunk(dir: &Path, chunk: u64, buffer: &mut Vec<u8>) -> Result<(), RunError> {
-    let path = chunk_path(dir, chunk, "in.ndjson");
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| RunError::store(&format!("cannot create {}", path.display()), e))?;
-    file.write_all(buffer)
-        .await
-        .map_err(|e| RunError::store(&format!("cannot write {}", path.display()), e))?;
-    buffer.clear();
-    Ok(())
 }
 
 /// Counts the ok and failed cells of result lines (a failed cell has an

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod db;
+pub(crate) mod nats;
 pub(crate) mod oci;
 pub(crate) mod routes;
 
