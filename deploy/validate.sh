@@ -5,10 +5,12 @@
 # least one case each), the Prometheus config,
 # the Grafana dashboard (regenerated and compared, JSON structure, every
 # metric it plots is one riskhost exports), the YAML of the compose file,
-# and the Kubernetes manifests: their schema (kubernetes-validate --strict),
-# policy (checkov, with the commented allow-list deploy/k8s/.checkov.yaml)
-# and what they say of the server (settings it reads, secrets as files,
-# image version, ports). Both Kubernetes tools come from PyPI, pinned, each
+# and the Kubernetes manifests: their schema (kubernetes-validate --strict;
+# KEDA's ScaledObject, a CRD it does not know, by the python checks and
+# through the HPA KEDA makes of it), policy (checkov, with the commented
+# allow-list deploy/k8s/.checkov.yaml) and what they say of the server
+# (settings it reads, secrets as files, image version, ports, the run
+# queue's names). Both Kubernetes tools come from PyPI, pinned, each
 # into its own virtualenv under ${XDG_CACHE_HOME:-$HOME/.cache}/riskhost,
 # installed on first use (checkov takes about a minute) and never again.
 set -euo pipefail
@@ -48,16 +50,58 @@ git diff --quiet -- grafana/dashboards/riskhost.json 2>/dev/null \
     || { echo "grafana/dashboards/riskhost.json is stale: commit the output of build-dashboard.py"; exit 1; }
 
 # Every manifest but kustomization.yaml (not a Kubernetes object; the
-# python checks below hold it to the manifests), against the API schemas,
-# rejecting unknown fields.
-manifests=()
-for f in k8s/*.yaml; do [ "$f" = k8s/kustomization.yaml ] || manifests+=("$f"); done
+# python checks below hold it to the manifests) and KEDA's (keda.sh, a CRD
+# kubernetes-validate has no schema for: the python checks hold its fields),
+# against the API schemas, rejecting unknown fields. With them, the HPA
+# KEDA makes of scaledobject.yaml, so its bounds and `behavior` meet the
+# HPA's own schema.
+manifests=() keda=()
+for f in k8s/*.yaml; do
+    [ "$f" = k8s/kustomization.yaml ] && continue
+    if grep -q '^apiVersion: keda\.sh/' "$f"; then keda+=("$f"); else manifests+=("$f"); fi
+done
+python3 - "${keda[@]}" > "$tmp/keda-hpa.yaml" <<'PY'
+# What KEDA's operator creates for each ScaledObject: an autoscaling/v2 HPA
+# on its target, a Resource metric per cpu/memory trigger, an External one
+# per other trigger.
+import sys, yaml
+hpas = []
+for path in sys.argv[1:]:
+    for so in yaml.safe_load_all(open(path)):
+        if not so or so["kind"] != "ScaledObject":
+            continue
+        spec, ref = so["spec"], so["spec"]["scaleTargetRef"]
+        config = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+        metrics = []
+        for i, t in enumerate(spec["triggers"]):
+            if t["type"] in ("cpu", "memory"):
+                kind = t.get("metricType", "Utilization")
+                value = t["metadata"]["value"]
+                target = ({"type": kind, "averageUtilization": int(value)} if kind == "Utilization"
+                          else {"type": kind, "averageValue": value})
+                metrics.append({"type": "Resource", "resource": {"name": t["type"], "target": target}})
+            else:
+                target = {"type": "AverageValue", "averageValue": t["metadata"].get("lagThreshold", "1")}
+                metrics.append({"type": "External", "external": {"metric": {"name": f"s{i}-{t['type']}"}, "target": target}})
+        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+               "metadata": {"name": config.get("name", "keda-hpa-" + so["metadata"]["name"]),
+                            "namespace": so["metadata"]["namespace"]},
+               "spec": {"scaleTargetRef": {"apiVersion": ref.get("apiVersion", "apps/v1"),
+                                           "kind": ref.get("kind", "Deployment"), "name": ref["name"]},
+                        "minReplicas": max(spec.get("minReplicaCount", 0), 1),
+                        "maxReplicas": spec.get("maxReplicaCount", 100),
+                        "metrics": metrics}}
+        if "behavior" in config:
+            hpa["spec"]["behavior"] = config["behavior"]
+        hpas.append(hpa)
+yaml.safe_dump_all(hpas, sys.stdout, sort_keys=False)
+PY
 venv "kubernetes-validate-$KUBERNETES_VALIDATE_VERSION" kubernetes_validate "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 for version in "${KUBERNETES_VERSIONS[@]}"; do
     "$cache/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION/bin/kubernetes-validate" \
-        --strict --quiet --kubernetes-version "$version" "${manifests[@]}"
+        --strict --quiet --kubernetes-version "$version" "${manifests[@]}" "$tmp/keda-hpa.yaml"
 done
-echo "k8s manifests valid for Kubernetes ${KUBERNETES_VERSIONS[*]}: ${#manifests[@]} files"
+echo "k8s manifests valid for Kubernetes ${KUBERNETES_VERSIONS[*]}: ${#manifests[@]} files, and the HPA KEDA makes of ${keda[*]}"
 
 # Policy: every check of checkov's kubernetes framework passes but those
 # k8s/.checkov.yaml skips, each with its reason. Offline: no download of
@@ -105,7 +149,7 @@ assert core <= exported, f"core metrics not exported: {core - exported}"
 assert core <= (plotted | alerted), f"core metrics neither plotted nor alerted: {core - plotted - alerted}"
 
 compose = yaml.safe_load((root / "compose/docker-compose.yml").read_text())
-assert {"riskhost", "redis", "postgres", "clickhouse", "prometheus", "grafana"} <= set(compose["services"]), compose["services"].keys()
+assert {"riskhost", "redis", "postgres", "clickhouse", "nats", "prometheus", "grafana"} <= set(compose["services"]), compose["services"].keys()
 
 # The manifests: k8s/*.yaml but kustomization.yaml (and .checkov.yaml).
 manifests = sorted(f for f in (root / "k8s").glob("*.yaml") if not f.name.startswith(".") and f.name != "kustomization.yaml")
@@ -115,15 +159,21 @@ for f in manifests:
         if doc:
             assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), f"{f}: incomplete object"
             kinds.setdefault(doc["kind"], []).append(doc)
-need = {"Namespace", "ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
-        "PodDisruptionBudget", "NetworkPolicy"}
+need = {"Namespace", "ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "ScaledObject",
+        "PodDisruptionBudget", "NetworkPolicy", "StatefulSet"}
 assert need <= set(kinds), f"missing kinds: {need - set(kinds)}"
 # A fleet follows the shared registry, never a shared volume (docs/fleet.md).
 assert "PersistentVolumeClaim" not in kinds, "replicas share the registry, not a volume"
-[deployment], [hpa], [pdb], [netpol], [secret], [configmap] = (
-    kinds[k] for k in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Secret", "ConfigMap"))
+[deployment], [scaled], [pdb], [secret], [configmap], [nats] = (
+    kinds[k] for k in ("Deployment", "ScaledObject", "PodDisruptionBudget", "Secret", "ConfigMap", "StatefulSet"))
 pod = deployment["spec"]["template"]["spec"]
 labels = deployment["spec"]["template"]["metadata"]["labels"]
+nats_pod = nats["spec"]["template"]["spec"]
+nats_labels = nats["spec"]["template"]["metadata"]["labels"]
+def policy_of(pod_labels):
+    [policy] = [n for n in kinds["NetworkPolicy"] if n["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    return policy
+netpol, nats_netpol = policy_of(labels), policy_of(nats_labels)
 assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), "replicas share the registry, not a volume"
 assert configmap["data"]["RISKHOST_MODEL_STORE"] == "postgres"
 [container] = pod["containers"]
@@ -131,6 +181,12 @@ env = {e["name"]: e for e in container.get("env", [])}
 assert env["RISKHOST_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 replicas = [s for s in compose["services"].values() if s.get("environment", {}).get("RISKHOST_MODEL_STORE") == "postgres"]
 assert replicas and sum(s.get("deploy", {}).get("replicas", 1) for s in replicas) >= 2, "compose runs 2 replicas on the registry"
+# ... and every one of them works risk runs from compose's NATS, once it is up.
+for s in replicas:
+    assert s["environment"].get("RISKHOST_RUNS") == "nats", "compose replicas run --runs nats"
+    assert re.fullmatch(r"nats://nats:\d+", s["environment"].get("RISKHOST_NATS_URL", "")), s["environment"].get("RISKHOST_NATS_URL")
+    assert s.get("depends_on", {}).get("nats", {}).get("condition") == "service_healthy", "compose replicas wait for NATS"
+assert "-js" in compose["services"]["nats"]["command"], "compose NATS runs JetStream"
 assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 assert container["resources"]["limits"]["memory"] and container["resources"]["limits"]["cpu"]
@@ -143,7 +199,12 @@ assert not unknown, f"configmap.yaml sets what riskhost does not read: {unknown}
 # for each of these when RISKHOST_<NAME> is unset (RISKHOST_API_KEYS_FILE
 # is a file of [[api_keys]] tables).
 secret_settings = {f"RISKHOST_{n}" for n in ("ADMIN_TOKEN", "POSTGRES_URL", "REDIS_URL", "CLICKHOUSE_URL",
-                                             "OCI_PASSWORD", "OCI_TOKEN", "API_KEYS")}
+                                             "NATS_URL", "OCI_PASSWORD", "OCI_TOKEN", "API_KEYS")}
+# ... which are the settings whose values clap hides (settings_file.rs reads
+# each from its _FILE), but the CLI's RISKHOST_TOKEN.
+hidden = {e for a in re.findall(r"#\[arg\((.*?)\)\]", src, re.S) if "hide_env_values = true" in a
+          for e in re.findall(r'env\s*=\s*"(RISKHOST_[A-Z0-9_]+)"', a)}
+assert hidden - {"RISKHOST_TOKEN"} == secret_settings, f"secret settings changed: {sorted(hidden ^ secret_settings)}"
 assert not any("secretRef" in s for s in container.get("envFrom", [])), "no Secret as environment variables"
 assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values()), "no Secret as environment variables"
 given = set(configmap["data"]) | set(env)
@@ -158,18 +219,104 @@ keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
 read = {path.removeprefix(mount["mountPath"] + "/") for path in files.values()}
 assert read == keys, f"Secret keys and the files read differ: unread {sorted(keys - read)}, missing {sorted(read - keys)}"
 
-# The pod: no Kubernetes API token, the runtime's seccomp filter, non-root.
-assert pod["automountServiceAccountToken"] is False
-[account] = [a for a in kinds["ServiceAccount"] if a["metadata"]["name"] == pod["serviceAccountName"]]
-assert account["automountServiceAccountToken"] is False
-assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault" and pod["securityContext"]["runAsNonRoot"]
+# Every pod (riskhost's, NATS's): no Kubernetes API token, the runtime's
+# seccomp filter, non-root, bounded, probed.
+for p in (pod, nats_pod):
+    assert p["automountServiceAccountToken"] is False
+    [account] = [a for a in kinds["ServiceAccount"] if a["metadata"]["name"] == p["serviceAccountName"]]
+    assert account["automountServiceAccountToken"] is False
+    assert p["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault" and p["securityContext"]["runAsNonRoot"]
+    for c in p["containers"]:
+        assert c["resources"]["limits"]["memory"] and c["resources"]["limits"]["cpu"], c["name"]
+        assert c["livenessProbe"] and c["readinessProbe"], c["name"]
 
-# The HPA owns the replica count; the PDB lets a drain take one pod at a time
-# and keeps one serving at the HPA's minimum.
-assert "replicas" not in deployment["spec"], "the HPA owns the replica count: no replicas: in deployment.yaml"
-assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["spec"]["minReplicas"] >= 2
+# KEDA owns the replica count, through the HPA it makes of scaledobject.yaml:
+# no HPA of our own on the Deployment (two autoscalers fight over its
+# count). The PDB lets a drain take one pod at a time and keeps one serving
+# at KEDA's minimum.
+name = deployment["metadata"]["name"]
+assert "replicas" not in deployment["spec"], "KEDA owns the replica count: no replicas: in deployment.yaml"
+assert not [h for h in kinds.get("HorizontalPodAutoscaler", []) if h["spec"]["scaleTargetRef"]["name"] == name], \
+    "scaledobject.yaml scales the Deployment: an HPA on it too is a second autoscaler"
+so = scaled["spec"]
+target = so["scaleTargetRef"]
+assert target["name"] == name and target.get("kind", "Deployment") == "Deployment", target
+assert target.get("apiVersion", "apps/v1") == "apps/v1" and scaled["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+minimum, maximum = so.get("minReplicaCount", 0), so.get("maxReplicaCount", 100)
+assert 2 <= minimum <= maximum, (minimum, maximum)
 assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-assert pdb["spec"]["maxUnavailable"] == 1 and hpa["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
+assert pdb["spec"]["maxUnavailable"] == 1 and minimum - pdb["spec"]["maxUnavailable"] >= 1
+
+# The ScaledObject's own fields, strictly (kubernetes-validate has no schema
+# for KEDA's CRD; the HPA KEDA makes of it was validated above): known keys
+# only, integers where KEDA wants them, trigger metadata as strings (the
+# CRD's map of strings: a bare number fails at apply).
+assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+known = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+         "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+assert set(so) <= known, f"scaledobject.yaml: unknown fields {sorted(set(so) - known)}"
+assert set(target) <= {"apiVersion", "kind", "name", "envSourceContainerName"}, target
+assert all(isinstance(so[k], int) for k in so if k.endswith(("Interval", "Period", "Count"))), so
+advanced = so.get("advanced", {})
+assert set(advanced) <= {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig", "scalingModifiers"}, advanced
+assert set(advanced.get("horizontalPodAutoscalerConfig", {})) <= {"name", "behavior"}, advanced
+for t in so["triggers"]:
+    assert set(t) <= {"type", "name", "metadata", "metricType", "authenticationRef", "useCachedMetrics"}, t
+    assert t.get("metricType", "AverageValue") in ("AverageValue", "Value", "Utilization"), t
+    assert all(isinstance(v, str) for v in t["metadata"].values()), f"trigger {t['type']}: metadata values must be strings"
+triggers = {t["type"]: t for t in so["triggers"]}
+assert len(triggers) == len(so["triggers"]), "one trigger of each type"
+# CPU, as the HPA before KEDA: model calls are CPU-bound.
+assert triggers["cpu"].get("metricType") == "Utilization" and 0 < int(triggers["cpu"]["metadata"]["value"]) <= 100
+
+# The run queue: the replicas run --runs nats, and KEDA reads the backlog of
+# the stream and consumer they use, named from RISKHOST_NATS_PREFIX as
+# crates/runs/src/nats/mod.rs names them (a change there fails here).
+assert configmap["data"].get("RISKHOST_RUNS") == "nats", "the fleet works runs from NATS: RISKHOST_RUNS=nats in configmap.yaml"
+runs_src = pathlib.Path("../crates/runs/src/nats/mod.rs").read_text()
+assert 'format!("{}_RUNS", prefix.to_ascii_uppercase())' in runs_src and 'format!("{prefix}-run-workers")' in runs_src, \
+    "the run stream's or consumer's name changed in crates/runs/src/nats/mod.rs: update this check and scaledobject.yaml"
+prefix = configmap["data"].get("RISKHOST_NATS_PREFIX", "riskhost")
+js = triggers["nats-jetstream"]["metadata"]
+assert js["stream"] == f"{prefix.upper()}_RUNS" and js["consumer"] == f"{prefix}-run-workers", (prefix, js)
+assert js["account"] == "$G", "nats.yaml's server has no accounts: the global one, $G"
+assert int(js["lagThreshold"]) >= 1 and int(js.get("activationLagThreshold", "0")) >= 0, js
+
+# NATS: JetStream on its volume claim, and the Service both riskhost's
+# `nats-url` and KEDA's endpoint name, at the ports they name.
+[server] = nats_pod["containers"]
+cports = {p["name"]: p["containerPort"] for p in server["ports"]}
+args = server.get("command", []) + server.get("args", [])
+assert "-js" in args, "NATS without JetStream has no run queue"
+store = args[args.index("-sd") + 1]
+claims = {c["metadata"]["name"] for c in nats["spec"].get("volumeClaimTemplates", [])}
+assert any(m["mountPath"] == store and m["name"] in claims for m in server["volumeMounts"]), "the JetStream store is on a volume claim"
+assert args[args.index("-m") + 1] == str(cports["monitor"]), "-m is the monitoring port"
+services = {s["metadata"]["name"]: s for s in kinds["Service"]}
+assert nats["spec"]["serviceName"] in services
+def nats_port(url, what):
+    # host: <service>.<namespace>.svc[.cluster.local]; the Service's port
+    # there, as a container port number of the NATS pod.
+    m = re.fullmatch(r"(?:[a-z]+://)?(?:[^@/]*@)?([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:(\d+)", url)
+    assert m and m[1] in services and m[2] == nats["metadata"]["namespace"], f"{what} {url}: not a Service of the manifests"
+    svc = services[m[1]]["spec"]
+    assert svc["selector"].items() <= nats_labels.items(), f"{what} {url}: its Service does not select NATS"
+    [p] = [p for p in svc["ports"] if p["port"] == int(m[3])]
+    return cports.get(p.get("targetPort"), p.get("targetPort", p["port"]))
+assert nats_port(secret["stringData"]["nats-url"], "secret.yaml nats-url") == cports["client"], "nats-url: not NATS's client port"
+assert nats_port(js["natsServerMonitoringEndpoint"], "scaledobject.yaml natsServerMonitoringEndpoint") == cports["monitor"], \
+    "natsServerMonitoringEndpoint: not NATS's monitoring port"
+assert cports["client"] == 4222, "networkpolicy.yaml opens 4222 to NATS"
+# NATS's NetworkPolicy: riskhost in to the client port, and the monitoring
+# port open to some other namespace (KEDA's); nothing out.
+into = {}
+for rule in nats_netpol["spec"]["ingress"]:
+    for p in rule["ports"]:
+        into.setdefault(cports.get(p["port"], p["port"]), []).extend(rule.get("from", []))
+assert any(f.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items() and "namespaceSelector" not in f
+           for f in into[4222]), "nats.yaml: riskhost may not reach NATS"
+assert any("namespaceSelector" in f for f in into[cports["monitor"]]), "nats.yaml: KEDA may not reach NATS's monitoring port"
+assert set(nats_netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not nats_netpol["spec"].get("egress")
 
 # The NetworkPolicy: in, the http port only; out, DNS and the data services'
 # ports, which are those of the URLs in secret.yaml.
@@ -178,7 +325,7 @@ assert set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 assert [p["port"] for r in netpol["spec"]["ingress"] for p in r["ports"]] == ["http"]
 assert [p["name"] for p in container["ports"]] == ["http"]
 egress = {(p["protocol"], p["port"]) for r in netpol["spec"]["egress"] for p in r["ports"]}
-assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 8123), ("TCP", 443)}, egress
+assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 8123), ("TCP", 4222), ("TCP", 443)}, egress
 for k, v in secret.get("stringData", {}).items():
     if k.endswith("-url"):
         port = re.match(r"[a-z]+://(?:[^@/]*@)?[^:/]+:(\d+)", v)

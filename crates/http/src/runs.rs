@@ -263,7 +263,13 @@ async fn get_run(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunView>, ApiError> {
-    Ok(Json(state.runs.status(scorer.key_id(), &id).await?))
+    Ok(Json(
+        state
+            .runs
+            .status(scorer.key_id(), &id)
+            .await?
+            .with_rate(chrono::Utc::now()),
+    ))
 }
 
 /// Cancels a run: no chunk of it starts after this answers (one being
@@ -285,7 +291,13 @@ async fn cancel_run(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunView>, ApiError> {
-    Ok(Json(state.runs.cancel(scorer.key_id(), &id).await?))
+    Ok(Json(
+        state
+            .runs
+            .cancel(scorer.key_id(), &id)
+            .await?
+            .with_rate(chrono::Utc::now()),
+    ))
 }
 
 /// This key's runs.
@@ -310,7 +322,11 @@ async fn list_runs(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<RunList>, ApiError> {
     Ok(Json(RunList {
-        runs: state.runs.list(scorer.key_id()).await?,
+        runs: {
+            let now = chrono::Utc::now();
+            let runs = state.runs.list(scorer.key_id()).await?;
+            runs.into_iter().map(|run| run.with_rate(now)).collect()
+        },
     }))
 }
 

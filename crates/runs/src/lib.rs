@@ -185,6 +185,22 @@ pub struct RunView {
     pub failures: Vec<ChunkFailure>,
     /// The API path of this view.
     pub status_url: String,
+    /// Cells (ok and failed) per second from its start to its end, or to
+    /// now while it runs; absent before its first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cells_per_second: Option<f64>,
+}
+
+impl RunView {
+    /// The view with `cells_per_second` measured at `now`.
+    pub fn with_rate(mut self, now: DateTime<Utc>) -> RunView {
+        self.cells_per_second = self.started_at.map(|started| {
+            let end = self.finished_at.unwrap_or(now);
+            let secs = (end - started).as_seconds_f64().max(1e-3);
+            ((self.cells.ok + self.cells.failed) as f64 / secs).round()
+        });
+        self
+    }
 }
 
 /// A run's result lines (NDJSON: the batch API's cells plus `run_id`), in

@@ -452,6 +452,7 @@ impl Runs for LocalRuns {
             finished_at: None,
             failures: Vec::new(),
             status_url: format!("/v1/runs/{id}"),
+            cells_per_second: None,
         };
         let record = RunRecord {
             key_id: submission.key_id,

@@ -81,6 +81,7 @@ fn view_of(row: &tokio_postgres::Row) -> RunView {
         finished_at: row.get(13),
         failures: Vec::new(),
         status_url: format!("/v1/runs/{id}"),
+        cells_per_second: None,
         id,
     }
 }

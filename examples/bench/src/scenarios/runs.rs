@@ -1,12 +1,17 @@
-//! Scenario 13: a risk run (`POST /v1/runs`, `--runs local`) of every
-//! portfolio stored in PostgreSQL × 3 models, against the batch API on the
-//! same portfolios and data in the same run: evaluations/s of each, the
-//! time from submission to the first chunk's results, and the server's
-//! RSS as the run grows (the memo bounded to 16 MiB, so memory that grows
-//! with the run would be the run's own).
+//! Scenario 13: a risk run (`POST /v1/runs`) of every portfolio stored in
+//! PostgreSQL × 3 models, against the batch API on the same portfolios and
+//! data in the same run: evaluations/s of each, the time from submission
+//! to the first chunk's results, and the servers' RSS as the run grows
+//! (the memo bounded to 16 MiB, so memory that grows with the run would be
+//! the run's own). The run goes once on one process (`--runs local`),
+//! once on NATS JetStream with one replica and once with two replicas on
+//! this machine (`--runs nats`: state in PostgreSQL, results written to
+//! ClickHouse, `RISKHOST_BENCH_CLICKHOUSE_URL`, and the NATS at
+//! `RISKHOST_BENCH_NATS_URL`, default 127.0.0.1:4222).
 //!
 //! The portfolios are scenario 4's (20 positions on the bundled
-//! instruments), copied into a schema of their own, `bench_<pid>`.
+//! instruments), 1,000,000 of them (20,000 with `--quick`), copied into a
+//! schema of their own, `bench_<pid>`.
 
 use std::time::{Duration, Instant};
 
@@ -25,39 +30,39 @@ const MODELS: [&str; 3] = ["var-historical", "var-parametric", "es-historical"];
 const PER_BATCH: usize = 10_000;
 
 pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
-    let n = if ctx.quick { 20_000 } else { 100_000 };
+    let n = if ctx.quick { 20_000 } else { 1_000_000 };
     let cells = n * MODELS.len();
     let portfolios = portfolios(n);
     let schema = Schema::create(ctx, &portfolios)?;
     let data = Scratch::new("runs")?;
     let dist = ctx.dist_arg();
-    let serve = |name: &str, chunk_size: &str| {
-        ctx.host.serve(
-            &data.join(name),
-            &[
-                "--plugins",
-                dist.as_str(),
-                "--watch",
-                "false",
-                "--events",
-                "none",
-                "--cache-max-mib",
-                "16",
-                "--data-source",
-                "postgres",
-                "--postgres-url",
-                schema.url.as_str(),
-                "--postgres-schema",
-                schema.name.as_str(),
-                "--run-chunk-size",
-                chunk_size,
-            ],
-        )
+    let nats = NatsPlace::new();
+    let serve = |name: &str, chunk_size: &str, backend: &[&str]| {
+        let mut args = vec![
+            "--plugins",
+            dist.as_str(),
+            "--watch",
+            "false",
+            "--events",
+            "none",
+            "--cache-max-mib",
+            "16",
+            "--data-source",
+            "postgres",
+            "--postgres-url",
+            schema.url.as_str(),
+            "--postgres-schema",
+            schema.name.as_str(),
+            "--run-chunk-size",
+            chunk_size,
+        ];
+        args.extend_from_slice(backend);
+        ctx.host.serve(&data.join(name), &args)
     };
 
     // The batch API: the same portfolios by id, 10,000 per request, one
     // request after another; every cell a miss (a confidence of its own).
-    let server = serve("batch", "256")?;
+    let server = serve("batch", "1000", &[])?;
     let started = Instant::now();
     for slice in portfolios.chunks(PER_BATCH) {
         let ids: Vec<Value> = slice.iter().map(|p| json!({"id": p.id})).collect();
@@ -90,32 +95,134 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             "portfolios by id from PostgreSQL, all misses, requests one after another".to_owned(),
         ),
     ];
-    // The run at the default chunk size (1,000) and at 256, each on a
-    // fresh server and with a confidence of its own.
-    for (k, chunk_size) in ["256", "1000"].into_iter().enumerate() {
-        let server = serve(&format!("run-{chunk_size}"), chunk_size)?;
-        rows.extend(run_once(
-            &server,
-            n,
-            chunk_size,
-            0.982 + 0.001 * k as f64,
-            batch_rate,
-        )?);
-    }
+    // Each run on fresh servers at the default chunk size (1,000), with a
+    // confidence of its own, so every cell is a miss.
+    let server = serve("local", "1000", &[])?;
+    let (local, _) = run_once(&[&server], "local · 1 process", n, 0.982, batch_rate)?;
+    rows.extend(local);
+    drop(server);
+    let one = nats.args("one");
+    let server = serve(
+        "nats-1",
+        "1000",
+        &one.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let (nats_one, one_rate) = run_once(&[&server], "nats · 1 replica", n, 0.983, batch_rate)?;
+    rows.extend(nats_one);
+    drop(server);
+    let two = nats.args("two");
+    let two: Vec<&str> = two.iter().map(String::as_str).collect();
+    let (a, b) = (
+        serve("nats-2a", "1000", &two)?,
+        serve("nats-2b", "1000", &two)?,
+    );
+    let (nats_two, two_rate) = run_once(&[&a, &b], "nats · 2 replicas", n, 0.984, batch_rate)?;
+    rows.extend(nats_two);
+    rows.push(
+        Row::reading(
+            SCENARIO,
+            "nats · 2 replicas against 1 on this 2-core machine".to_owned(),
+            two_rate / one_rate,
+            "×",
+        )
+        .goal("≥ 0.95× (no throughput lost)", two_rate >= 0.95 * one_rate),
+    );
+    drop((a, b));
     drop(schema);
     Ok(rows)
 }
 
-/// A run of every stored portfolio on `server`, followed by polling its
-/// status: its rows.
+/// Where the NATS runs of this scenario live: a stream prefix per pass on
+/// the bench's NATS, and one ClickHouse database, dropped at the end.
+struct NatsPlace {
+    nats: String,
+    clickhouse: String,
+    database: String,
+    prefixes: std::cell::RefCell<Vec<String>>,
+}
+
+impl NatsPlace {
+    fn new() -> NatsPlace {
+        NatsPlace {
+            nats: std::env::var("RISKHOST_BENCH_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+            clickhouse: std::env::var("RISKHOST_BENCH_CLICKHOUSE_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned()),
+            database: format!("bench_runs_{}", std::process::id()),
+            prefixes: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The flags of a pass named `pass`; its replicas share them.
+    fn args(&self, pass: &str) -> Vec<String> {
+        let prefix = format!("bench-{}-{pass}", std::process::id());
+        self.prefixes.borrow_mut().push(prefix.clone());
+        [
+            "--runs",
+            "nats",
+            "--nats-url",
+            &self.nats,
+            "--nats-prefix",
+            &prefix,
+            "--clickhouse-url",
+            &self.clickhouse,
+            "--clickhouse-database",
+            &self.database,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for NatsPlace {
+    /// Drops the results database and deletes each pass's stream through
+    /// the JetStream API, spoken as plain NATS protocol.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "--data-binary"])
+            .arg(format!("DROP DATABASE IF EXISTS {}", self.database))
+            .arg(format!("{}/", self.clickhouse))
+            .output();
+        let Some(address) = self.nats.strip_prefix("nats://") else {
+            return;
+        };
+        for prefix in self.prefixes.borrow().iter() {
+            let Ok(mut socket) = std::net::TcpStream::connect(address) else {
+                return;
+            };
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer);
+            let stream = format!("{}_RUNS", prefix.to_ascii_uppercase());
+            let _ = socket.write_all(
+                format!("CONNECT {{\"verbose\":false}}\r\nPUB $JS.API.STREAM.DELETE.{stream} _INBOX.bench 0\r\n\r\nPING\r\n")
+                    .as_bytes(),
+            );
+            let _ = socket.read(&mut buffer);
+        }
+    }
+}
+
+/// A run of every stored portfolio submitted to the first of `servers`
+/// (which all work it), followed by polling its status: its rows and its
+/// evaluations/s.
 fn run_once(
-    server: &Server,
+    servers: &[&Server],
+    label: &str,
     n: usize,
-    chunk_size: &str,
     confidence: f64,
     batch_rate: f64,
-) -> anyhow::Result<Vec<Row>> {
-    let rss_before = server.rss_mib()?;
+) -> anyhow::Result<(Vec<Row>, f64)> {
+    let server = servers[0];
+    let rss = || -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for server in servers {
+            total += server.rss_mib()?;
+        }
+        Ok(total)
+    };
+    let rss_before = rss()?;
     let body = json!({"models": MODELS, "portfolios": {"all": true}, "params": {"confidence": confidence}});
     let submitted = Instant::now();
     let (status, answer) = server.post("/v1/runs", Bytes::from(serde_json::to_vec(&body)?))?;
@@ -138,7 +245,7 @@ fn run_once(
         if done >= 1.0 && first_result.is_none() {
             first_result = Some(submitted.elapsed());
         }
-        rss_samples.push((done / total, server.rss_mib()?));
+        rss_samples.push((done / total, rss()?));
         match view["status"].as_str() {
             Some("completed") => break submitted.elapsed(),
             Some("running" | "planned") => {}
@@ -169,11 +276,11 @@ fn run_once(
     };
     let peak = rss_samples.iter().map(|(_, rss)| *rss).fold(0.0, f64::max);
     let chunks = view["chunks"]["total"].as_u64().unwrap_or(0);
-    let label = format!("run · chunks of {chunk_size}");
-    Ok(vec![
+    let workers = 2 * servers.len();
+    let rows = vec![
         Row::reading(
             SCENARIO,
-            format!("{label} · all stored ({stored}) × 3 models, 2 workers"),
+            format!("run, {label} · all stored ({stored}) × 3 models, chunks of 1,000, {workers} workers"),
             finished.as_secs_f64(),
             "s",
         )
@@ -189,11 +296,11 @@ fn run_once(
         )),
         Row::reading(
             SCENARIO,
-            format!("{label} · submit → first chunk's results"),
+            format!("run, {label} · submit → first chunk's results"),
             first_result.unwrap_or(finished).as_secs_f64() * 1e3,
             "ms",
         ),
-        Row::reading(SCENARIO, format!("{label} · server RSS, peak"), peak, "MiB")
+        Row::reading(SCENARIO, format!("run, {label} · RSS of its servers, peak"), peak, "MiB")
             .reference(format!(
                 "{rss_before:.0} MiB before the run; {:.0} at 10 %, {:.0} at 50 %, {:.0} at 90 % of chunks",
                 rss_at(0.1),
@@ -201,5 +308,6 @@ fn run_once(
                 rss_at(0.9)
             ))
             .note("memo bounded to 16 MiB (--cache-max-mib 16)".to_owned()),
-    ])
+    ];
+    Ok((rows, run_rate))
 }
