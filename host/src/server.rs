@@ -130,6 +130,8 @@ impl Server {
                 .scoring(cache, args.scoring())
                 .with_events(events.clone()),
         );
+        // Challenger cells are scored by this task; it ends with `scoring`.
+        let _challengers = scoring.start_challengers();
         let runs = open_runs(args, &scoring).await?;
         let state = Arc::new(AppState {
             runs,

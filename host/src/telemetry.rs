@@ -50,6 +50,11 @@ const SIZE_BUCKETS: &[f64] = &[
 /// Fuel units per call, from trivial calls to the order of a CPU-minute.
 const FUEL_BUCKETS: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
 
+/// Relative differences of challenger cells, a decade a bucket: 0 (bit
+/// equal) falls in the first, a wrong model in the last.
+const RELATIVE_DIFFERENCE_BUCKETS: &[f64] =
+    &[1e-15, 1e-12, 1e-9, 1e-6, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0];
+
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -61,6 +66,10 @@ pub(crate) fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), SIZE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_fuel_consumed".into()), FUEL_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_relative_difference".into()),
+            RELATIVE_DIFFERENCE_BUCKETS,
+        )?
         .install_recorder()?;
     describe_metrics();
     Ok(METRICS.get_or_init(|| handle).clone())
@@ -156,6 +165,13 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("riskhost_run_chunks_quarantined_total", Kind::Counter, None, "Run chunks that failed on every delivery and were quarantined"),
     ("riskhost_run_cells_total", Kind::Counter, None, "Run cells (portfolio × model) written, by outcome (ok, failed); its rate is the runs' cells/s"),
     ("riskhost_run_portfolios_total", Kind::Counter, None, "Portfolios planned into runs"),
+    // Challengers.
+    ("riskhost_challenger_compared_total", Kind::Counter, None, "Live cells scored by both the model's active version and its challenger, by model"),
+    ("riskhost_challenger_diverged_total", Kind::Counter, None, "Compared cells whose challenger value is over the tolerance, by model"),
+    ("riskhost_challenger_relative_difference", Kind::Histogram, None, "|challenger - champion| / |champion| of each compared cell, by model"),
+    ("riskhost_challenger_errors_total", Kind::Counter, None, "Cells one side failed and the other scored, by model, side (challenger_only, champion_only) and error code"),
+    ("riskhost_challenger_dropped_total", Kind::Counter, None, "Sampled cells dropped because the challenger queue was full, by model"),
+    ("riskhost_challenger_comparisons_lost_total", Kind::Counter, None, "Challenger comparisons ClickHouse did not take (they are evidence, not spooled)"),
 ];
 
 fn describe_metrics() {

@@ -226,6 +226,34 @@ fn routes() -> Vec<Route> {
             allowed: (409, Some("no_previous_version")),
         },
         Route {
+            method: Method::PUT,
+            path: "/v1/models/var-historical/challenger",
+            body: Some(("application/json", br#"{"version": "9.9.9"}"#.to_vec())),
+            admin: true,
+            allowed: (404, Some("unknown_model_version")),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/models/var-historical/challenger",
+            body: None,
+            admin: true,
+            allowed: (404, Some("no_challenger")),
+        },
+        Route {
+            method: Method::DELETE,
+            path: "/v1/models/var-historical/challenger",
+            body: None,
+            admin: true,
+            allowed: (404, Some("no_challenger")),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/models/var-historical/promote",
+            body: None,
+            admin: true,
+            allowed: (404, Some("no_challenger")),
+        },
+        Route {
             method: Method::DELETE,
             path: "/v1/cache",
             body: None,
@@ -358,8 +386,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
             checked += 1;
         }
     }
-    // 21 protected routes × 6 kinds of caller.
-    assert_eq!(checked, 126);
+    // 25 protected routes × 6 kinds of caller.
+    assert_eq!(checked, 150);
     // The open routes need nothing, whatever header comes along.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for (who, header) in &callers {
@@ -370,7 +398,7 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
     // The refusals are counted by reason; the token never reaches the metrics.
     let metrics = server.get_text("/metrics");
     assert!(
-        metrics.contains("riskhost_auth_failures_total{reason=\"forbidden\"} 5"),
+        metrics.contains("riskhost_auth_failures_total{reason=\"forbidden\"} 9"),
         "{metrics}"
     );
     assert!(!metrics.contains(&score_token) && !metrics.contains(&admin_token));

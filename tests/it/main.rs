@@ -12,6 +12,7 @@ mod auth;
 mod backtest;
 mod batch;
 mod cache;
+mod challenger;
 mod compile;
 mod crate_graph;
 mod data_sources;

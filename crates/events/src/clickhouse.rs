@@ -429,6 +429,18 @@ fn spill(spool: &Mutex<Spool>, events: &[ScoreEvent]) {
 
 #[async_trait::async_trait]
 impl EventSink for ClickHouseSink {
+    async fn record_comparisons(&self, comparisons: Vec<super::Comparison>) {
+        let written = match super::comparisons::create_comparisons_table(&self.wh).await {
+            Ok(()) => super::comparisons::insert_comparisons(&self.wh, &comparisons).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = written {
+            metrics::counter!("riskhost_challenger_comparisons_lost_total")
+                .increment(comparisons.len() as u64);
+            tracing::warn!(comparisons = comparisons.len(), %error, "challenger comparisons not written");
+        }
+    }
+
     async fn record(&self, events: Vec<ScoreEvent>) {
         if events.is_empty() {
             return;

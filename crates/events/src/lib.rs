@@ -24,12 +24,14 @@
 
 mod analytics;
 mod clickhouse;
+mod comparisons;
 mod spool;
 
 pub use self::analytics::{
     Backfill, Bucket, StatsBucket, StatsQuery, StatsSubject, backfill_analytics,
 };
 pub use self::clickhouse::{ClickHouseSink, create_events_table};
+pub use self::comparisons::{COMPARISONS_TABLE, Comparison};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -273,6 +275,9 @@ pub trait EventSink: Send + Sync + 'static {
     async fn stats(&self, _query: &StatsQuery) -> Result<Arc<Vec<StatsBucket>>, HistoryError> {
         Err(HistoryError::NotConfigured)
     }
+    /// Keeps challenger comparisons (`comparisons.rs`); only a sink that
+    /// stores events keeps them.
+    async fn record_comparisons(&self, _comparisons: Vec<Comparison>) {}
 }
 
 /// Drops events (the default).

@@ -108,7 +108,7 @@ pub(crate) fn json_error(e: serde_json::Error) -> ApiError {
     }
 }
 
-fn change_by(admin: &Admin) -> ChangeBy {
+pub(crate) fn change_by(admin: &Admin) -> ChangeBy {
     ChangeBy {
         key_id: match admin.key_id() {
             "" => "anonymous".into(),
@@ -118,7 +118,7 @@ fn change_by(admin: &Admin) -> ChangeBy {
     }
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -104,7 +104,7 @@ pub(crate) fn documented_routes(
         .routes(routes!(crate::request_log::score_history))
         .routes(routes!(crate::stats::portfolio_stats))
         .routes(routes!(crate::stats::model_stats));
-    let models = crate::admin::routes(max_component_bytes);
+    let models = crate::admin::routes(max_component_bytes).merge(crate::challenger::routes());
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(limits.requests.wrap(v1, true))
         .merge(limits.requests.wrap(crate::backtests::routes(), true))

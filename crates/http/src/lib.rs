@@ -4,6 +4,8 @@
 //!   [`ApiError`] (every error → status mapping lives here), the JSON
 //!   extractors, and the scoring, cache and operations routes.
 //! - `admin.rs`: the model-management routes.
+//! - `challenger.rs`: a model's challenger (set, read, stop) and its
+//!   promotion on evidence.
 //! - `backtests.rs`: run a backtest, read it again, read its HTML report.
 //! - `runs.rs`: submit a risk run (JSON or a streamed NDJSON upload),
 //!   follow it, cancel it, read its results as NDJSON or CSV.
@@ -24,6 +26,7 @@ mod admin;
 mod api;
 mod auth;
 mod backtests;
+mod challenger;
 mod limits;
 mod openapi;
 mod request_log;

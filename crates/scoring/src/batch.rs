@@ -305,9 +305,19 @@ impl ScoringService {
                 }
             }
         };
+        let per_portfolio = models.len();
+        for (i, outcome) in cells.iter().enumerate() {
+            let (portfolio, model) = (&portfolios[i / per_portfolio].1, &models[i % per_portfolio]);
+            if let (Ok(portfolio), Some(outcome)) = (portfolio, outcome) {
+                let champion = match outcome {
+                    CellOutcome::Score(score) => Ok(score.value),
+                    CellOutcome::Error { error } => Err(error.code),
+                };
+                self.offer_to_challenger(&model.0, &model.1, portfolio, &pin, champion);
+            }
+        }
         let (as_of, snapshot) = (pin.as_of, pin.snapshot);
 
-        let per_portfolio = models.len();
         let results = cells
             .into_iter()
             .enumerate()

@@ -16,6 +16,7 @@
 mod backtest;
 mod batch;
 mod batcher;
+mod challenger;
 mod events;
 mod jobs;
 mod request;
@@ -34,6 +35,7 @@ pub use self::batch::{
     CellScore,
 };
 pub use self::batcher::DynamicBatching;
+pub use self::challenger::{ChallengerError, ChallengerView, ErrorAsymmetry, Tolerance, WorstCell};
 pub use self::jobs::{DataPin, Executor, IndexedWindow, PreparedJob, call_determinism};
 pub use self::request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
@@ -195,6 +197,8 @@ pub struct ScoringService {
     flights: single_flight::SingleFlight<ScoreKey, Computed>,
     /// Where a record of every score served goes (`riskhost_events`).
     events: Arc<dyn EventSink>,
+    /// Models' challengers and the queue to their worker (`challenger.rs`).
+    challengers: challenger::Challengers,
 }
 
 /// A portfolio ready to score: canonical positions and the client's label.
@@ -235,6 +239,7 @@ impl ScoringService {
             batchers,
             flights: single_flight::SingleFlight::new(),
             events: Arc::new(NoSink),
+            challengers: challenger::Challengers::new(),
         }
     }
 
@@ -326,7 +331,11 @@ impl ScoringService {
                     metrics::counter!("riskhost_snapshot_repins_total", "route" => "score")
                         .increment(1);
                 }
-                result => return (result, Some(pin.snapshot)),
+                result => {
+                    let champion = result.as_ref().map(|r| r.value).map_err(|e| e.code());
+                    self.offer_to_challenger(&entry, &params, &portfolio, &pin, champion);
+                    return (result, Some(pin.snapshot));
+                }
             }
         }
     }
