@@ -132,6 +132,18 @@ impl Server {
         );
         // Challenger cells are scored by this task; it ends with `scoring`.
         let _challengers = scoring.start_challengers();
+        if let Some(fleet) = &fleet {
+            // The fleet's challengers, applied by every reconcile.
+            let scoring = Arc::downgrade(&scoring);
+            fleet.on_challengers(Arc::new(move |wanted| {
+                let scoring = scoring.clone();
+                Box::pin(async move {
+                    if let Some(scoring) = scoring.upgrade() {
+                        scoring.follow_challengers(wanted).await;
+                    }
+                })
+            }));
+        }
         let runs = open_runs(args, &scoring).await?;
         let state = Arc::new(AppState {
             runs,

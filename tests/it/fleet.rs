@@ -645,3 +645,65 @@ fn a_fleet_that_requires_signatures_takes_signed_versions_only() {
         digest(&signed).as_str()
     );
 }
+
+/// A challenger set through one replica is followed by every replica (each
+/// scores its own live cells in its shadow and keeps its own evidence),
+/// and stopping it through one replica stops it everywhere.
+#[test]
+fn a_challenger_set_through_one_replica_is_followed_by_every_replica() {
+    let (_schema, a, b) = two_replicas("fleet_challenger");
+    let (status, champion) = put_model(&a, TOKEN, "versioned", version("a", "champion"), None);
+    assert_eq!(status, 201, "{champion}");
+    let (status, challenger) = put_model(&a, TOKEN, "versioned", version("b", "challenger"), None);
+    assert_eq!(status, 201, "{challenger}");
+    let (status, back) = rollback(&a, TOKEN, "versioned", None);
+    assert_eq!(status, 200, "{back}");
+    let champion = champion["digest"].as_str().unwrap_or_default().to_owned();
+    let challenger = challenger["digest"].as_str().unwrap_or_default().to_owned();
+    converge(&[&a, &b], &champion, Instant::now());
+    let request = |server: &Server, method: reqwest::Method, body: Option<Value>| {
+        let r = admin_request(server, TOKEN, method, "/v1/models/versioned/challenger");
+        answer(match body {
+            Some(body) => r.json(&body).send(),
+            None => r.send(),
+        })
+    };
+    let (status, set) = request(
+        &a,
+        reqwest::Method::PUT,
+        Some(json!({"version": challenger, "sample": 1.0})),
+    );
+    assert_eq!(status, 200, "{set}");
+    wait_until(
+        "replica b follows the challenger",
+        Duration::from_secs(20),
+        || request(&b, reqwest::Method::GET, None).1["digest"] == challenger.as_str(),
+    );
+    for quantity in 1..=5 {
+        let (status, live) = b.post(
+            "/v1/score",
+            &json!({"model": "versioned", "portfolio": {"positions": [{"instrument": "SPX", "quantity": quantity}]}}),
+        );
+        assert_eq!(status, 200, "{live}");
+        assert_eq!(live["digest"], champion.as_str(), "the champion answers");
+    }
+    wait_until(
+        "replica b compared its cells",
+        Duration::from_secs(30),
+        || request(&b, reqwest::Method::GET, None).1["compared"] == 5,
+    );
+    let (_, evidence) = request(&b, reqwest::Method::GET, None);
+    assert_eq!(evidence["diverged"], 5, "build B doubles A: {evidence}");
+    assert_eq!(
+        request(&a, reqwest::Method::GET, None).1["compared"],
+        0,
+        "each replica keeps its own evidence"
+    );
+    let (status, stopped) = request(&a, reqwest::Method::DELETE, None);
+    assert_eq!(status, 200, "{stopped}");
+    wait_until(
+        "replica b stops the challenger",
+        Duration::from_secs(20),
+        || request(&b, reqwest::Method::GET, None).0 == 404,
+    );
+}

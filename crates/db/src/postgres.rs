@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "risk runs on NATS JetStream",
         include_str!("../migrations/0006_runs.sql"),
     ),
+    (
+        7,
+        "challengers shared by a fleet",
+        include_str!("../migrations/0007_model_challengers.sql"),
+    ),
 ];
 
 /// Connection and pool settings.

@@ -7,8 +7,11 @@
 //! its audit row and notifies the replicas (`pg_notify`, delivered at
 //! commit). A change either happens whole or not at all.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use riskhost_db::{DbError, PgPool};
+use riskhost_models::ChallengerSetting;
 use tokio_postgres::Client;
 
 /// A model's active pointer.
@@ -131,6 +134,80 @@ impl PgRegistry {
     /// The channel every change is notified on.
     pub(crate) fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The fleet's challengers, by model.
+    pub(crate) async fn challengers(&self) -> Result<BTreeMap<String, ChallengerSetting>, DbError> {
+        let sql = format!(
+            "SELECT name, digest, sample, tolerance_abs, tolerance_rel FROM {}.model_challengers",
+            self.schema
+        );
+        let rows = self
+            .pool
+            .run("registry_challengers", move |client| {
+                Box::pin(async move { client.query(&sql, &[]).await })
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    ChallengerSetting {
+                        digest: row.get(1),
+                        sample: row.get(2),
+                        tolerance_abs: row.get(3),
+                        tolerance_rel: row.get(4),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Sets (or with `None` removes) `name`'s challenger and notifies the
+    /// replicas.
+    pub(crate) async fn set_challenger(
+        &self,
+        name: &str,
+        setting: Option<ChallengerSetting>,
+        key_id: &str,
+    ) -> Result<(), DbError> {
+        let schema = self.schema.clone();
+        let (name, key_id, channel) = (name.to_owned(), key_id.to_owned(), self.channel.clone());
+        self.pool
+            .run("registry_set_challenger", move |client| {
+                Box::pin(async move {
+                    match setting {
+                        Some(s) => {
+                            client
+                                .execute(
+                                    &format!(
+                                        "INSERT INTO {schema}.model_challengers (name, digest, sample, tolerance_abs, tolerance_rel, set_by)
+                                         VALUES ($1, $2, $3, $4, $5, $6)
+                                         ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, sample = EXCLUDED.sample,
+                                             tolerance_abs = EXCLUDED.tolerance_abs, tolerance_rel = EXCLUDED.tolerance_rel,
+                                             set_by = EXCLUDED.set_by, set_at = clock_timestamp()"
+                                    ),
+                                    &[&name, &s.digest, &s.sample, &s.tolerance_abs, &s.tolerance_rel, &key_id],
+                                )
+                                .await?;
+                        }
+                        None => {
+                            client
+                                .execute(
+                                    &format!("DELETE FROM {schema}.model_challengers WHERE name = $1"),
+                                    &[&name],
+                                )
+                                .await?;
+                        }
+                    }
+                    client
+                        .execute("SELECT pg_notify($1, $2)", &[&channel, &name])
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// The pointers and versions, read in one snapshot.

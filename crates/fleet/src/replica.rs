@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use riskhost_db::{DbError, Notice, PgPool};
 use riskhost_models::{
-    ChangeBy, DeployError, Deployed, FleetView, ModelCatalog, ModelManager, ReplicaView,
-    ServedVersion, VersionId, VersionRecord, VersionView, VersionsView,
+    ChallengerHook, ChallengerSetting, ChangeBy, DeployError, Deployed, FleetView, ModelCatalog,
+    ModelManager, ReplicaView, ServedVersion, VersionId, VersionRecord, VersionView, VersionsView,
 };
 
 use riskhost_models::signing::SignatureError;
@@ -105,6 +105,8 @@ pub struct SharedRegistry {
     /// Whether this process has applied the migrations (at the first
     /// reconcile that reaches PostgreSQL, so start-up never waits for it).
     migrated: std::sync::atomic::AtomicBool,
+    /// Applies the fleet's challengers here ([`Self::on_challengers`]).
+    challengers: std::sync::OnceLock<ChallengerHook>,
 }
 
 impl SharedRegistry {
@@ -130,7 +132,25 @@ impl SharedRegistry {
             last_heartbeat: Mutex::new(None),
             failures: Mutex::new(BTreeMap::new()),
             migrated: std::sync::atomic::AtomicBool::new(false),
+            challengers: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Has every reconcile hand the fleet's challengers to `hook` (the
+    /// first hook set stays).
+    pub fn on_challengers(&self, hook: ChallengerHook) {
+        let _ = self.challengers.set(hook);
+    }
+
+    /// Hands the registry's challengers to the hook, if one is set.
+    async fn apply_challengers(&self) {
+        let Some(hook) = self.challengers.get() else {
+            return;
+        };
+        match self.registry.challengers().await {
+            Ok(challengers) => hook(challengers).await,
+            Err(error) => tracing::debug!(%error, "cannot read the fleet's challengers"),
+        }
     }
 
     /// Whether this replica has not confirmed the registry's state within
@@ -275,6 +295,8 @@ impl SharedRegistry {
         *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.set_stale_gauge();
         self.follow(&state).await;
+        // After the versions: a challenger is a version this replica holds.
+        self.apply_challengers().await;
         Ok(())
     }
 
@@ -605,6 +627,18 @@ fn deployed(name: &str, changed: Changed) -> Result<Deployed, DeployError> {
 impl ModelCatalog for SharedRegistry {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn share_challenger(
+        &self,
+        name: &str,
+        setting: Option<ChallengerSetting>,
+        by: &ChangeBy,
+    ) -> Result<(), DeployError> {
+        self.registry
+            .set_challenger(name, setting, &by.key_id)
+            .await
+            .map_err(unavailable)
     }
 
     async fn upload(

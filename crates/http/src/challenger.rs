@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use crate::admin::{body_error, change_by, json_error};
 use crate::api::{ApiError, ApiPath, AppState, ErrorBody, ErrorCause, ErrorDetail};
 use crate::auth::Admin;
-use riskhost_models::Deployed;
+use riskhost_models::{ChallengerSetting, Deployed};
 use riskhost_scoring::{ChallengerError, ChallengerView, ScoreError, Tolerance};
 
 pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -95,28 +95,39 @@ fn full_sample() -> f64 {
         (status = 404, description = "No such model or stored version (`unknown_model`, `unknown_model_version`)", body = ErrorBody),
         (status = 409, description = "The version named is the active one (`challenger_is_active`)", body = ErrorBody),
         (status = 422, description = "A sample outside (0, 1], a negative tolerance, or an invalid body (`invalid_challenger`, `invalid_body`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); nothing changed", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn set_challenger(
-    _admin: Admin,
+    admin: Admin,
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ChallengerView>, ApiError> {
     let body = body.map_err(body_error)?;
     let request: ChallengerRequest = serde_json::from_slice(&body).map_err(json_error)?;
-    Ok(Json(
-        state
-            .scoring
-            .set_challenger(
-                &name,
-                &request.version,
-                request.sample,
-                request.tolerance.unwrap_or_default(),
-            )
-            .await?,
-    ))
+    let tolerance = request.tolerance.unwrap_or_default();
+    // Validated and set here first; then every replica follows.
+    let view = state
+        .scoring
+        .set_challenger(&name, &request.version, request.sample, tolerance)
+        .await?;
+    let setting = ChallengerSetting {
+        digest: view.digest.clone(),
+        sample: view.sample,
+        tolerance_abs: tolerance.abs,
+        tolerance_rel: tolerance.rel,
+    };
+    if let Err(error) = state
+        .catalog
+        .share_challenger(&name, Some(setting), &change_by(&admin))
+        .await
+    {
+        state.scoring.clear_challenger(&name);
+        return Err(error.into());
+    }
+    Ok(Json(view))
 }
 
 /// The model's challenger and the evidence so far: cells compared and
@@ -155,19 +166,24 @@ async fn get_challenger(
     responses(
         (status = 200, description = "Stopped; its final evidence", body = ChallengerView),
         (status = 404, description = "The model has no challenger (`no_challenger`)", body = ErrorBody),
+        (status = 503, description = "With `--model-store postgres`: the shared model registry is unavailable (`registry_unavailable`); stopped on this replica only", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn stop_challenger(
-    _admin: Admin,
+    admin: Admin,
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ChallengerView>, ApiError> {
-    state
+    let stopped = state
         .scoring
         .clear_challenger(&name)
-        .map(Json)
-        .ok_or_else(|| no_challenger(&name))
+        .ok_or_else(|| no_challenger(&name))?;
+    state
+        .catalog
+        .share_challenger(&name, None, &change_by(&admin))
+        .await?;
+    Ok(Json(stopped))
 }
 
 /// The bar a promotion must clear; empty or `null` means none.
@@ -257,6 +273,10 @@ async fn promote(
         .rollback(&name, Some(&evidence.digest), &change_by(&admin))
         .await?;
     let evidence = state.scoring.clear_challenger(&name).unwrap_or(evidence);
+    state
+        .catalog
+        .share_challenger(&name, None, &change_by(&admin))
+        .await?;
     tracing::info!(model = %name, digest = %evidence.digest, compared = evidence.compared, diverged = evidence.diverged, "challenger promoted");
     Ok(Json(Promoted { deployed, evidence }).into_response())
 }

@@ -11,6 +11,24 @@ use serde::Serialize;
 
 use crate::deploy::{DeployError, Deployed, ModelManager, VersionId, VersionsView};
 
+/// A model's challenger as a fleet shares it (what `PUT
+/// /v1/models/{name}/challenger` set; the evidence stays per replica).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChallengerSetting {
+    pub digest: String,
+    pub sample: f64,
+    pub tolerance_abs: f64,
+    pub tolerance_rel: f64,
+}
+
+/// Applies the fleet's challengers, by model, on this replica; set by the
+/// composition root, which owns the scoring service.
+pub type ChallengerHook = std::sync::Arc<
+    dyn Fn(BTreeMap<String, ChallengerSetting>) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
 /// Who asked for a change, for the audit log.
 #[derive(Debug, Clone)]
 pub struct ChangeBy {
@@ -107,6 +125,18 @@ pub trait ModelCatalog: Send + Sync {
 
     /// The fleet: the registry's pointers and every replica's.
     async fn fleet(&self) -> FleetView;
+
+    /// Shares `name`'s challenger with every replica (`None`: stops it
+    /// everywhere). This replica has set it already; a catalog of one
+    /// replica has no one to tell.
+    async fn share_challenger(
+        &self,
+        _name: &str,
+        _setting: Option<ChallengerSetting>,
+        _by: &ChangeBy,
+    ) -> Result<(), DeployError> {
+        Ok(())
+    }
 }
 
 #[async_trait]

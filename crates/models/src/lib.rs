@@ -39,7 +39,10 @@ pub mod signing;
 mod store;
 mod watcher;
 
-pub use self::catalog::{ChangeBy, FleetView, ModelCatalog, ReplicaView, ServedVersion};
+pub use self::catalog::{
+    ChallengerHook, ChallengerSetting, ChangeBy, FleetView, ModelCatalog, ReplicaView,
+    ServedVersion,
+};
 pub use self::compile::{Compilation, CompileBudget, Isolated, run_worker as run_compile_worker};
 pub use self::deploy::{
     DeployError, DeploySettings, Deployed, ModelManager, Staged, VersionId, VersionView,

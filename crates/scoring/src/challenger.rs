@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use super::{PreparedPortfolio, ScoreError, ScoringService};
 use crate::jobs::DataPin;
 use riskhost_events::{Comparison, current_request_id};
-use riskhost_models::{ModelEntry, ResolveError};
+use riskhost_models::{ChallengerSetting, ModelEntry, ResolveError};
 
 /// Cells waiting for the challenger; past it, sampled cells are dropped.
 const QUEUE: usize = 4096;
@@ -301,6 +301,41 @@ impl ScoringService {
             tracing::info!(model, digest = %c.digest, "challenger stopped");
             c.view()
         })
+    }
+
+    /// Makes this replica's challengers the fleet's `wanted` ones: sets
+    /// those that are new or changed (a challenger left as it was keeps
+    /// its evidence) and stops the others.
+    pub async fn follow_challengers(&self, wanted: BTreeMap<String, ChallengerSetting>) {
+        let current: Vec<String> = self
+            .challengers
+            .by_model
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in current.iter().filter(|name| !wanted.contains_key(*name)) {
+            self.clear_challenger(name);
+        }
+        for (name, setting) in wanted {
+            let tolerance = Tolerance {
+                abs: setting.tolerance_abs,
+                rel: setting.tolerance_rel,
+            };
+            let unchanged = self.challengers.get(&name).is_some_and(|c| {
+                c.digest == setting.digest && c.sample == setting.sample && c.tolerance == tolerance
+            });
+            if unchanged {
+                continue;
+            }
+            if let Err(error) = self
+                .set_challenger(&name, &setting.digest, setting.sample, tolerance)
+                .await
+            {
+                tracing::warn!(model = %name, digest = %setting.digest, %error, "cannot set the fleet's challenger here");
+            }
+        }
     }
 
     /// Offers a live cell to `entry`'s challenger, if it has one and the

@@ -13,6 +13,7 @@ pub(crate) mod analytics;
 pub(crate) mod backtest;
 pub(crate) mod batch;
 pub(crate) mod batching;
+pub(crate) mod challenger;
 pub(crate) mod compute;
 pub(crate) mod events;
 pub(crate) mod fleet;
@@ -110,6 +111,11 @@ pub(crate) const ALL: &[Scenario] = &[
         key: "runs",
         name: "13. a risk run of every stored portfolio vs the batch API",
         run: runs::run,
+    },
+    Scenario {
+        key: "challenger",
+        name: "14. live scores with a challenger in their shadow",
+        run: challenger::run,
     },
     Scenario {
         key: "sizes",
