@@ -828,6 +828,43 @@ fn a_run_on_nats_completes_through_a_restart_of_nats() {
     assert_eq!(by_cell(&results(&server, &id)).len(), 400);
 }
 
+/// NATS restarted with its store wiped mid-run: every queued chunk is
+/// gone from the stream, but PostgreSQL still holds them pending; the
+/// replicas publish them again and the run completes, each cell once.
+#[test]
+fn a_run_on_nats_completes_when_nats_comes_back_without_its_data() {
+    let server_nats = DedicatedNats::start();
+    let backend = Backend::Nats(NatsRuns::on("runs", &server_nats.url()));
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let server = backend.start_with(&[
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--run-chunk-size",
+        "5",
+        "--run-workers",
+        "1",
+        "--run-ack-wait-secs",
+        "3",
+    ]);
+    let id = submit_ok(
+        &server,
+        &json!({"models": ["slow-legal"], "params": {"steps_millions": 10},
+                "portfolios": {"inline": inline_portfolios(200)}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(2) {
+        assert!(Instant::now() < deadline, "no chunk was scored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server_nats.stop();
+    server_nats.wipe();
+    server_nats.start_again();
+    let run = wait_final(&server, &id, Duration::from_secs(180));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 200, "failed": 0}), "{run}");
+    assert_eq!(by_cell(&results(&server, &id)).len(), 200);
+}
+
 /// NATS down at submission: 503 `runs_unavailable` naming NATS; once it is
 /// back, a run goes through.
 #[test]

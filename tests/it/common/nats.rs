@@ -154,6 +154,18 @@ impl DedicatedNats {
         });
     }
 
+    /// Deletes its JetStream store (while it is stopped): NATS forgets
+    /// every stream and message.
+    pub(crate) fn wipe(&self) {
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+
     /// Stops it (SIGTERM, as an operator's restart) and waits until it is gone.
     pub(crate) fn stop(&self) {
         let Some(mut child) = self.child.lock().ok().and_then(|mut slot| slot.take()) else {

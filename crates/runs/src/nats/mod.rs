@@ -130,6 +130,8 @@ struct Shared {
     consumer: tokio::sync::Mutex<Option<jetstream::consumer::Consumer<pull::Config>>>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Whether the consumer had nothing pending at the last report.
+    queue_idle: AtomicBool,
 }
 
 /// The NATS backend; its workers and upkeep end when it is dropped.
@@ -177,6 +179,7 @@ impl NatsRuns {
             consumer: tokio::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            queue_idle: AtomicBool::new(false),
             settings,
         });
         let mut tasks = Vec::new();
@@ -256,12 +259,26 @@ impl Shared {
     /// PostgreSQL every few hundred acknowledged publishes.
     async fn publish(&self, id: &str, from: u64, to: u64) -> Result<(), RunError> {
         const WINDOW: u64 = 256;
-        let subject = self.names.subject(id);
         let mut start = from;
         while start < to {
             let end = (start + WINDOW).min(to);
-            let mut acks = Vec::with_capacity((end - start) as usize);
-            for chunk in start..end {
+            self.publish_chunks(id, start..end).await?;
+            self.store.mark_published(id, end).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Publishes `chunks` of run `id` and waits until the stream holds them.
+    async fn publish_chunks(
+        &self,
+        id: &str,
+        chunks: impl IntoIterator<Item = u64>,
+    ) -> Result<(), RunError> {
+        let subject = self.names.subject(id);
+        {
+            let mut acks = Vec::new();
+            for chunk in chunks {
                 let payload = serde_json::to_vec(&ChunkRef {
                     run: id.to_owned(),
                     chunk,
@@ -283,8 +300,6 @@ impl Shared {
                 ack.await
                     .map_err(|e| self.unavailable("did not store a chunk", e))?;
             }
-            self.store.mark_published(id, end).await?;
-            start = end;
         }
         Ok(())
     }
@@ -325,6 +340,8 @@ impl Shared {
                     Ok(message) => self.handle(message).await,
                     Err(error) => {
                         tracing::debug!(%error, "a pull ended");
+                        // The consumer may be gone with NATS's data.
+                        *self.consumer.lock().await = None;
                         break;
                     }
                 }
@@ -542,6 +559,28 @@ impl Shared {
         }
     }
 
+    async fn republish_lost(&self) {
+        let lost = match self.store.published_pending().await {
+            Ok(lost) => lost,
+            Err(error) => {
+                tracing::debug!(%error, "cannot look for lost chunks");
+                return;
+            }
+        };
+        for (id, chunks) in lost {
+            let n = chunks.len();
+            match self.publish_chunks(&id, chunks).await {
+                Ok(()) => {
+                    tracing::warn!(run = %id, chunks = n, "NATS had lost chunks of an unfinished run; published them again")
+                }
+                Err(error) => {
+                    tracing::debug!(run = %id, %error, "cannot publish lost chunks yet");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn report(&self) {
         if let Ok(counts) = self.store.status_counts().await {
             for status in RunStatus::ALL {
@@ -552,11 +591,25 @@ impl Shared {
                 metrics::gauge!("riskhost_runs", "status" => status.as_str()).set(n as f64);
             }
         }
-        if self.connected()
-            && let Ok(mut consumer) = self.consumer().await
-            && let Ok(info) = consumer.info().await
-        {
+        let info = match self.consumer().await {
+            Ok(mut consumer) if self.connected() => consumer.info().await.map(|i| i.clone()).ok(),
+            _ => None,
+        };
+        if info.is_none() {
+            // NATS may be back without the stream: make it again next time.
+            *self.consumer.lock().await = None;
+            self.queue_idle.store(false, Ordering::Release);
+        }
+        if let Some(info) = info {
             metrics::gauge!("riskhost_run_chunks_pending").set(info.num_pending as f64);
+            let idle = info.num_pending == 0 && info.num_ack_pending == 0;
+            // Idle twice in a row (10 s apart) while PostgreSQL holds
+            // published chunks still pending: NATS lost them (its store
+            // was wiped, or the stream deleted). Publish them again.
+            let was_idle = self.queue_idle.swap(idle, Ordering::AcqRel);
+            if idle && was_idle {
+                self.republish_lost().await;
+            }
         }
         match self.store.delete_abandoned(Duration::from_secs(3600)).await {
             Ok(0) | Err(_) => {}

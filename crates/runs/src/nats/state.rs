@@ -335,6 +335,39 @@ impl RunStore {
             .collect())
     }
 
+    /// Pending chunks of unfinished runs that are all on the stream, by
+    /// run: what NATS must hold, for when it holds nothing.
+    pub(crate) async fn published_pending(&self) -> Result<Vec<(String, Vec<u64>)>, RunError> {
+        let sql = format!(
+            "SELECT c.run_id, array_agg(c.chunk ORDER BY c.chunk)
+             FROM {s}.run_chunks c JOIN {s}.runs r ON r.id = c.run_id
+             WHERE r.accepted AND r.status IN ('planned', 'running')
+               AND r.chunks_published = r.chunks_total AND c.state = 'pending'
+             GROUP BY c.run_id",
+            s = self.schema
+        );
+        let rows = self
+            .pool
+            .run("run_published_pending", move |client| {
+                Box::pin(async move { client.query(&sql, &[]).await })
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let chunks: Vec<i64> = row.get(1);
+                (
+                    row.get(0),
+                    chunks
+                        .into_iter()
+                        .filter_map(|c| u64::try_from(c).ok())
+                        .collect(),
+                )
+            })
+            .collect())
+    }
+
     /// The chunk `chunk` of run `id` and what the run scores, if both exist.
     pub(crate) async fn chunk_work(
         &self,
