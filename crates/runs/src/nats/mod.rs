@@ -592,7 +592,7 @@ impl Shared {
             }
         }
         let info = match self.consumer().await {
-            Ok(mut consumer) if self.connected() => consumer.info().await.map(|i| i.clone()).ok(),
+            Ok(mut consumer) if self.connected() => consumer.info().await.cloned().ok(),
             _ => None,
         };
         if info.is_none() {
