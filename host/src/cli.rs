@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => runtime.block_on(crate::tooling::run_model(command)),
         // Off the runtime: its HTTP client is reqwest's blocking one.
         Command::Run(command) => crate::run_command::run(command),
+        Command::Replay(args) => crate::replay_command::run(args),
         Command::Key(command) => {
             crate::telemetry::init_logging(crate::telemetry::LogFormat::Pretty);
             runtime.block_on(crate::key_command::run(command))

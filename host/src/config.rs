@@ -52,6 +52,10 @@ pub(crate) enum Command {
     /// Risk runs on a server: submit models × portfolios, follow them, read their results.
     #[command(subcommand)]
     Run(crate::run_command::RunCommand),
+    /// Replay a request's recorded scores on a server (admin key): each
+    /// computed again on its recorded version, parameters, positions and
+    /// data, and compared bit for bit.
+    Replay(crate::replay_command::ReplayArgs),
     /// Create and manage API keys.
     #[command(subcommand)]
     Key(crate::key_command::KeyCommand),

@@ -8,7 +8,8 @@
 //!   shutdown future.
 //! - `cli.rs`, `score_file.rs`, `db.rs`, `key_command.rs`, `tooling/`: the
 //!   other subcommands; `run_command.rs`: `riskhost run …`, the client of a
-//!   server's risk runs.
+//!   server's risk runs; `replay_command.rs`: `riskhost replay`, the client
+//!   of a server's `POST /v1/replay`.
 //! - `telemetry.rs`: the log subscriber and the Prometheus recorder.
 //!
 //! Its API is what `main.rs` needs, re-exported below: the command line
@@ -23,6 +24,7 @@ mod cli;
 mod config;
 mod db;
 mod key_command;
+mod replay_command;
 mod run_command;
 mod score_file;
 mod server;

@@ -197,8 +197,15 @@ impl fmt::Display for RunEnded {
 impl std::error::Error for RunEnded {}
 
 /// The process exit code for `error`: 3 for a run that ended
-/// `completed_with_failures`, 4 for one `cancelled`, 1 for anything else.
+/// `completed_with_failures` or a replay whose scores differ
+/// (`riskhost replay`), 4 for a run `cancelled`, 1 for anything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error
+        .chain()
+        .any(|e| e.is::<crate::replay_command::NotIdentical>())
+    {
+        return 3;
+    }
     let ended = error.chain().find_map(|e| e.downcast_ref::<RunEnded>());
     match ended.map(|e| e.status) {
         Some(RunStatus::CompletedWithFailures) => 3,
@@ -210,7 +217,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// An error answer of the server: its status and, when the body is the
 /// API's `{"error": {"code", "message"}}`, its code and message.
 #[derive(Debug)]
-struct ServerError {
+pub(crate) struct ServerError {
     status: StatusCode,
     code: Option<String>,
     message: String,
@@ -354,7 +361,7 @@ impl RunsClient {
 }
 
 /// The error a non-2xx answer stands for.
-fn server_error(response: Response) -> ServerError {
+pub(crate) fn server_error(response: Response) -> ServerError {
     let status = response.status();
     let body = response.text().unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_str(&body).ok();

@@ -267,6 +267,14 @@ fn routes() -> Vec<Route> {
             admin: true,
             allowed: (200, None),
         },
+        Route {
+            method: Method::POST,
+            path: "/v1/replay",
+            // The matrix's server records no score events.
+            body: json_body(json!({"request_id": "any"})),
+            admin: true,
+            allowed: (404, Some("replay_not_configured")),
+        },
     ]
 }
 
@@ -386,8 +394,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
             checked += 1;
         }
     }
-    // 25 protected routes × 6 kinds of caller.
-    assert_eq!(checked, 150);
+    // 26 protected routes × 6 kinds of caller.
+    assert_eq!(checked, 156);
     // The open routes need nothing, whatever header comes along.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for (who, header) in &callers {
@@ -398,7 +406,8 @@ fn every_route_answers_each_kind_of_caller_as_its_scope_says() {
     // The refusals are counted by reason; the token never reaches the metrics.
     let metrics = server.get_text("/metrics");
     assert!(
-        metrics.contains("riskhost_auth_failures_total{reason=\"forbidden\"} 9"),
+        // One per admin route, asked with a score key.
+        metrics.contains("riskhost_auth_failures_total{reason=\"forbidden\"} 10"),
         "{metrics}"
     );
     assert!(!metrics.contains(&score_token) && !metrics.contains(&admin_token));

@@ -27,6 +27,7 @@ mod openapi;
 mod properties;
 mod python;
 mod quant;
+mod replay;
 mod run_cli;
 mod runs;
 mod sandbox;

@@ -25,8 +25,13 @@
 //! table with `ALTER TABLE … ADD COLUMN` after a look at `system.columns`
 //! (18.16 has no `ADD COLUMN IF NOT EXISTS`), see [`create_events_table`],
 //! which also creates the aggregate tables and views of `analytics.rs`.
+//!
+//! What replay needs (`docs/replay.md`): each event's resolved parameters
+//! (`params`, JSON), its seed and `portfolio_hash`; the canonical positions
+//! behind a hash go once into `{table}_portfolios` (a ReplacingMergeTree
+//! keyed by hash), written just before the first events that name them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +44,8 @@ use tracing::Instrument as _;
 use super::analytics::{StatsCache, create_analytics, query_stats};
 use super::spool::Spool;
 use super::{
-    EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, ScoreEvent, StatsBucket,
-    StatsQuery, StatsSubject,
+    EventSettings, EventSink, HistoryEntry, HistoryError, HistoryQuery, RecordedPosition,
+    RecordedScore, ScoreEvent, StatsBucket, StatsQuery, StatsSubject,
 };
 use riskhost_db::{DbError, ServerVersion, Warehouse, validate_clickhouse_name};
 
@@ -63,6 +68,9 @@ struct EventRow<'a> {
     path: &'a str,
     snapshot: &'a str,
     key_id: &'a str,
+    params: &'a str,
+    portfolio_hash: &'a str,
+    seed: u64,
 }
 
 impl<'a> EventRow<'a> {
@@ -89,8 +97,64 @@ impl<'a> EventRow<'a> {
             path: &e.path,
             snapshot: &e.snapshot,
             key_id: &e.key_id,
+            params: &e.params,
+            portfolio_hash: &e.portfolio_hash,
+            seed: e.seed,
         }
     }
+}
+
+/// A row of the portfolios table: canonical positions once per hash.
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct PortfolioRow<'a> {
+    hash: &'a str,
+    instruments: Vec<&'a str>,
+    quantities: Vec<f64>,
+    ts: u32,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StoredPortfolioRow {
+    hash: String,
+    instruments: Vec<String>,
+    quantities: Vec<f64>,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct RecordedRow {
+    ts: u32,
+    ts_us: u32,
+    portfolio_id: String,
+    model: String,
+    version: String,
+    digest: String,
+    params: String,
+    portfolio_hash: String,
+    seed: u64,
+    as_of: u16,
+    value: f64,
+    path: String,
+    snapshot: String,
+}
+
+/// The table of canonical positions next to the events `table`.
+pub(crate) fn portfolios_table(table: &str) -> String {
+    format!("{table}_portfolios")
+}
+
+/// The portfolios table's DDL: one row per distinct canonical portfolio,
+/// keyed by its hash; a ReplacingMergeTree, so rows written twice (by two
+/// replicas, or a spool replayed after a crash) merge into one.
+fn create_portfolios_sql(db: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{table} (
+            hash String,
+            instruments Array(String),
+            quantities Array(Float64),
+            ts DateTime
+        ) ENGINE = ReplacingMergeTree
+        ORDER BY hash"
+    )
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -139,7 +203,10 @@ fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String {
             error_code LowCardinality(String),
             path LowCardinality(String),
             snapshot LowCardinality(String),
-            key_id LowCardinality(String)
+            key_id LowCardinality(String),
+            params LowCardinality(String),
+            portfolio_hash String,
+            seed UInt64
         ) ENGINE = MergeTree
         PARTITION BY toYYYYMMDD(ts)
         ORDER BY (portfolio_id, model, ts)",
@@ -153,7 +220,12 @@ fn create_table_sql(db: &str, table: &str, version: ServerVersion) -> String {
 
 /// Columns added after the table's first layout, with their DDL; each is
 /// appended at the end, as a fresh `CREATE TABLE` has it.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("key_id", "LowCardinality(String) DEFAULT ''")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("key_id", "LowCardinality(String) DEFAULT ''"),
+    ("params", "LowCardinality(String) DEFAULT ''"),
+    ("portfolio_hash", "String DEFAULT ''"),
+    ("seed", "UInt64 DEFAULT 0"),
+];
 
 /// Brings a table made by an older riskhost up to the current columns.
 /// `client` must carry the LowCardinality setting on servers that need it.
@@ -183,6 +255,15 @@ pub async fn create_events_table(wh: &Warehouse, table: &str) -> Result<ServerVe
     wh.timed("create_events_table", client.query(&ddl).execute())
         .await?;
     add_missing_columns(wh, &client, table).await?;
+    let portfolios = portfolios_table(table);
+    validate_clickhouse_name("table", &portfolios)?;
+    wh.timed(
+        "create_portfolios_table",
+        client
+            .query(&create_portfolios_sql(db, &portfolios))
+            .execute(),
+    )
+    .await?;
     create_analytics(wh, table).await?;
     Ok(version)
 }
@@ -334,7 +415,14 @@ struct Writer {
     /// When replay may be tried next, and the current back-off.
     retry_at: Instant,
     backoff: Duration,
+    /// Portfolio hashes whose positions this writer has stored, so each
+    /// distinct portfolio is written about once (the table's engine merges
+    /// the rest).
+    written: moka::sync::Cache<String, ()>,
 }
+
+/// Portfolio hashes a writer remembers as stored.
+const WRITTEN_HASHES: u64 = 100_000;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -375,6 +463,7 @@ impl ClickHouseSink {
             counters: counters.clone(),
             retry_at: Instant::now(),
             backoff: BACKOFF_MIN,
+            written: moka::sync::Cache::new(WRITTEN_HASHES),
         };
         if let Err(e) = writer.ensure_table().await {
             tracing::warn!("score events will be spooled until ClickHouse answers: {e}");
@@ -581,6 +670,71 @@ impl EventSink for ClickHouseSink {
             .collect())
     }
 
+    fn keeps_replay_data(&self) -> bool {
+        true
+    }
+
+    async fn recorded(
+        &self,
+        request_id: &str,
+        limit: usize,
+    ) -> Result<Vec<RecordedScore>, HistoryError> {
+        let db = self.wh.database();
+        // The table is ordered by portfolio: a request's events are found
+        // by a scan (docs/replay.md), which replay, an admin's tool, affords.
+        let sql = format!(
+            "SELECT ts, ts_us, portfolio_id, model, version, digest, params, portfolio_hash,
+                    seed, as_of, value, path, snapshot
+             FROM {db}.{} WHERE request_id = ? AND error_code = '' AND isFinite(value)
+             ORDER BY ts, ts_us LIMIT ?",
+            self.table
+        );
+        let rows: Vec<RecordedRow> = self
+            .wh
+            .timed(
+                "recorded_scores",
+                self.wh
+                    .client()
+                    .query(&sql)
+                    .bind(request_id)
+                    .bind(u64::try_from(limit).unwrap_or(u64::MAX))
+                    .fetch_all(),
+            )
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let mut hashes: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.portfolio_hash.is_empty())
+            .map(|r| r.portfolio_hash.clone())
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let positions = self.stored_positions(hashes).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let ts_us = i64::from(r.ts) * 1_000_000 + i64::from(r.ts_us);
+                RecordedScore {
+                    ts: DateTime::from_timestamp_micros(ts_us).unwrap_or_default(),
+                    positions: positions.get(&r.portfolio_hash).cloned(),
+                    portfolio_id: r.portfolio_id,
+                    model: r.model,
+                    version: r.version,
+                    digest: r.digest,
+                    params: r.params,
+                    portfolio_hash: r.portfolio_hash,
+                    seed: r.seed,
+                    as_of: (r.as_of > 0)
+                        .then(|| NaiveDate::from_epoch_days(i32::from(r.as_of)))
+                        .flatten(),
+                    value: r.value,
+                    path: r.path,
+                    snapshot: r.snapshot,
+                }
+            })
+            .collect())
+    }
+
     async fn stats(&self, q: &StatsQuery) -> Result<Arc<Vec<StatsBucket>>, HistoryError> {
         let subject = match q.subject {
             StatsSubject::Portfolio { .. } => "portfolio",
@@ -605,6 +759,48 @@ impl EventSink for ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// The positions stored under each of `hashes`.
+    async fn stored_positions(
+        &self,
+        hashes: Vec<String>,
+    ) -> Result<HashMap<String, Vec<RecordedPosition>>, HistoryError> {
+        if hashes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let db = self.wh.database();
+        let sql = format!(
+            "SELECT hash, instruments, quantities FROM {db}.{} WHERE has(?, hash)",
+            portfolios_table(&self.table)
+        );
+        let rows: Vec<StoredPortfolioRow> = self
+            .wh
+            .timed(
+                "stored_portfolios",
+                self.wh.client().query(&sql).bind(hashes).fetch_all(),
+            )
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        // Rows not merged yet are copies of one another: any one will do.
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.instruments.len() == r.quantities.len())
+            .map(|r| {
+                let positions = r
+                    .instruments
+                    .into_iter()
+                    .zip(r.quantities)
+                    .map(|(instrument, quantity)| RecordedPosition {
+                        instrument,
+                        quantity,
+                    })
+                    .collect();
+                (r.hash, positions)
+            })
+            .collect())
+    }
+}
+
 impl Writer {
     async fn ensure_table(&mut self) -> Result<(), DbError> {
         if self.table_ready {
@@ -618,6 +814,7 @@ impl Writer {
 
     async fn insert(&mut self, events: &[ScoreEvent]) -> Result<(), DbError> {
         self.ensure_table().await?;
+        let stored = self.insert_portfolios(events).await?;
         let client = self.wh.client();
         let table = self.table.clone();
         let span = tracing::info_span!("events_write", table = %table, events = events.len());
@@ -630,7 +827,53 @@ impl Writer {
                 insert.end().await
             })
             .instrument(span)
-            .await
+            .await?;
+        // Remembered only once the events are in: a batch that goes to the
+        // spool carries its positions again.
+        for hash in stored {
+            self.written.insert(hash, ());
+        }
+        Ok(())
+    }
+
+    /// Writes the positions the events carry that this writer has not
+    /// stored yet, before the events that name them; answers their hashes.
+    async fn insert_portfolios(&self, events: &[ScoreEvent]) -> Result<Vec<String>, DbError> {
+        let mut fresh: Vec<(&str, &[super::RecordedPosition])> = Vec::new();
+        for e in events {
+            if let Some(positions) = &e.positions
+                && !e.portfolio_hash.is_empty()
+                && !self.written.contains_key(&e.portfolio_hash)
+                && !fresh.iter().any(|(h, _)| *h == e.portfolio_hash)
+            {
+                fresh.push((&e.portfolio_hash, positions.as_slice()));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.wh.client();
+        let table = portfolios_table(&self.table);
+        let ts = u32::try_from(Utc::now().timestamp().max(0)).unwrap_or(0);
+        let rows = fresh.len();
+        self.wh
+            .timed("insert_portfolios", async {
+                let mut insert = client.insert::<PortfolioRow<'_>>(&table).await?;
+                for (hash, positions) in &fresh {
+                    insert
+                        .write(&PortfolioRow {
+                            hash,
+                            instruments: positions.iter().map(|p| p.instrument.as_str()).collect(),
+                            quantities: positions.iter().map(|p| p.quantity).collect(),
+                            ts,
+                        })
+                        .await?;
+                }
+                insert.end().await
+            })
+            .instrument(tracing::info_span!("portfolios_write", rows))
+            .await?;
+        Ok(fresh.into_iter().map(|(h, _)| h.to_owned()).collect())
     }
 
     fn spool_pending(&self) -> bool {
@@ -819,11 +1062,14 @@ mod tests {
             path: "single".into(),
             snapshot: "s".into(),
             key_id: "svc".into(),
+            seed: 7,
+            ..ScoreEvent::default()
         };
         let row = EventRow::new(&e);
         assert_eq!((row.ts, row.ts_us), (1_545_000_000, 123_456));
         assert_eq!(row.as_of, 17896);
         assert!(row.value.is_nan());
         assert_eq!(row.cached, 1);
+        assert_eq!(row.seed, 7);
     }
 }

@@ -80,7 +80,7 @@ pub async fn with_request<F: Future>(id: Arc<str>, f: F) -> F::Output {
 }
 
 /// One served (or failed) score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreEvent {
     /// When the score was served, microseconds since the Unix epoch.
     pub ts_us: i64,
@@ -111,6 +111,46 @@ pub struct ScoreEvent {
     /// events spooled by older versions.
     #[serde(default)]
     pub key_id: String,
+    /// What replay needs (`docs/replay.md`); empty or zero in events of a
+    /// failed score and in events spooled by older versions.
+    ///
+    /// The resolved parameters, defaults applied, as a JSON object by name
+    /// (serde_json prints and parses every f64 exactly).
+    #[serde(default)]
+    pub params: String,
+    /// [`portfolio_hash`] of the canonical positions scored.
+    #[serde(default)]
+    pub portfolio_hash: String,
+    /// The job's seed (`job.seed`), a function of its memo key.
+    #[serde(default)]
+    pub seed: u64,
+    /// The canonical positions behind `portfolio_hash`, carried to the sink
+    /// (which stores them once per hash) by the first event of a record
+    /// that has them; never a column of the events table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<Arc<Vec<RecordedPosition>>>,
+}
+
+/// One canonical position (merged, sorted by instrument, no zeroes) as
+/// replay stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedPosition {
+    pub instrument: String,
+    pub quantity: f64,
+}
+
+/// The content hash of canonical positions: 32 hex digits of blake3 over
+/// each instrument (length-prefixed) and the quantity's bit pattern, in the
+/// given (canonical) order.
+pub fn portfolio_hash<'a>(positions: impl IntoIterator<Item = (&'a str, f64)>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"riskhost/portfolio/v1\0");
+    for (instrument, quantity) in positions {
+        h.update(&(instrument.len() as u64).to_le_bytes());
+        h.update(instrument.as_bytes());
+        h.update(&quantity.to_bits().to_le_bytes());
+    }
+    h.finalize().to_hex()[..32].to_owned()
 }
 
 /// The most bytes a score event records in one string field. A request can
@@ -146,6 +186,8 @@ impl ScoreEvent {
     }
 
     fn strings_mut(&mut self) -> [&mut String; 11] {
+        // `params` and `portfolio_hash` are written by the host, bounded by
+        // the model's parameter count and a hash's length: not cut.
         [
             &mut self.request_id,
             &mut self.portfolio_id,
@@ -190,7 +232,14 @@ impl ScoreEvent {
 
     /// Bytes the event holds in memory, near enough to bound a queue by.
     pub(crate) fn approx_bytes(&self) -> usize {
-        EVENT_FIXED_BYTES + self.strings().iter().map(|s| s.len()).sum::<usize>()
+        let positions = self.positions.as_ref().map_or(0, |p| {
+            p.iter().map(|p| p.instrument.len() + 32).sum::<usize>()
+        });
+        EVENT_FIXED_BYTES
+            + self.strings().iter().map(|s| s.len()).sum::<usize>()
+            + self.params.len()
+            + self.portfolio_hash.len()
+            + positions
     }
 }
 
@@ -275,9 +324,45 @@ pub trait EventSink: Send + Sync + 'static {
     async fn stats(&self, _query: &StatsQuery) -> Result<Arc<Vec<StatsBucket>>, HistoryError> {
         Err(HistoryError::NotConfigured)
     }
+    /// Whether recorded events are kept where [`EventSink::recorded`] reads
+    /// them, so producers attach what replay needs (positions, parameters).
+    fn keeps_replay_data(&self) -> bool {
+        false
+    }
+    /// The recorded scores of one request (events with a value), oldest
+    /// first, at most `limit`, each with its stored positions.
+    async fn recorded(
+        &self,
+        _request_id: &str,
+        _limit: usize,
+    ) -> Result<Vec<RecordedScore>, HistoryError> {
+        Err(HistoryError::NotConfigured)
+    }
     /// Keeps challenger comparisons (`comparisons.rs`); only a sink that
     /// stores events keeps them.
     async fn record_comparisons(&self, _comparisons: Vec<Comparison>) {}
+}
+
+/// One recorded score as replay reads it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedScore {
+    pub ts: DateTime<Utc>,
+    pub portfolio_id: String,
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    /// The resolved parameters (JSON object by name); empty in events
+    /// recorded before replay.
+    pub params: String,
+    pub portfolio_hash: String,
+    pub seed: u64,
+    pub as_of: Option<NaiveDate>,
+    pub value: f64,
+    pub path: String,
+    pub snapshot: String,
+    /// The positions stored under `portfolio_hash`; None when the event
+    /// predates replay or the positions were never written.
+    pub positions: Option<Vec<RecordedPosition>>,
 }
 
 /// Drops events (the default).
@@ -384,10 +469,36 @@ mod tests {
             path: "single".into(),
             snapshot: String::new(),
             key_id: String::new(),
+            ..ScoreEvent::default()
         }
         .bounded();
         assert!(event.approx_bytes() < 2048, "{}", event.approx_bytes());
         assert_eq!(event.error_code, "unknown_model");
+    }
+
+    #[test]
+    fn portfolio_hash_sees_every_instrument_and_bit() {
+        let a = portfolio_hash([("SPX", 10.0), ("TLT", -20.0)]);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, portfolio_hash([("SPX", 10.0), ("TLT", -20.0)]));
+        assert_ne!(
+            a,
+            portfolio_hash([("SPX", 10.0), ("TLT", -20.000000000000004)])
+        );
+        assert_ne!(a, portfolio_hash([("SPX", 10.0)]));
+        // Length prefixes: moving a character between names is another hash.
+        assert_ne!(
+            portfolio_hash([("AB", 1.0), ("C", 1.0)]),
+            portfolio_hash([("A", 1.0), ("BC", 1.0)])
+        );
+    }
+
+    #[test]
+    fn older_spooled_events_still_read() {
+        let old = r#"{"ts_us":1,"request_id":"r","portfolio_id":"","model":"m","version":"","digest":"","params_hash":"","as_of":null,"value":null,"unit":"","cached":false,"latency_us":0,"error_code":"","path":"single","snapshot":"s"}"#;
+        let event: ScoreEvent = serde_json::from_str(old).unwrap_or_default();
+        assert_eq!((event.request_id.as_str(), event.seed), ("r", 0));
+        assert!(event.positions.is_none() && event.params.is_empty());
     }
 
     #[test]

@@ -222,6 +222,7 @@ mod tests {
             path: "single".into(),
             snapshot: "s".into(),
             key_id: "k".into(),
+            ..ScoreEvent::default()
         }
     }
 

@@ -111,6 +111,8 @@ pub(crate) fn documented_routes(
         // Without the timeout: planning a run of every stored portfolio, or
         // reading an upload of a million, outlasts it; results stream.
         .merge(limits.requests.wrap(crate::runs::routes(), false))
+        // Without the timeout too: a replay re-runs every score of a batch.
+        .merge(limits.requests.wrap(crate::replay::routes(), false))
         .merge(limits.requests.wrap(models, false))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

@@ -14,6 +14,7 @@
 //!   ([`RequestLimits`]).
 //! - `request_log.rs`: the request id, the per-request span and access
 //!   line, and the score-history route.
+//! - `replay.rs`: `POST /v1/replay`, a request's recorded scores re-run.
 //! - `stats.rs`: the score-statistics routes (aggregates per day or hour).
 //! - `openapi.rs`: the OpenAPI document's frame ([`openapi_document`]).
 //!
@@ -29,6 +30,7 @@ mod backtests;
 mod challenger;
 mod limits;
 mod openapi;
+mod replay;
 mod request_log;
 mod runs;
 mod stats;

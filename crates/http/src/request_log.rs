@@ -19,7 +19,7 @@ use riskhost_events::{HistoryEntry, HistoryError, HistoryQuery, with_request};
 pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest accepted client request id; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
+pub(crate) const MAX_REQUEST_ID: usize = 128;
 
 /// The request's id, in the request's extensions (for the request span).
 #[derive(Debug, Clone)]

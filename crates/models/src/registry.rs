@@ -450,6 +450,41 @@ impl ModelRegistry {
         Ok(entry)
     }
 
+    /// The version of `name` with `digest`, whether or not the model is
+    /// active (replay re-runs recorded scores on the version that computed
+    /// them): loaded already, or loaded from the store as a pinned version
+    /// is. `Ok(None)` when no version of `name` with that digest is stored
+    /// any more (the model was purged).
+    pub async fn resolve_recorded(
+        &self,
+        name: &str,
+        digest: &str,
+    ) -> Result<Option<Arc<ModelEntry>>, ResolveError> {
+        let loaded = || self.loaded(digest).filter(|e| e.model.name() == name);
+        if let Some(entry) = loaded() {
+            return Ok(Some(entry));
+        }
+        let Some(loader) = self.loader.get() else {
+            return Ok(None);
+        };
+        let Some(digest) = loader.find(name, digest) else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.lazy_loads.lock().await;
+        if let Some(entry) = loaded() {
+            return Ok(Some(entry));
+        }
+        let entry = loader.load_on_standby(&digest).await.map_err(|error| {
+            ResolveError::VersionUnavailable {
+                name: name.to_owned(),
+                pin: digest.clone(),
+                error,
+            }
+        })?;
+        tracing::info!(model = %name, digest = %digest, "loaded a recorded version from the store");
+        Ok(Some(entry))
+    }
+
     /// Every active model, by name.
     pub fn active(&self) -> Arc<BTreeMap<String, Arc<ModelEntry>>> {
         self.active.load_full()

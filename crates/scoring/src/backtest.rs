@@ -483,10 +483,11 @@ impl ScoringService {
                     let events = crate::events::batch(
                         &recorded,
                         models,
-                        pin.as_of,
+                        portfolios,
+                        &pin,
                         started.elapsed(),
-                        snapshot,
                         "backtest",
+                        self.events.keeps_replay_data(),
                     );
                     self.events.record(events).await;
                     (day, cells)

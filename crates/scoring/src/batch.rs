@@ -338,10 +338,14 @@ impl ScoringService {
         let events = crate::events::batch(
             &results,
             &models,
-            as_of,
+            &portfolios,
+            &DataPin {
+                as_of,
+                snapshot: snapshot.clone(),
+            },
             started.elapsed(),
-            &snapshot,
             "batch",
+            self.events.keeps_replay_data(),
         );
         self.events.record(events).await;
         Ok(BatchResponse {

@@ -429,11 +429,19 @@ impl ScoringService {
             .await
             .map_err(ScoreError::from);
         let outcome: Result<f64, &'static str> = match entry {
-            Ok(entry) => self
-                .score_pinned(&entry, job.params.clone(), &job.portfolio, &job.pin)
-                .await
-                .map(|score| score.value)
-                .map_err(|e| e.code()),
+            Ok(entry) => {
+                let key = riskhost_cache::score_key(
+                    &entry.model.digest,
+                    &job.params,
+                    &job.portfolio.positions,
+                    &job.pin.snapshot,
+                    job.pin.as_of,
+                );
+                self.score_pinned(&entry, job.params.clone(), &job.portfolio, &job.pin, key)
+                    .await
+                    .map(|score| score.value)
+                    .map_err(|e| e.code())
+            }
             Err(e) => Err(e.code()),
         };
         let model = challenger.model.clone();

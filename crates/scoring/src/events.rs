@@ -1,6 +1,9 @@
 //! Score events from what the scoring layer answered, so its hooks stay one
 //! line each: [`single`] for `POST /v1/score` (and `riskhost score`),
-//! [`batch`] for every cell of a batch.
+//! [`batch`] for every cell of a batch. When the sink keeps what replay
+//! needs, a scored event also carries its resolved parameters, its seed and
+//! its portfolio's hash, and the first event of a record naming a hash
+//! carries the positions behind it ([`Replay`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +12,44 @@ use std::time::Duration;
 use chrono::NaiveDate;
 
 use crate::batch::{BatchCell, CellOutcome};
-use crate::{ScoreError, ScoreResponse};
+use crate::jobs::DataPin;
+use crate::{PreparedPortfolio, ScoreError, ScoreResponse};
+use riskhost_cache::{CanonicalPosition, score_key};
 use riskhost_events::{
-    ScoreEvent, bounded_field, current_key_id, current_request_id, now_us, params_hash,
+    RecordedPosition, ScoreEvent, bounded_field, current_key_id, current_request_id, now_us,
+    params_hash, portfolio_hash,
 };
 use riskhost_market::SnapshotId;
 use riskhost_models::ModelEntry;
+
+/// What replay needs of a single score: its job's positions and seed.
+pub(crate) struct Replay<'a> {
+    pub(crate) positions: &'a [CanonicalPosition],
+    pub(crate) seed: u64,
+}
+
+/// The recorded form of canonical positions, and their hash.
+fn recorded_positions(positions: &[CanonicalPosition]) -> (String, Arc<Vec<RecordedPosition>>) {
+    let hash = portfolio_hash(
+        positions
+            .iter()
+            .map(|p| (p.instrument.as_str(), p.quantity)),
+    );
+    let recorded = positions
+        .iter()
+        .map(|p| RecordedPosition {
+            instrument: p.instrument.clone(),
+            quantity: p.quantity,
+        })
+        .collect();
+    (hash, Arc::new(recorded))
+}
+
+/// The resolved parameters as replay stores them: a JSON object by name.
+fn params_json<'a>(params: impl IntoIterator<Item = (&'a str, f64)>) -> String {
+    let named: BTreeMap<&str, f64> = params.into_iter().collect();
+    serde_json::to_string(&named).unwrap_or_default()
+}
 
 /// What a single request asked, for the event of a request that failed
 /// before its model or parameters resolved.
@@ -35,6 +70,7 @@ pub(crate) fn single(
     result: &Result<ScoreResponse, ScoreError>,
     latency: Duration,
     snapshot: &SnapshotId,
+    replay: Option<Replay<'_>>,
 ) -> ScoreEvent {
     let base = ScoreEvent {
         ts_us: now_us(),
@@ -54,19 +90,34 @@ pub(crate) fn single(
         path: "single".into(),
         snapshot: snapshot.to_string(),
         key_id: current_key_id(),
+        ..ScoreEvent::default()
     };
     let event = match result {
-        Ok(r) => ScoreEvent {
-            model: r.model.clone(),
-            version: r.version.clone(),
-            digest: r.digest.clone(),
-            params_hash: params_hash(r.params.iter().map(|(k, v)| (k.as_str(), *v))),
-            as_of: Some(r.as_of),
-            value: Some(r.value),
-            unit: r.unit.to_owned(),
-            cached: r.cached,
-            ..base
-        },
+        Ok(r) => {
+            let (params, portfolio_hash, seed, positions) = match replay {
+                Some(replay) => {
+                    let (hash, positions) = recorded_positions(replay.positions);
+                    let params = params_json(r.params.iter().map(|(k, v)| (k.as_str(), *v)));
+                    (params, hash, replay.seed, Some(positions))
+                }
+                None => (String::new(), String::new(), 0, None),
+            };
+            ScoreEvent {
+                model: r.model.clone(),
+                version: r.version.clone(),
+                digest: r.digest.clone(),
+                params_hash: params_hash(r.params.iter().map(|(k, v)| (k.as_str(), *v))),
+                as_of: Some(r.as_of),
+                value: Some(r.value),
+                unit: r.unit.to_owned(),
+                cached: r.cached,
+                params,
+                portfolio_hash,
+                seed,
+                positions,
+                ..base
+            }
+        }
         Err(e) => ScoreEvent {
             error_code: e.code().to_owned(),
             ..base
@@ -75,17 +126,24 @@ pub(crate) fn single(
     event.bounded()
 }
 
+/// The portfolios of a batch as its cells were scored, for replay.
+pub(crate) type BatchPortfolios<'a> =
+    &'a [(Option<String>, Result<PreparedPortfolio, ScoreError>)];
+
 /// One event per cell of a batch; `models` in request order with their
-/// resolved parameters. `path` says which route asked: `batch`, or
-/// `backtest` for one day of a backtest.
+/// resolved parameters, cells portfolio-major over `portfolios`. `path`
+/// says which route asked: `batch`, or `backtest` for one day of a
+/// backtest. With `replay`, scored cells carry what replay needs.
 pub(crate) fn batch(
     cells: &[BatchCell],
     models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
-    as_of: NaiveDate,
+    portfolios: BatchPortfolios<'_>,
+    pin: &DataPin,
     latency: Duration,
-    snapshot: &SnapshotId,
     path: &'static str,
+    replay: bool,
 ) -> Vec<ScoreEvent> {
+    let (as_of, snapshot) = (pin.as_of, &pin.snapshot);
     let (ts_us, request_id, snapshot) = (now_us(), current_request_id(), snapshot.to_string());
     let key_id = current_key_id();
     let hashes: Vec<String> = models
@@ -102,12 +160,35 @@ pub(crate) fn batch(
             )
         })
         .collect();
+    let param_texts: Vec<String> = if replay {
+        models
+            .iter()
+            .map(|(entry, params, _)| {
+                params_json(
+                    entry
+                        .model
+                        .description
+                        .params
+                        .iter()
+                        .zip(params)
+                        .map(|(spec, v)| (spec.name.as_str(), *v)),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Each portfolio's hash and positions, computed once; the positions go
+    // with the first event naming a hash only.
+    let mut recorded: Vec<Option<(String, Arc<Vec<RecordedPosition>>)>> = Vec::new();
+    let mut carried: std::collections::HashSet<String> = std::collections::HashSet::new();
     let per_portfolio = models.len().max(1);
     cells
         .iter()
         .enumerate()
         .map(|(i, cell)| {
             let m = i % per_portfolio;
+            let p = i / per_portfolio;
             let entry = models.get(m).map(|(e, _, _)| e);
             let mut event = ScoreEvent {
                 ts_us,
@@ -128,12 +209,37 @@ pub(crate) fn batch(
                 path: path.into(),
                 snapshot: snapshot.clone(),
                 key_id: key_id.clone(),
+                ..ScoreEvent::default()
             };
             match &cell.outcome {
                 CellOutcome::Score(s) => {
                     event.value = Some(s.value);
                     event.unit = s.unit.to_owned();
                     event.cached = s.cached;
+                    if replay
+                        && let (Some((entry, params, _)), Some((_, Ok(portfolio)))) =
+                            (models.get(m), portfolios.get(p))
+                    {
+                        if recorded.len() <= p {
+                            recorded.resize(p + 1, None);
+                        }
+                        let (hash, positions) = recorded[p]
+                            .get_or_insert_with(|| recorded_positions(&portfolio.positions))
+                            .clone();
+                        let key = score_key(
+                            &entry.model.digest,
+                            params,
+                            &portfolio.positions,
+                            &pin.snapshot,
+                            pin.as_of,
+                        );
+                        event.seed = key.seed();
+                        event.params = param_texts.get(m).cloned().unwrap_or_default();
+                        if carried.insert(hash.clone()) {
+                            event.positions = Some(positions);
+                        }
+                        event.portfolio_hash = hash;
+                    }
                 }
                 CellOutcome::Error { error } => event.error_code = error.code.to_owned(),
             }

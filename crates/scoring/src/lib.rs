@@ -8,8 +8,9 @@
 //! a batch request in chunks over one prefetched price window
 //! ([`BatchRequest`], `batch.rs`), a backtest day by day over one window
 //! cut per day ([`BacktestRequest`], `backtest.rs`). Concurrent identical misses share one
-//! computation (`single_flight.rs`). All I/O happens here, never in a
-//! model.
+//! computation (`single_flight.rs`). A request's recorded scores are
+//! computed again and compared bit for bit by [`ScoringService::replay`]
+//! (`replay.rs`). All I/O happens here, never in a model.
 //!
 //! The crate's API is what this file defines and re-exports.
 
@@ -19,6 +20,7 @@ mod batcher;
 mod challenger;
 mod events;
 mod jobs;
+mod replay;
 mod request;
 mod single_flight;
 
@@ -37,6 +39,7 @@ pub use self::batch::{
 pub use self::batcher::DynamicBatching;
 pub use self::challenger::{ChallengerError, ChallengerView, ErrorAsymmetry, Tolerance, WorstCell};
 pub use self::jobs::{DataPin, Executor, IndexedWindow, PreparedJob, call_determinism};
+pub use self::replay::{MAX_REPLAY_CELLS, ReplayCell, ReplayError, ReplayResponse};
 pub use self::request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
     canonicalize,
@@ -279,7 +282,7 @@ impl ScoringService {
             request.params.clone(),
             request.as_of,
         );
-        let (result, snapshot) = self.score_unrecorded(request).await;
+        let (result, snapshot, job) = self.score_unrecorded(request).await;
         let asked = events::Asked {
             model: &model,
             portfolio_id: id.as_deref(),
@@ -289,18 +292,30 @@ impl ScoringService {
         // A request that failed before it pinned a snapshot is recorded
         // against the one the source serves now.
         let snapshot = snapshot.unwrap_or_else(|| self.market.snapshot());
-        let event = events::single(asked, &result, started.elapsed(), &snapshot);
+        let replay = job
+            .as_ref()
+            .filter(|_| self.events.keeps_replay_data())
+            .map(|(positions, key)| events::Replay {
+                positions,
+                seed: key.seed(),
+            });
+        let event = events::single(asked, &result, started.elapsed(), &snapshot, replay);
         self.events.record(vec![event]).await;
         result
     }
 
     /// Scores a request, pinning a snapshot again (up to
     /// [`jobs::SNAPSHOT_ATTEMPTS`] times) when the data moves under it.
-    /// Also answers the snapshot the answer was computed on, once pinned.
+    /// Also answers the snapshot the answer was computed on, once pinned,
+    /// and the job's positions and memo key (what replay records).
     async fn score_unrecorded(
         &self,
         request: ScoreRequest,
-    ) -> (Result<ScoreResponse, ScoreError>, Option<SnapshotId>) {
+    ) -> (
+        Result<ScoreResponse, ScoreError>,
+        Option<SnapshotId>,
+        Option<(Arc<Vec<CanonicalPosition>>, ScoreKey)>,
+    ) {
         let prepared = async {
             let entry = self.registry.resolve(&request.model).await?;
             let params = entry.model.description.resolve_params(&request.params)?;
@@ -311,7 +326,7 @@ impl ScoringService {
         };
         let (entry, params, portfolio) = match prepared.await {
             Ok(prepared) => prepared,
-            Err(error) => return (Err(error), None),
+            Err(error) => return (Err(error), None, None),
         };
         let mut attempt = 0;
         loop {
@@ -321,10 +336,17 @@ impl ScoringService {
                     as_of,
                     snapshot: self.market.snapshot(),
                 },
-                Err(error) => return (Err(error.into()), None),
+                Err(error) => return (Err(error.into()), None, None),
             };
+            let key = score_key(
+                &entry.model.digest,
+                &params,
+                &portfolio.positions,
+                &pin.snapshot,
+                pin.as_of,
+            );
             let result = self
-                .score_pinned(&entry, params.clone(), &portfolio, &pin)
+                .score_pinned(&entry, params.clone(), &portfolio, &pin, key)
                 .await;
             match result {
                 Err(error) if error.is_snapshot_moved() && attempt < jobs::SNAPSHOT_ATTEMPTS => {
@@ -334,7 +356,11 @@ impl ScoringService {
                 result => {
                     let champion = result.as_ref().map(|r| r.value).map_err(|e| e.code());
                     self.offer_to_challenger(&entry, &params, &portfolio, &pin, champion);
-                    return (result, Some(pin.snapshot));
+                    return (
+                        result,
+                        Some(pin.snapshot),
+                        Some((portfolio.positions.clone(), key)),
+                    );
                 }
             }
         }
@@ -347,16 +373,10 @@ impl ScoringService {
         params: Vec<f64>,
         portfolio: &PreparedPortfolio,
         pin: &DataPin,
+        key: ScoreKey,
     ) -> Result<ScoreResponse, ScoreError> {
         let description = &entry.model.description;
         let as_of = pin.as_of;
-        let key = score_key(
-            &entry.model.digest,
-            &params,
-            &portfolio.positions,
-            &pin.snapshot,
-            as_of,
-        );
         let named_params = description
             .params
             .iter()

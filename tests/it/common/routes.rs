@@ -31,6 +31,7 @@ pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/models/{name}/promote", Some("admin")),
     ("DELETE", "/v1/cache", Some("admin")),
     ("DELETE", "/v1/cache/{model}", Some("admin")),
+    ("POST", "/v1/replay", Some("admin")),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),
