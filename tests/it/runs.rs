@@ -899,3 +899,65 @@ fn a_run_submitted_while_nats_is_down_gets_503_and_goes_through_once_it_is_back(
         stored_portfolio_count()
     );
 }
+
+/// SIGTERM to one of two NATS replicas mid-run: it stops pulling, the
+/// chunk it scores is written and acked within the grace period, it exits
+/// cleanly, and the other replica finishes the run with one cell each.
+#[test]
+fn a_nats_replica_drains_on_sigterm_and_the_other_finishes_the_run() {
+    let backend = Backend::nats();
+    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
+    let plugins = plugins.path().to_str().unwrap_or_default().to_owned();
+    let args = [
+        "--plugins",
+        plugins.as_str(),
+        "--run-chunk-size",
+        "2",
+        "--run-workers",
+        "1",
+        "--shutdown-grace-secs",
+        "60",
+    ];
+    let all = backend.args(&args);
+    let mut leaving =
+        Server::start_logging(&all.iter().map(String::as_str).collect::<Vec<_>>(), "info");
+    let staying = backend.start_with(&args);
+    let id = submit_ok(
+        &leaving,
+        &json!({"models": ["slow-legal"], "params": {"steps_millions": 40},
+                "portfolios": {"inline": inline_portfolios(60)}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&leaving, "riskhost_run_chunks_in_flight") < 1.0 {
+        assert!(Instant::now() < deadline, "the replica never took a chunk");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    leaving.terminate();
+    let exit = leaving
+        .wait_exit(Duration::from_secs(90))
+        .expect("the replica exits");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        leaving
+            .logs()
+            .iter()
+            .any(|l| l["message"] == "runs drained: every chunk being scored was written"),
+        "no drain in the logs"
+    );
+    let run = wait_final(&staying, &id, Duration::from_secs(180));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["cells"], json!({"ok": 60, "failed": 0}), "{run}");
+    assert_eq!(by_cell(&results(&staying, &id)).len(), 60);
+    // The chunk in flight at the SIGTERM was finished by its replica, not
+    // begun again by the other.
+    if let Backend::Nats(nats) = &backend {
+        let restarted = crate::common::db::psql(
+            &nats.schema.url,
+            &format!(
+                "SELECT count(*) FROM {}.run_chunks WHERE run_id = '{id}' AND starts > 1",
+                nats.schema.name
+            ),
+        );
+        assert_eq!(restarted, "0", "a chunk was begun twice");
+    }
+}
