@@ -789,13 +789,15 @@ fn two_replicas_on_nats_score_a_run_through_a_sigkill_of_one_exactly_once() {
     }
 }
 
-/// NATS stopped and started again mid-run: the chunks on its file-backed
-/// stream survive, the workers reconnect, and the run completes with
-/// exactly one cell each.
-#[test]
-fn a_run_on_nats_completes_through_a_restart_of_nats() {
-    let server_nats = DedicatedNats::start();
-    let backend = Backend::Nats(NatsRuns::on("runs", &server_nats.url()));
+/// A server on the NATS `nats` scoring 200 portfolios in slow chunks of 5,
+/// once at least `done` chunks are scored: what it needs kept alive, the
+/// server and the run's id.
+fn slow_run_under_way(
+    nats: &DedicatedNats,
+    models: &[&str],
+    done: u64,
+) -> ((Backend, TempDir), Server, String) {
+    let backend = Backend::Nats(NatsRuns::on("runs", &nats.url()));
     let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
     let server = backend.start_with(&[
         "--plugins",
@@ -809,19 +811,29 @@ fn a_run_on_nats_completes_through_a_restart_of_nats() {
     ]);
     let id = submit_ok(
         &server,
-        &json!({"models": ["var-historical", "slow-legal"], "params": {"steps_millions": 10},
+        &json!({"models": models, "params": {"steps_millions": 10},
                 "portfolios": {"inline": inline_portfolios(200)}}),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(3) {
+    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(done) {
         assert!(Instant::now() < deadline, "no chunk was scored");
         std::thread::sleep(Duration::from_millis(20));
     }
-    server_nats.stop();
+    ((backend, plugins), server, id)
+}
+
+/// NATS stopped and started again mid-run: the chunks on its file-backed
+/// stream survive, the workers reconnect, and the run completes with
+/// exactly one cell each.
+#[test]
+fn a_run_on_nats_completes_through_a_restart_of_nats() {
+    let nats = DedicatedNats::start();
+    let (_kept, server, id) = slow_run_under_way(&nats, &["var-historical", "slow-legal"], 3);
+    nats.stop();
     std::thread::sleep(Duration::from_secs(2));
     let (_, during) = server.get(&format!("/v1/runs/{id}"));
     assert_eq!(during["status"], "running", "{during}");
-    server_nats.start_again();
+    nats.start_again();
     let run = wait_final(&server, &id, Duration::from_secs(180));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["cells"], json!({"ok": 400, "failed": 0}), "{run}");
@@ -833,32 +845,11 @@ fn a_run_on_nats_completes_through_a_restart_of_nats() {
 /// replicas publish them again and the run completes, each cell once.
 #[test]
 fn a_run_on_nats_completes_when_nats_comes_back_without_its_data() {
-    let server_nats = DedicatedNats::start();
-    let backend = Backend::Nats(NatsRuns::on("runs", &server_nats.url()));
-    let plugins = plugins_with(&["var-historical"], &["slow-legal"]);
-    let server = backend.start_with(&[
-        "--plugins",
-        plugins.path().to_str().unwrap_or_default(),
-        "--run-chunk-size",
-        "5",
-        "--run-workers",
-        "1",
-        "--run-ack-wait-secs",
-        "3",
-    ]);
-    let id = submit_ok(
-        &server,
-        &json!({"models": ["slow-legal"], "params": {"steps_millions": 10},
-                "portfolios": {"inline": inline_portfolios(200)}}),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.get(&format!("/v1/runs/{id}")).1["chunks"]["done"].as_u64() < Some(2) {
-        assert!(Instant::now() < deadline, "no chunk was scored");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server_nats.stop();
-    server_nats.wipe();
-    server_nats.start_again();
+    let nats = DedicatedNats::start();
+    let (_kept, server, id) = slow_run_under_way(&nats, &["slow-legal"], 2);
+    nats.stop();
+    nats.wipe();
+    nats.start_again();
     let run = wait_final(&server, &id, Duration::from_secs(180));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["cells"], json!({"ok": 200, "failed": 0}), "{run}");

@@ -264,6 +264,21 @@ pub trait Runs: Send + Sync {
     async fn drained(&self, deadline: tokio::time::Instant) -> usize;
 }
 
+/// Waits until `in_flight` chunks are done, at most until `deadline`;
+/// answers how many were still being scored then.
+pub(crate) async fn wait_drained(
+    in_flight: &std::sync::atomic::AtomicUsize,
+    deadline: tokio::time::Instant,
+) -> usize {
+    loop {
+        let now = in_flight.load(std::sync::atomic::Ordering::Acquire);
+        if now == 0 || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The columns of a run's CSV results.
 const CSV_COLUMNS: [&str; 11] = [
     "run_id",

@@ -516,13 +516,7 @@ impl Runs for LocalRuns {
     }
 
     async fn drained(&self, deadline: tokio::time::Instant) -> usize {
-        loop {
-            let in_flight = self.shared.in_flight.load(Ordering::Acquire);
-            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
-                return in_flight;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::wait_drained(&self.shared.in_flight, deadline).await
     }
 
     async fn results(&self, key_id: &str, id: &str) -> Result<ResultLines, RunError> {

@@ -713,14 +713,9 @@ impl Runs for NatsRuns {
     }
 
     async fn drained(&self, deadline: tokio::time::Instant) -> usize {
-        loop {
-            let in_flight = self.shared.in_flight.load(Ordering::Acquire);
-            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
-                // Acks are buffered: send them before the process exits.
-                let _ = tokio::time::timeout_at(deadline, self.shared.client.flush()).await;
-                return in_flight;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let in_flight = super::wait_drained(&self.shared.in_flight, deadline).await;
+        // Acks are buffered: send them before the process exits.
+        let _ = tokio::time::timeout_at(deadline, self.shared.client.flush()).await;
+        in_flight
     }
 }
