@@ -400,6 +400,8 @@ pub struct ClickHouseSink {
     wh: Warehouse,
     table: String,
     stats: StatsCache,
+    /// Set once `challenger_comparisons` is known to exist.
+    comparisons_table: std::sync::atomic::AtomicBool,
 }
 
 struct Writer {
@@ -483,6 +485,7 @@ impl ClickHouseSink {
             wh,
             table: args.table.clone(),
             stats: StatsCache::new(),
+            comparisons_table: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -519,7 +522,15 @@ fn spill(spool: &Mutex<Spool>, events: &[ScoreEvent]) {
 #[async_trait::async_trait]
 impl EventSink for ClickHouseSink {
     async fn record_comparisons(&self, comparisons: Vec<super::Comparison>) {
-        let written = match super::comparisons::create_comparisons_table(&self.wh).await {
+        // The table is made once per process, not before every batch.
+        let table = if self.comparisons_table.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            super::comparisons::create_comparisons_table(&self.wh)
+                .await
+                .inspect(|()| self.comparisons_table.store(true, Ordering::Release))
+        };
+        let written = match table {
             Ok(()) => super::comparisons::insert_comparisons(&self.wh, &comparisons).await,
             Err(e) => Err(e),
         };
