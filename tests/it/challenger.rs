@@ -381,3 +381,123 @@ fn answer_raw(server: &Server, path: &str, body: &'static str) -> (u16, Value) {
             .send(),
     )
 }
+
+/// Waits until the challenger has accounted for `n` cells (compared, failed
+/// on either side, or dropped); its evidence.
+fn evidence_accounting_for(server: &Server, n: u64) -> Value {
+    let mut last = Value::Null;
+    wait_until(
+        "the challenger accounted for every cell",
+        Duration::from_secs(120),
+        || {
+            last = challenger_request(
+                server,
+                reqwest::Method::GET,
+                "/v1/models/versioned/challenger",
+                None,
+            )
+            .1;
+            let sum = |errors: &Value| -> u64 {
+                errors
+                    .as_object()
+                    .map(|codes| codes.values().filter_map(Value::as_u64).sum())
+                    .unwrap_or(0)
+            };
+            let seen = last["compared"].as_u64().unwrap_or(0)
+                + last["dropped"].as_u64().unwrap_or(0)
+                + last["errors"]["both"].as_u64().unwrap_or(0)
+                + sum(&last["errors"]["challenger_only"])
+                + sum(&last["errors"]["champion_only"]);
+            seen >= n
+        },
+    );
+    last
+}
+
+#[test]
+fn a_failing_or_hanging_challenger_never_fails_or_changes_a_live_answer() {
+    let plugins = plugins_with(&[], &["versioned-a"]);
+    let flags = [
+        "--plugins",
+        plugins.path().to_str().unwrap_or_default(),
+        "--events",
+        "none",
+        // A hanging call is stopped after 300 ms.
+        "--model-limits",
+        "versioned:deadline_ms=300",
+    ];
+    let reference = Server::start_with(&flags);
+    let mut args = flags.to_vec();
+    args.extend(["--admin-token", TOKEN]);
+    let server = Server::start_with(&args);
+    for build in ["failing", "hanging"] {
+        let (status, stored) = put_model(&server, TOKEN, "versioned", versioned(build), None);
+        assert_eq!(status, 201, "{stored}");
+    }
+    let (status, back) = rollback(&server, TOKEN, "versioned", Some(json!({"to": "1.0.0"})));
+    assert_eq!(status, 200, "{back}");
+
+    let portfolios = inline_portfolios(40);
+    let live_equals_reference = |portfolios: &[Value]| {
+        for portfolio in portfolios {
+            let body = json!({"model": "versioned", "portfolio": portfolio});
+            let (status, live) = server.post("/v1/score", &body);
+            let (_, alone) = reference.post("/v1/score", &body);
+            assert_eq!(status, 200, "{live}");
+            assert_eq!(live["version"], "1.0.0", "{live}");
+            assert_eq!(
+                live["value"].as_f64().map(f64::to_bits),
+                alone["value"].as_f64().map(f64::to_bits)
+            );
+        }
+    };
+
+    // Every job of 3.0.0 fails: each sampled cell is an error of the
+    // challenger alone, never a comparison.
+    let (status, set) = challenger_request(
+        &server,
+        reqwest::Method::PUT,
+        "/v1/models/versioned/challenger",
+        Some(json!({"version": "3.0.0", "sample": 1.0})),
+    );
+    assert_eq!(status, 200, "{set}");
+    live_equals_reference(&portfolios[..20]);
+    let evidence = evidence_accounting_for(&server, 20);
+    assert_eq!(
+        evidence["errors"]["challenger_only"]["model_internal_error"], 20,
+        "{evidence}"
+    );
+    assert_eq!(evidence["compared"], 0, "{evidence}");
+    assert_eq!(evidence["dropped"], 0, "{evidence}");
+
+    // Every call of 4.0.0 runs into its deadline. Each sampled cell ends as
+    // the challenger's timeout, or dropped when live work had the cores
+    // (the deadline is wall time, and challenger calls run at the lowest
+    // priority).
+    let (status, set) = challenger_request(
+        &server,
+        reqwest::Method::PUT,
+        "/v1/models/versioned/challenger",
+        Some(json!({"version": "4.0.0", "sample": 1.0})),
+    );
+    assert_eq!(status, 200, "{set}");
+    live_equals_reference(&portfolios[20..]);
+    let evidence = evidence_accounting_for(&server, 20);
+    let timeouts = evidence["errors"]["challenger_only"]["model_timeout"]
+        .as_u64()
+        .unwrap_or(0);
+    let dropped = evidence["dropped"].as_u64().unwrap_or(0);
+    assert_eq!(timeouts + dropped, 20, "{evidence}");
+    assert_eq!(evidence["compared"], 0, "{evidence}");
+    let metrics = server.get_text("/metrics");
+    let counted: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("riskhost_challenger_errors_total{")
+                && line.contains("code=\"model_timeout\"")
+                && line.contains("side=\"challenger_only\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, timeouts as f64, "{metrics}");
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
     target_os = "freebsd",
     target_vendor = "apple"
 ))]
-pub(crate) fn thread_cpu_time() -> Option<Duration> {
+pub fn thread_cpu_time() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -35,7 +35,7 @@ pub(crate) fn thread_cpu_time() -> Option<Duration> {
     target_os = "freebsd",
     target_vendor = "apple"
 )))]
-pub(crate) fn thread_cpu_time() -> Option<Duration> {
+pub fn thread_cpu_time() -> Option<Duration> {
     None
 }
 

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
+pub use self::cputime::thread_cpu_time;
 pub use self::limits::{
     FuelBudget, LimitOverrides, LimitsParseError, MAX_MEMORY_MIB, ModelLimits, ModelLimitsArg,
     SandboxLimits,

@@ -18,7 +18,7 @@ use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 
 use super::batch::{BatchCell, CellOutcome};
-use super::jobs::{DataPin, IndexedWindow, PreparedJob, SNAPSHOT_ATTEMPTS};
+use super::jobs::{DataPin, IndexedWindow, Lane, PreparedJob, SNAPSHOT_ATTEMPTS};
 use super::{ErrorClass, PortfolioInput, PreparedPortfolio, ScoreError, ScoringService};
 use riskhost_backtest::{
     Backtest, BacktestDay, PortfolioBacktest, PortfolioError, PortfolioOutcome, TestedPortfolio,
@@ -463,7 +463,7 @@ impl ScoringService {
                     let cut = Arc::new(window.cut(at, resolved.lookback));
                     let started = std::time::Instant::now();
                     let cells = self
-                        .score_cells(models, portfolios, &pin, Some(cut))
+                        .score_cells(models, portfolios, &pin, Some(cut), Lane::Live)
                         .await
                         .unwrap_or_default();
                     let recorded: Vec<BatchCell> = cells

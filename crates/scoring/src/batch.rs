@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::jobs::{DataPin, IndexedWindow, JobResult, PreparedJob, SNAPSHOT_ATTEMPTS};
+use super::jobs::{DataPin, IndexedWindow, JobResult, Lane, PreparedJob, SNAPSHOT_ATTEMPTS};
 use super::request::BreakdownEntry;
 use super::{
     PortfolioInput, PreparedPortfolio, ScoreError, ScoringService, StoredPortfolios, overloaded,
@@ -189,6 +189,25 @@ pub enum BatchError {
 impl ScoringService {
     /// Scores every portfolio of the request with every model.
     pub async fn score_batch(&self, request: BatchRequest) -> Result<BatchResponse, BatchError> {
+        self.score_batch_as(request, "batch").await
+    }
+
+    /// Scores a chunk of the risk run `run`: a batch whose score events say
+    /// `run` and carry the run's id as their request id, so that
+    /// `POST /v1/replay` with the run's id replays them.
+    pub async fn score_run_chunk(
+        &self,
+        run: &str,
+        request: BatchRequest,
+    ) -> Result<BatchResponse, BatchError> {
+        riskhost_events::with_request(Arc::from(run), self.score_batch_as(request, "run")).await
+    }
+
+    async fn score_batch_as(
+        &self,
+        request: BatchRequest,
+        path: &'static str,
+    ) -> Result<BatchResponse, BatchError> {
         let started = std::time::Instant::now();
         let limits = self.settings.batch;
         if request.models.is_empty() {
@@ -287,7 +306,10 @@ impl ScoringService {
                 as_of,
                 snapshot: self.market.snapshot(),
             };
-            match self.score_cells(&models, &portfolios, &pin, None).await {
+            match self
+                .score_cells(&models, &portfolios, &pin, None, Lane::Live)
+                .await
+            {
                 Some(cells) => break (pin, cells),
                 None if attempt < SNAPSHOT_ATTEMPTS => {
                     metrics::counter!("riskhost_snapshot_repins_total", "route" => "batch")
@@ -344,7 +366,7 @@ impl ScoringService {
                 snapshot: snapshot.clone(),
             },
             started.elapsed(),
-            "batch",
+            path,
             self.events.keeps_replay_data(),
         );
         self.events.record(events).await;
@@ -358,13 +380,14 @@ impl ScoringService {
     /// Scores every cell of a batch on the data of `pin`: memo lookups, one
     /// window for the misses (`given`, or fetched), the calls. `None` when
     /// the data moved before the window was read (nothing was computed or
-    /// stored).
+    /// stored). The calls run on `lane`.
     pub(crate) async fn score_cells(
         &self,
         models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
         portfolios: &[(Option<String>, Result<PreparedPortfolio, ScoreError>)],
         pin: &DataPin,
         given: Option<Arc<IndexedWindow>>,
+        lane: Lane,
     ) -> Option<Vec<Option<CellOutcome>>> {
         let limits = self.settings.batch;
         // Every cell, its memo key, and one memo lookup for all of them.
@@ -465,7 +488,9 @@ impl ScoringService {
                         calls.push(async move {
                             let results: Vec<JobResult> = match entry.bulkhead.enter_owned().await {
                                 Ok(slot) => {
-                                    executor.run(entry.clone(), window, chunk_jobs, slot).await
+                                    executor
+                                        .run(entry.clone(), window, chunk_jobs, slot, lane)
+                                        .await
                                 }
                                 Err(source) => vec![Err(overloaded(&entry, source)); chunk.len()],
                             };

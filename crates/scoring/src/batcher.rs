@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::ScoreError;
-use super::jobs::{DataPin, Executor, JobResult, PreparedJob};
+use super::jobs::{DataPin, Executor, JobResult, Lane, PreparedJob};
 use riskhost_models::{ModelEntry, Overloaded};
 
 /// Settings of the dynamic batcher.
@@ -306,7 +306,7 @@ async fn run_groups(
             continue;
         }
         let results = executor
-            .run(entry.clone(), window, runnable, slot.clone())
+            .run(entry.clone(), window, runnable, slot.clone(), Lane::Live)
             .await;
         for (reply, result) in waiting.into_iter().zip(results) {
             let _ = reply.send(result);

@@ -26,13 +26,15 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{PreparedPortfolio, ScoreError, ScoringService};
-use crate::jobs::DataPin;
+use super::{CellOutcome, PreparedPortfolio, ScoreError, ScoringService};
+use crate::jobs::{DataPin, Lane};
 use riskhost_events::{Comparison, current_request_id};
 use riskhost_models::{ChallengerSetting, ModelEntry, ResolveError};
 
 /// Cells waiting for the challenger; past it, sampled cells are dropped.
 const QUEUE: usize = 4096;
+/// Most cells the worker takes from the queue at once.
+const ROUND: usize = 256;
 /// Cells listed as the worst divergences.
 const WORST: usize = 20;
 
@@ -192,6 +194,8 @@ impl Challenger {
 
 /// The champion's side of a sampled cell: its value or its error code.
 pub(crate) type ChampionOutcome = Result<f64, &'static str>;
+/// The challenger's side, likewise.
+type ChallengerOutcome = Result<f64, &'static str>;
 
 /// A sampled live cell, for the challenger to score.
 pub(crate) struct ShadowJob {
@@ -388,16 +392,22 @@ impl ScoringService {
             let mut written = Vec::new();
             let mut last_write = tokio::time::Instant::now();
             loop {
-                let job =
+                let first =
                     tokio::time::timeout(std::time::Duration::from_secs(1), receiver.recv()).await;
                 let Some(service) = service.upgrade() else {
                     break;
                 };
-                match job {
-                    Ok(Some(job)) => {
-                        if let Some(row) = service.compare(job).await {
-                            written.push(row);
+                match first {
+                    Ok(Some(first)) => {
+                        // Whatever queued meanwhile is scored with it.
+                        let mut round = vec![first];
+                        while round.len() < ROUND {
+                            match receiver.try_recv() {
+                                Ok(job) => round.push(job),
+                                Err(_) => break,
+                            }
                         }
+                        written.extend(service.compare_round(round).await);
                     }
                     Ok(None) => break,
                     Err(_) => {}
@@ -415,36 +425,105 @@ impl ScoringService {
         }))
     }
 
-    /// Scores a sampled cell with the challenger and records the comparison.
-    async fn compare(&self, job: ShadowJob) -> Option<Comparison> {
-        let challenger = &job.challenger;
-        // Stopped or replaced since the cell was sampled.
-        let current = self.challengers.get(&challenger.model)?;
-        if !Arc::ptr_eq(&current, challenger) {
-            return None;
+    /// Scores a round of sampled cells with their challengers and records
+    /// the comparisons. Cells of one challenger, snapshot, as-of date and
+    /// parameter vector go through the batch engine together, on the
+    /// background lane: one call for many cells, as the dynamic batcher
+    /// does for live ones, and never ahead of a live call.
+    async fn compare_round(&self, round: Vec<ShadowJob>) -> Vec<Comparison> {
+        let mut groups: Vec<Vec<ShadowJob>> = Vec::new();
+        for job in round {
+            // Stopped or replaced since the cell was sampled.
+            let current = self.challengers.get(&job.challenger.model);
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &job.challenger)) {
+                continue;
+            }
+            let together = |other: &ShadowJob| {
+                Arc::ptr_eq(&other.challenger, &job.challenger)
+                    && other.pin == job.pin
+                    && other.params.len() == job.params.len()
+                    && other
+                        .params
+                        .iter()
+                        .zip(&job.params)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+            };
+            match groups.iter_mut().find(|group| together(&group[0])) {
+                Some(group) => group.push(job),
+                None => groups.push(vec![job]),
+            }
         }
-        let entry: Result<Arc<ModelEntry>, ScoreError> = self
+        let mut comparisons = Vec::new();
+        for group in groups {
+            let outcomes = self.score_for_challenger(&group).await;
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                comparisons.extend(self.record(job, outcome));
+            }
+        }
+        comparisons
+    }
+
+    /// The challenger's outcome for each cell of `group` (one challenger,
+    /// pin and parameter vector); `None` for a cell it could not be asked
+    /// about (the data moved since, or live calls had the machine).
+    async fn score_for_challenger(&self, group: &[ShadowJob]) -> Vec<Option<ChallengerOutcome>> {
+        let first = &group[0];
+        let challenger = &first.challenger;
+        let entry = match self
             .registry
             .resolve(&format!("{}@{}", challenger.model, challenger.digest))
             .await
-            .map_err(ScoreError::from);
-        let outcome: Result<f64, &'static str> = match entry {
-            Ok(entry) => {
-                let key = riskhost_cache::score_key(
-                    &entry.model.digest,
-                    &job.params,
-                    &job.portfolio.positions,
-                    &job.pin.snapshot,
-                    job.pin.as_of,
-                );
-                self.score_pinned(&entry, job.params.clone(), &job.portfolio, &job.pin, key)
-                    .await
-                    .map(|score| score.value)
-                    .map_err(|e| e.code())
+        {
+            Ok(entry) => entry,
+            Err(error) => {
+                let code = ScoreError::from(error).code();
+                return vec![Some(Err(code)); group.len()];
             }
-            Err(e) => Err(e.code()),
         };
+        let lookback = entry.model.description.lookback_for(&first.params);
+        let models = [(entry, first.params.clone(), lookback)];
+        let portfolios: Vec<(Option<String>, Result<PreparedPortfolio, ScoreError>)> = group
+            .iter()
+            .map(|job| {
+                let portfolio = PreparedPortfolio {
+                    id: job.portfolio.id.clone(),
+                    positions: job.portfolio.positions.clone(),
+                };
+                (job.portfolio.id.clone(), Ok(portfolio))
+            })
+            .collect();
+        let Some(cells) = self
+            .score_cells(&models, &portfolios, &first.pin, None, Lane::Background)
+            .await
+        else {
+            return vec![None; group.len()];
+        };
+        cells
+            .into_iter()
+            .map(|cell| match cell {
+                Some(CellOutcome::Score(score)) => Some(Ok(score.value)),
+                Some(CellOutcome::Error { error })
+                    if error.code == "starved" || error.code == "overloaded" =>
+                {
+                    None
+                }
+                Some(CellOutcome::Error { error }) => Some(Err(error.code)),
+                None => Some(Err("internal_error")),
+            })
+            .collect()
+    }
+
+    /// Compares one cell's champion and challenger outcomes into the
+    /// challenger's evidence and metrics; `None` (and counted as dropped)
+    /// when the challenger could not be asked.
+    fn record(&self, job: ShadowJob, outcome: Option<ChallengerOutcome>) -> Option<Comparison> {
+        let challenger = &job.challenger;
         let model = challenger.model.clone();
+        let Some(outcome) = outcome else {
+            challenger.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("riskhost_challenger_dropped_total", "model" => model).increment(1);
+            return None;
+        };
         let mut comparison = Comparison {
             ts_us: riskhost_events::now_us(),
             request_id: job.request_id.clone(),

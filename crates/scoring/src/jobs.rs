@@ -15,7 +15,9 @@ use riskhost_cache::{CanonicalPosition, ScoreKey, days_since_epoch};
 use riskhost_engine::bindings::{
     self, Job, MarketData, ModelError, Portfolio, Position, PriceSeries,
 };
-use riskhost_engine::{Determinism, ModelEngine};
+use riskhost_engine::{CallError, Determinism, ModelEngine};
+
+use crate::background::BackgroundLane;
 use riskhost_market::{DataError, MarketDataSource, PriceWindow, SnapshotId, WindowSeries};
 use riskhost_models::ModelEntry;
 use tracing::Instrument as _;
@@ -52,10 +54,21 @@ pub struct PreparedJob {
     pub lookback: usize,
 }
 
-/// Runs prepared jobs: owns the engine and the data source.
+/// Runs prepared jobs: owns the engine, the data source and the lane for
+/// calls nobody waits on.
 pub struct Executor {
     pub engine: Arc<ModelEngine>,
     pub market: Arc<dyn MarketDataSource>,
+    background: BackgroundLane,
+}
+
+/// Whom a call serves, and so which threads it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A request, a batch or a run is waiting: tokio's blocking pool.
+    Live,
+    /// Nobody waits (challenger cells): one thread at the lowest priority.
+    Background,
 }
 
 /// A price window with its instruments indexed.
@@ -214,6 +227,14 @@ pub(crate) type ModelOutcome = Result<bindings::Score, ModelError>;
 pub(crate) type JobResult = Result<ModelOutcome, ScoreError>;
 
 impl Executor {
+    pub fn new(engine: Arc<ModelEngine>, market: Arc<dyn MarketDataSource>) -> Self {
+        Executor {
+            engine,
+            market,
+            background: BackgroundLane::default(),
+        }
+    }
+
     /// Fetches one window for all `jobs` (union of instruments, longest
     /// lookback). Jobs holding unknown instruments get their own error and the
     /// rest proceed; any other data error fails every job.
@@ -297,21 +318,23 @@ impl Executor {
         )
     }
 
-    /// Runs `jobs` of one model version in one call on a blocking thread,
-    /// holding `slot` (a place in the model's bulkhead) until done. When the
-    /// call fails as a whole and holds several jobs, each job is re-run alone.
+    /// Runs `jobs` of one model version in one call on `lane`, holding
+    /// `slot` (a place in the model's bulkhead) until done. When the call
+    /// fails as a whole and holds several jobs, each job is re-run alone.
     pub async fn run<Slot: Send + 'static>(
         &self,
         entry: Arc<ModelEntry>,
         window: Arc<IndexedWindow>,
         jobs: Vec<PreparedJob>,
         slot: Slot,
+        lane: Lane,
     ) -> Vec<JobResult> {
         let engine = self.engine.clone();
         let count = jobs.len();
-        // The blocking thread does not inherit the caller's span: carry it.
+        let model = entry.model.name().to_owned();
+        // The call's thread does not inherit the caller's span: carry it.
         let span = tracing::Span::current();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let call = move || {
             let _span = span.entered();
             let _slot = slot;
             let refs: Vec<&PreparedJob> = jobs.iter().collect();
@@ -319,17 +342,40 @@ impl Executor {
                 Err(ScoreError::Call { error, model }) if refs.len() > 1 => {
                     tracing::info!(%model, %error, jobs = refs.len(), "batch call failed; re-running each job alone");
                     refs.iter()
-                        .map(|job| call_once(&engine, &entry, &window, std::slice::from_ref(job)).and_then(single))
+                        .map(|job| {
+                            call_once(&engine, &entry, &window, std::slice::from_ref(job))
+                                .and_then(single)
+                        })
                         .collect()
                 }
                 Err(error) => vec![Err(error); refs.len()],
                 Ok(results) => results,
             }
-        })
-        .await;
-        outcome.unwrap_or_else(|e| {
-            vec![Err(ScoreError::Internal(format!("a model call panicked: {e}"))); count]
-        })
+        };
+        let panicked = || vec![Err(ScoreError::Internal("a model call panicked".into())); count];
+        match lane {
+            Lane::Live => tokio::task::spawn_blocking(call)
+                .await
+                .unwrap_or_else(|_| panicked()),
+            Lane::Background => match self.background.run(call).await {
+                Some((results, times)) if times.starved() => results
+                    .into_iter()
+                    .map(|result| match result {
+                        // The deadline is wall time: a call that spent it
+                        // waiting for a core says nothing about the model.
+                        Err(ScoreError::Call {
+                            error: CallError::Timeout(_),
+                            ..
+                        }) => Err(ScoreError::Starved {
+                            model: model.clone(),
+                        }),
+                        other => other,
+                    })
+                    .collect(),
+                Some((results, _)) => results,
+                None => panicked(),
+            },
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //!
 //! The crate's API is what this file defines and re-exports.
 
+mod background;
 mod backtest;
 mod batch;
 mod batcher;
@@ -38,7 +39,7 @@ pub use self::batch::{
 };
 pub use self::batcher::DynamicBatching;
 pub use self::challenger::{ChallengerError, ChallengerView, ErrorAsymmetry, Tolerance, WorstCell};
-pub use self::jobs::{DataPin, Executor, IndexedWindow, PreparedJob, call_determinism};
+pub use self::jobs::{DataPin, Executor, IndexedWindow, Lane, PreparedJob, call_determinism};
 pub use self::replay::{MAX_REPLAY_CELLS, ReplayCell, ReplayError, ReplayResponse};
 pub use self::request::{
     BreakdownEntry, PortfolioInput, PortfolioLimits, PositionInput, ScoreRequest, ScoreResponse,
@@ -101,6 +102,10 @@ pub enum ScoreError {
         #[source]
         source: Overloaded,
     },
+    /// A background call ran out of its (wall-clock) deadline while live
+    /// calls had the cores: nothing is known of the model.
+    #[error("{model} was not scored in time at background priority: live calls had the machine")]
+    Starved { model: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -131,6 +136,7 @@ impl ScoreError {
             ScoreError::ModelInternal { .. } => "model_internal_error",
             ScoreError::Call { error, .. } => error.code(),
             ScoreError::Overloaded { .. } => "overloaded",
+            ScoreError::Starved { .. } => "starved",
             ScoreError::Internal(_) => "internal_error",
         }
     }
@@ -157,7 +163,7 @@ impl ScoreError {
                 CallError::Instantiate(_) => ErrorClass::Overloaded,
                 _ => ErrorClass::ModelFailure,
             },
-            ScoreError::Overloaded { .. } => ErrorClass::Overloaded,
+            ScoreError::Overloaded { .. } | ScoreError::Starved { .. } => ErrorClass::Overloaded,
             ScoreError::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -218,10 +224,7 @@ impl ScoringService {
         cache: Arc<dyn ScoreCache>,
         settings: ScoringSettings,
     ) -> Self {
-        let executor = Arc::new(Executor {
-            engine,
-            market: market.clone(),
-        });
+        let executor = Arc::new(Executor::new(engine, market.clone()));
         let batchers = Batchers::new(settings.dynamic, executor.clone());
         // Each loaded version's counters exist at 0 from its load. Weak, so
         // the registry does not keep the cache (and its purge subscriber)
@@ -483,7 +486,7 @@ impl ScoringService {
             .map_err(|source| overloaded(entry, source))?;
         let mut results = self
             .executor
-            .run(entry.clone(), window, vec![job], slot)
+            .run(entry.clone(), window, vec![job], slot, Lane::Live)
             .await;
         results
             .pop()

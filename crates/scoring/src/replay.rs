@@ -27,7 +27,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::batch::CellError;
-use super::jobs::{DataPin, PreparedJob};
+use super::jobs::{DataPin, Lane, PreparedJob};
 use super::{ScoreError, ScoringService, overloaded};
 use riskhost_cache::{CanonicalPosition, score_key};
 use riskhost_events::{HistoryError, RecordedScore};
@@ -290,7 +290,7 @@ impl ScoringService {
                     async move {
                         let outcome = match j.entry.bulkhead.enter_owned().await {
                             Ok(slot) => executor
-                                .run(j.entry.clone(), window, vec![j.job], slot)
+                                .run(j.entry.clone(), window, vec![j.job], slot, Lane::Live)
                                 .await
                                 .pop()
                                 .unwrap_or_else(|| {

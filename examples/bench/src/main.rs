@@ -214,8 +214,13 @@ fn build_host(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs `plugins/build.sh`, so the benchmarked components match the source.
 fn build_plugins(root: &Path) -> anyhow::Result<()> {
-    let script = root.join("plugins/build.sh");
-    eprintln!("building the models: {} …", script.display());
+    build_script(root, "plugins/build.sh", "the models")
+}
+
+/// Runs the build script `script` (relative to `root`), its output on stderr.
+pub(crate) fn build_script(root: &Path, script: &str, what: &str) -> anyhow::Result<()> {
+    let script = root.join(script);
+    eprintln!("building {what}: {} …", script.display());
     let status = Command::new("bash")
         .arg(&script)
         .current_dir(root)

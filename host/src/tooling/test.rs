@@ -166,10 +166,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
             ..ScoringSettings::default()
         },
     );
-    let executor = Executor {
-        engine: engine.clone(),
-        market: market.clone(),
-    };
+    let executor = Executor::new(engine.clone(), market.clone());
     let params: BTreeMap<String, f64> = args.params.iter().cloned().collect();
 
     let mut reports = Vec::new();

@@ -6,6 +6,12 @@
 //! request), in the same run. The challenger's evidence after each
 //! variant says how many cells it compared and how many its full queue
 //! dropped.
+//!
+//! Then a challenger that misbehaves: a second server serves the `versioned`
+//! test model (build A), with build `failing` (every job fails) and build
+//! `hanging` (every call runs into its 200 ms deadline) stored beside it;
+//! live misses are loaded with no challenger, then with each of them at
+//! `sample` 1.0.
 
 use std::sync::Arc;
 
@@ -149,7 +155,136 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
         }
     }
     drop(server);
+    rows.extend(misbehaving(ctx, &data)?);
     Ok(rows)
+}
+
+/// Live misses of `versioned` without a challenger, then with a failing
+/// and with a hanging one at sample 1.0.
+fn misbehaving(ctx: &Context, data: &Scratch) -> anyhow::Result<Vec<Row>> {
+    crate::build_script(&ctx.root, "tests/plugins/build.sh", "the test models")?;
+    let test_models = ctx.root.join("tests/plugins/dist");
+    let plugins = data.join("versioned-plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(
+        test_models.join("versioned-a.wasm"),
+        plugins.join("versioned-a.wasm"),
+    )?;
+    let plugins = plugins.to_string_lossy().into_owned();
+    let server = ctx.host.serve(
+        &data.join("versioned"),
+        &[
+            "--plugins",
+            plugins.as_str(),
+            "--watch",
+            "false",
+            "--events",
+            "none",
+            "--model-limits",
+            "versioned:deadline_ms=200",
+        ],
+    )?;
+    let mut stored = Vec::new();
+    for build in ["failing", "hanging"] {
+        let bytes = std::fs::read(test_models.join(format!("versioned-{build}.wasm")))?;
+        let (status, body) = send(
+            ctx,
+            &server,
+            Method::PUT,
+            "/v1/models/versioned",
+            "application/wasm",
+            Bytes::from(bytes),
+        )?;
+        anyhow::ensure!(
+            status == 201,
+            "upload of {build}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        let answer: Value = serde_json::from_slice(&body)?;
+        stored.push((
+            build,
+            answer["digest"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let (status, body) = send(
+        ctx,
+        &server,
+        Method::POST,
+        "/v1/models/versioned/rollback",
+        "application/json",
+        Bytes::from_static(br#"{"to": "1.0.0"}"#),
+    )?;
+    anyhow::ensure!(
+        status == 200,
+        "rollback: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let plan = ctx.load.closed(CONNECTIONS);
+    let mut rows = Vec::new();
+    let mut baseline = 0.0;
+    let mut next_offset = 0u64;
+    let path = "/v1/models/versioned/challenger";
+    for challenger in [None, Some(&stored[0]), Some(&stored[1])] {
+        if let Some((_, digest)) = challenger {
+            let body = json!({"version": digest, "sample": 1.0});
+            let (status, answer) = send(
+                ctx,
+                &server,
+                Method::PUT,
+                path,
+                "application/json",
+                Bytes::from(serde_json::to_vec(&body)?),
+            )?;
+            anyhow::ensure!(
+                status == 200,
+                "challenger: {status} {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        // Every request a miss: an offset no other request used.
+        let from = next_offset;
+        next_offset += 100_000_000;
+        let body: crate::loadgen::BodyFn = Arc::new(move |n: u64| versioned_body(from + n));
+        let target = Target::post(server.addr, "/v1/score", body);
+        let outcome = super::http::measure(ctx, &target, plan)?;
+        let rps = median(&outcome.throughput);
+        let label = match challenger {
+            None => "no challenger".to_owned(),
+            Some((build, _)) => format!("a {build} challenger at sample 1.0"),
+        };
+        let row = load_row(
+            SCENARIO,
+            format!("versioned misses, {label} · {CONNECTIONS} conns"),
+            &outcome,
+        );
+        rows.push(match challenger {
+            None => {
+                baseline = rps;
+                row.reference("1.00×".to_owned())
+            }
+            Some(_) => {
+                let (_, evidence) = server.get(path)?;
+                let evidence: Value = serde_json::from_slice(&evidence)?;
+                row.reference(format!(
+                    "{} without ({} req/s); the challenger failed {}, dropped {}",
+                    ratio(rps, baseline),
+                    number(baseline),
+                    evidence["errors"]["challenger_only"],
+                    evidence["dropped"],
+                ))
+            }
+        });
+    }
+    drop(server);
+    Ok(rows)
+}
+
+/// A `versioned` score request whose `offset` makes it a memo miss.
+fn versioned_body(offset: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"versioned","portfolio":{{"positions":[{{"instrument":"SPX","quantity":10}},{{"instrument":"TLT","quantity":-200}},{{"instrument":"AAPL","quantity":50}}]}},"params":{{"offset":{offset}}}}}"#
+    ))
 }
 
 fn challenger_path() -> String {

@@ -3,4 +3,6 @@
 /// The factor that tells this build's outputs apart.
 pub const SCALE: f64 = 1.0;
 
+const MISBEHAVIOUR: Misbehaviour = Misbehaviour::Score;
+
 include!("model.rs");

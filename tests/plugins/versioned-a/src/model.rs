@@ -6,6 +6,12 @@
 // score = SCALE × (Σ |quantity × last close| + offset); the breakdown is
 // SCALE × |value| per position. `offset` exists so that callers can make
 // every request a distinct computation (no memo hits).
+//
+// An includer may also define `MISBEHAVIOUR` (`Misbehaviour::Fail` or
+// `::Hang`): the builds the challenger tests use as a failing and a
+// hanging challenger of the same model. Without it the build scores. Like a
+// model that passed its checks and misbehaves on real traffic only, they
+// score the host's warm-up job at load (its instruments are `WARMUP-…`).
 
 use riskhost_sdk::{
     BatchContext, Contribution, DataNeeds, Job, Model, ModelError, ModelInfo, ParamSpec, Score,
@@ -38,6 +44,27 @@ impl Model for Versioned {
     }
 
     fn score(ctx: &BatchContext, job: &Job) -> Result<Score, ModelError> {
+        let warm_up = job.portfolio.positions.iter().any(|p| {
+            ctx.instrument(p.series)
+                .is_ok_and(|name| name.starts_with("WARMUP-"))
+        });
+        match MISBEHAVIOUR {
+            _ if warm_up => {}
+            Misbehaviour::Score => {}
+            Misbehaviour::Fail => {
+                return Err(ModelError::Internal(format!(
+                    "build {} always fails",
+                    env!("CARGO_PKG_NAME")
+                )));
+            }
+            Misbehaviour::Hang => {
+                // Until the host's deadline stops the call.
+                let mut x = 1u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+        }
         let offset = job.params.first().copied().unwrap_or(0.0);
         let values = ctx.position_values(&job.portfolio)?;
         let breakdown = job
@@ -59,6 +86,14 @@ impl Model for Versioned {
             breakdown,
         })
     }
+}
+
+/// What a build does instead of scoring, if anything.
+#[allow(dead_code)]
+enum Misbehaviour {
+    Score,
+    Fail,
+    Hang,
 }
 
 riskhost_sdk::export_model!(Versioned);

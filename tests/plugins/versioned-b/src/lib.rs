@@ -4,4 +4,6 @@
 /// The factor that tells this build's outputs apart.
 pub const SCALE: f64 = 2.0;
 
+const MISBEHAVIOUR: Misbehaviour = Misbehaviour::Score;
+
 include!("../../versioned-a/src/model.rs");
