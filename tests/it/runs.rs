@@ -460,6 +460,12 @@ fn bad_runs_get_their_errors(backend: &Backend) {
         &json!({"models": ["var-historical"], "portfolios": {"all": false}}),
     );
     assert_error(&answer, 422, "invalid_run", "all");
+    // Valid JSON of the wrong shape is not malformed JSON.
+    let answer = submit(
+        &server,
+        &json!({"models": ["var-historical"], "portfolios": [{"id": "tech"}]}),
+    );
+    assert_error(&answer, 422, "invalid_run", "{\"ids\": […]}");
     let answer = submit(
         &server,
         &json!({"models": ["var-historical"], "as_of": "1999-01-01", "portfolios": {"all": true}}),

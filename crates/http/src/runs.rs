@@ -113,8 +113,19 @@ async fn submit_run(
                         format!("the JSON body is over {} bytes; upload big runs as application/x-ndjson ({e})", state.run_body_limit),
                     )
                 })?;
-            let mut request: RunRequest =
-                serde_json::from_slice(&bytes).map_err(crate::admin::json_error)?;
+            let mut request: RunRequest = serde_json::from_slice(&bytes).map_err(|e| {
+                // serde reports an enum given as anything but an object as a
+                // syntax error; valid JSON of the wrong shape is a 422.
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_run",
+                        format!("{e}: a run is `{{\"models\": […], \"portfolios\": …}}`, where `portfolios` is `{{\"all\": true}}`, `{{\"ids\": […]}}` or `{{\"inline\": […]}}`"),
+                    )
+                } else {
+                    crate::admin::json_error(e)
+                }
+            })?;
             let Some(selection) = request.portfolios.take() else {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
