@@ -1,13 +1,12 @@
 //! Replay end to end (`docs/replay.md`): scores served through every path
 //! (single, dynamically batched single requests, the batch API, a memo
-//! hit) and recorded in a real ClickHouse are re-run by `POST /v1/replay`
+//! hit, a risk run) and recorded in a real ClickHouse are re-run by `POST /v1/replay`
 //! and `riskhost replay` bit for bit, a Monte Carlo model's included; a
 //! replay after two swaps runs the recorded version, loaded from the store;
 //! a purged version is 410, restated prices in PostgreSQL are 409 naming
 //! the snapshots, an unknown request id is 404.
 //!
-//! Scores of `POST /v1/runs` are recorded without a request id, so there is
-//! no run path to replay (docs/replay.md).
+//! A risk run's scores are recorded under the run's id and replayed by it.
 
 use crate::common;
 
@@ -306,6 +305,41 @@ fn replay_reproduces_every_path_bit_for_bit() {
         "{printed}"
     );
 
+    // A risk run: its scores are recorded under the run's id.
+    let (status, run) = server.post(
+        "/v1/runs",
+        &json!({"models": ["var-historical", "es-historical"],
+                "portfolios": {"ids": ["balanced", "tech", "macro"]}}),
+    );
+    assert_eq!(status, 202, "{run}");
+    let run_id = run["id"].as_str().expect("a run id").to_owned();
+    wait_until("the run finishes", Duration::from_secs(60), || {
+        server.get(&format!("/v1/runs/{run_id}")).1["status"] == "completed"
+    });
+    let lines: Vec<Value> = server
+        .get_text(&format!("/v1/runs/{run_id}/results"))
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    wait_recorded(&ch, &run_id, 6);
+    let (_, run) = server.get(&format!("/v1/runs/{run_id}"));
+    let run_served: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["model"].as_str().unwrap_or_default().to_owned(),
+                line["portfolio_id"].clone(),
+                line["value"].clone(),
+                line["digest"].clone(),
+                batch["snapshot"].clone(),
+                run["as_of"].clone(),
+            )
+        })
+        .collect();
+    let cells = assert_replays(&server, &run_id, &run_served);
+    assert!(cells.iter().all(|c| c["path"] == "run"), "{cells:?}");
+
     // Unknown ids and bad bodies are refused by name.
     assert_error(
         &replay(&server, "never-sent"),
@@ -415,7 +449,7 @@ fn replay_runs_the_recorded_version_after_two_swaps_and_not_a_purged_one() {
 }
 
 #[test]
-fn restated_prices_in_postgres_refuse_the_replay_naming_the_snapshots() {
+fn restated_prices_in_postgres_refuse_the_replay_naming_what_changed() {
     let ch = ChDatabase::new(&ch_url(), "replay_pg");
     let schema = PgSchema::new("replay");
     riskhost_db(&[
@@ -491,6 +525,21 @@ fn restated_prices_in_postgres_refuse_the_replay_naming_the_snapshots() {
         message.contains("changed 1 time since"),
         "says what changed: {message}"
     );
+    // … naming the instrument, the date and the close before and after.
+    let restated = text_after(message, "SPX: 1 close restated on 2018-12-20 (");
+    let (old, new) = restated
+        .and_then(|rest| rest.split_once(')'))
+        .and_then(|(closes, _)| closes.split_once(" → "))
+        .and_then(|(old, new)| Some((old.parse::<f64>().ok()?, new.parse::<f64>().ok()?)))
+        .unwrap_or_else(|| panic!("names the restated close: {message}"));
+    assert_eq!(new.to_bits(), (old * 1.01).to_bits(), "{message}");
+}
+
+/// The text of `haystack` after the first `needle`.
+fn text_after<'a>(haystack: &'a str, needle: &str) -> Option<&'a str> {
+    haystack
+        .find(needle)
+        .map(|at| &haystack[at + needle.len()..])
 }
 
 #[test]

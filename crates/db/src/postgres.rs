@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "challengers shared by a fleet",
         include_str!("../migrations/0007_model_challengers.sql"),
     ),
+    (
+        8,
+        "a log of what changed in the prices, for replay",
+        include_str!("../migrations/0008_data_changes.sql"),
+    ),
 ];
 
 /// Connection and pool settings.

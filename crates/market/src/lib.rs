@@ -101,6 +101,57 @@ pub trait MarketDataSource: Send + Sync + 'static {
 
     /// Whether an instrument exists (for early, clear 4xx errors).
     async fn has_instrument(&self, instrument: &str) -> Result<bool, DataError>;
+
+    /// What changed in the prices between two snapshots of this source,
+    /// oldest first and at most `limit` entries, as far as the source
+    /// records it. Sources that keep no log of changes answer nothing.
+    async fn changes_between(
+        &self,
+        _from: &SnapshotId,
+        _to: &SnapshotId,
+        _limit: usize,
+    ) -> Result<Vec<DataChange>, DataError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One statement's change to one instrument's closes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DataChange {
+    /// `None` when the change was to every instrument (a truncation).
+    pub instrument: Option<String>,
+    /// `restated`, `inserted`, `deleted` or `truncated`.
+    pub change: String,
+    pub first_date: Option<NaiveDate>,
+    pub last_date: Option<NaiveDate>,
+    /// How many closes the statement changed for the instrument.
+    pub closes: u64,
+    /// For a single restated close: its value before and after.
+    pub old_close: Option<f64>,
+    pub new_close: Option<f64>,
+}
+
+impl std::fmt::Display for DataChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(instrument) = &self.instrument else {
+            return write!(f, "every close was {}", self.change);
+        };
+        let plural = if self.closes == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{instrument}: {} close{plural} {}",
+            self.closes, self.change
+        )?;
+        match (self.first_date, self.last_date) {
+            (Some(first), Some(last)) if first == last => write!(f, " on {first}")?,
+            (Some(first), Some(last)) => write!(f, " from {first} to {last}")?,
+            _ => {}
+        }
+        if let (Some(old), Some(new)) = (self.old_close, self.new_close) {
+            write!(f, " ({old} → {new})")?;
+        }
+        Ok(())
+    }
 }
 
 /// Which data a source serves: the source's name and a content version.

@@ -24,7 +24,7 @@ use tokio_postgres::types::ToSql;
 
 use super::window::{MarketMeta, MetaCache, MetaLoader, Observation, assemble_window};
 use super::{
-    DataError, MarketDataSource, PriceTable, PriceWindow, SnapshotId, StoredPortfolio,
+    DataChange, DataError, MarketDataSource, PriceTable, PriceWindow, SnapshotId, StoredPortfolio,
     StoredPosition,
 };
 
@@ -149,6 +149,7 @@ struct Queries {
     portfolio: String,
     portfolios: String,
     portfolio_ids: String,
+    changes: String,
 }
 
 impl Queries {
@@ -194,6 +195,11 @@ impl Queries {
                  WHERE p.id = ANY($1) ORDER BY p.id, pos.instrument"
             ),
             portfolio_ids: format!("SELECT id FROM {s}.portfolios ORDER BY id"),
+            changes: format!(
+                "SELECT instrument, change, first_date, last_date, closes, old_close, new_close
+                 FROM {s}.data_changes WHERE version > $1 AND version <= $2
+                 ORDER BY version, instrument LIMIT $3"
+            ),
         }
     }
 }
@@ -490,5 +496,47 @@ impl MarketDataSource for PostgresSource {
 
     async fn has_instrument(&self, instrument: &str) -> Result<bool, DataError> {
         Ok(self.meta.get(self).await?.instruments.contains(instrument))
+    }
+
+    /// From `data_changes` (migration 0008), between two versions of one
+    /// epoch; nothing for snapshots of another source or database.
+    async fn changes_between(
+        &self,
+        from: &SnapshotId,
+        to: &SnapshotId,
+        limit: usize,
+    ) -> Result<Vec<DataChange>, DataError> {
+        let counter = |s: &SnapshotId| -> Option<(String, i64)> {
+            let (epoch, n) = s.version.rsplit_once('.')?;
+            Some((epoch.to_owned(), n.parse().ok()?))
+        };
+        let (Some((from_epoch, from)), Some((to_epoch, to))) = (counter(from), counter(to)) else {
+            return Ok(Vec::new());
+        };
+        if from_epoch != to_epoch {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql.changes.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .pool
+            .run("data_changes", move |client| {
+                Box::pin(async move { client.query(&sql, &[&from, &to, &limit]).await })
+            })
+            .await?;
+        rows.iter()
+            .map(|r| -> Result<DataChange, tokio_postgres::Error> {
+                Ok(DataChange {
+                    instrument: r.try_get(0)?,
+                    change: r.try_get(1)?,
+                    first_date: r.try_get(2)?,
+                    last_date: r.try_get(3)?,
+                    closes: u64::try_from(r.try_get::<_, i64>(4)?).unwrap_or(0),
+                    old_close: r.try_get(5)?,
+                    new_close: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.row_error(&e))
     }
 }

@@ -97,9 +97,11 @@ pub(crate) struct ScoredChunk {
 /// run's pinned models through the batch engine: one prefetch, the memo,
 /// the bulkheads. An invalid portfolio is a failed cell; an error of the
 /// whole batch (a pinned version gone, the data source down) is the
-/// chunk's failure.
+/// chunk's failure. Its scores are recorded as the request named by the
+/// run's id (path `run`), so `POST /v1/replay` with the run id replays them.
 pub(crate) async fn score_chunk(
     scoring: &ScoringService,
+    run: &str,
     spec: &RunSpec,
     portfolios: Vec<PortfolioInput>,
     first_index: u64,
@@ -115,7 +117,7 @@ pub(crate) async fn score_chunk(
         as_of: Some(spec.as_of),
     };
     let response = scoring
-        .score_batch(request)
+        .score_run_chunk(run, request)
         .await
         .map_err(|e| e.to_string())?;
     let mut counts = CellCounts::default();

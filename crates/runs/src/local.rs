@@ -326,7 +326,7 @@ impl Shared {
         first_index: u64,
     ) -> Result<CellCounts, String> {
         let portfolios = read_chunk(dir, job.chunk).await?;
-        let scored = score_chunk(&self.scoring, spec, portfolios, first_index).await?;
+        let scored = score_chunk(&self.scoring, &job.run, spec, portfolios, first_index).await?;
         let out = result_lines(&job.run, &scored.cells).map_err(|e| e.to_string())?;
         write_whole(&chunk_path(dir, job.chunk, "out.ndjson"), &out)
             .await

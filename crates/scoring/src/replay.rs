@@ -159,6 +159,9 @@ fn what_changed(recorded: &str, current: &SnapshotId) -> String {
     }
 }
 
+/// Changes named in the message of a refused replay, at most.
+const CHANGES_NAMED: usize = 20;
+
 /// A recorded score made ready to run again.
 struct ReplayJob {
     cell: usize,
@@ -217,8 +220,13 @@ impl ScoringService {
         let current = self.market.snapshot();
         let now = current.to_string();
         if let Some(r) = records.iter().find(|r| r.snapshot != now) {
+            let mut what = what_changed(&r.snapshot, &current);
+            if let Some(changes) = self.changes_since(&r.snapshot, &current).await {
+                what.push_str(": ");
+                what.push_str(&changes);
+            }
             return Err(ReplayError::SnapshotUnavailable {
-                what: what_changed(&r.snapshot, &current),
+                what,
                 recorded: r.snapshot.clone(),
                 current: now,
             });
@@ -402,6 +410,43 @@ fn prepare(
         positions: Arc::new(positions),
         params,
     })
+}
+
+impl ScoringService {
+    /// The source's record of what changed in the prices between the
+    /// `recorded` snapshot and `current`, in words (`SPX: 1 close restated
+    /// on 2018-12-31 (2506.85 → 2600)`); `None` when it keeps no record of
+    /// them or cannot be asked.
+    async fn changes_since(&self, recorded: &str, current: &SnapshotId) -> Option<String> {
+        let (source, version) = recorded.split_once('@')?;
+        let recorded = SnapshotId {
+            source: source.to_owned(),
+            version: version.to_owned(),
+        };
+        let changes = match self
+            .market
+            .changes_between(&recorded, current, CHANGES_NAMED + 1)
+            .await
+        {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read what changed in the market data");
+                return None;
+            }
+        };
+        if changes.is_empty() {
+            return None;
+        }
+        let mut named: Vec<String> = changes
+            .iter()
+            .take(CHANGES_NAMED)
+            .map(ToString::to_string)
+            .collect();
+        if changes.len() > CHANGES_NAMED {
+            named.push("and more".into());
+        }
+        Some(named.join("; "))
+    }
 }
 
 fn cell_error(error: &ScoreError) -> CellError {

@@ -423,7 +423,8 @@ impl Shared {
         };
         let scored = match parse_portfolios(&work.input, &format!("chunk {chunk}")) {
             Ok(portfolios) => {
-                let scoring = score_chunk(&self.scoring, &work.spec, portfolios, work.first_index);
+                let scoring =
+                    score_chunk(&self.scoring, run, &work.spec, portfolios, work.first_index);
                 self.with_progress_acks(message, scoring).await
             }
             Err(reason) => Err(reason),
