@@ -305,6 +305,9 @@ fn a_run_cancelled_while_the_client_waits_exits_4_with_its_results_so_far() {
         "1",
         "--run-workers",
         "1",
+        // Its warm-up at load may outlast the default 1 s on a busy machine.
+        "--model-limits",
+        "slow-legal:deadline_ms=20000",
     ]);
     let dir = TempDir::new("run-cli-cancel");
     let file = dir.path().join("book.ndjson");

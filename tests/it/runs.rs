@@ -35,6 +35,15 @@ impl Backend {
     /// `args` plus this backend's flags, except those `args` give.
     fn args(&self, args: &[&str]) -> Vec<String> {
         let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        // slow-legal's warm-up at load (150 M steps, ~250 ms alone) may
+        // take past the default 1 s deadline on a machine busy with the
+        // other tests, and the model would not load.
+        if !args.contains(&"--model-limits") {
+            all.extend([
+                "--model-limits".into(),
+                "slow-legal:deadline_ms=20000".into(),
+            ]);
+        }
         if let Backend::Nats(nats) = self {
             for pair in nats.args().chunks(2) {
                 if !args.contains(&pair[0].as_str()) {
