@@ -149,6 +149,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<()> {
         portfolio,
         params: args.params.into_iter().collect::<BTreeMap<_, _>>(),
         as_of: args.as_of,
+        breakdown: true,
     };
     let response = scoring
         .score(request)

@@ -119,6 +119,7 @@ pub(crate) async fn run(args: ScoreFileArgs) -> anyhow::Result<()> {
             portfolios: batch,
             params: params.clone(),
             as_of: args.as_of,
+            breakdown: true,
         };
         let response = scoring
             .score_batch(request)

@@ -74,6 +74,55 @@ fn batch_cells_equal_single_requests_in_order() {
 }
 
 #[test]
+fn breakdown_false_answers_the_same_values_without_breakdowns() {
+    let server = Server::start(&[]);
+    let portfolios = samples();
+    let batch = |breakdown: Option<bool>| {
+        let mut body = json!({"models": MODELS, "portfolios": portfolios});
+        if let Some(breakdown) = breakdown {
+            body["breakdown"] = json!(breakdown);
+        }
+        let (status, answer) = server.post("/v1/score/batch", &body);
+        assert_eq!(status, 200, "{answer}");
+        answer["results"].as_array().cloned().unwrap_or_default()
+    };
+    // Computed without breakdowns, then served from the memo with them
+    // (the memo keeps the whole score), then without again.
+    let bare = batch(Some(false));
+    let full = batch(None);
+    let bare_again = batch(Some(false));
+    assert_eq!(bare.len(), portfolios.len() * MODELS.len());
+    for ((bare, full), again) in bare.iter().zip(&full).zip(&bare_again) {
+        assert_eq!(bare["breakdown"], json!([]), "{bare}");
+        assert_eq!(again["breakdown"], json!([]), "{again}");
+        assert!(
+            full["breakdown"].as_array().is_some_and(|b| !b.is_empty()),
+            "{full}"
+        );
+        assert_eq!(bare["cached"], false);
+        assert_eq!(full["cached"], true);
+        assert_eq!(
+            bare["value"].as_f64().map(f64::to_bits),
+            full["value"].as_f64().map(f64::to_bits)
+        );
+    }
+    // The single route likewise.
+    let request = json!({"model": "var-historical", "portfolio": portfolios[0], "breakdown": false});
+    let (status, single) = server.post("/v1/score", &request);
+    assert_eq!(status, 200, "{single}");
+    assert_eq!(single["breakdown"], json!([]));
+    assert_eq!(
+        single["value"].as_f64().map(f64::to_bits),
+        full[0]["value"].as_f64().map(f64::to_bits)
+    );
+    let (status, refused) = server.post(
+        "/v1/score",
+        &json!({"model": "var-historical", "portfolio": portfolios[0], "breakdown": "no"}),
+    );
+    assert_error(&(status, refused), 422, "invalid_body", "breakdown");
+}
+
+#[test]
 fn failures_stay_in_their_cells_and_name_the_portfolio() {
     let server = Server::start(&[]);
     let portfolios = json!([

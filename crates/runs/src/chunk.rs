@@ -115,6 +115,7 @@ pub(crate) async fn score_chunk(
         portfolios,
         params: spec.params.clone(),
         as_of: Some(spec.as_of),
+        breakdown: true,
     };
     let response = scoring
         .score_run_chunk(run, request)

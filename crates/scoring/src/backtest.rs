@@ -463,7 +463,7 @@ impl ScoringService {
                     let cut = Arc::new(window.cut(at, resolved.lookback));
                     let started = std::time::Instant::now();
                     let cells = self
-                        .score_cells(models, portfolios, &pin, Some(cut), Lane::Live)
+                        .score_cells(models, portfolios, &pin, Some(cut), Lane::Live, true)
                         .await
                         .unwrap_or_default();
                     let recorded: Vec<BatchCell> = cells

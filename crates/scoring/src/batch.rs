@@ -60,6 +60,11 @@ pub struct BatchRequest {
     pub params: BTreeMap<String, f64>,
     #[serde(default)]
     pub as_of: Option<NaiveDate>,
+    /// `false` answers every cell with an empty `breakdown`: for a big
+    /// batch most of the answer's bytes are breakdowns.
+    #[serde(default = "crate::request::with_breakdown")]
+    #[cfg_attr(feature = "schema", schema(default = true))]
+    pub breakdown: bool,
 }
 
 /// The answer: one cell per (portfolio, model), portfolio-major.
@@ -135,9 +140,10 @@ impl CellOutcome {
         entry: &ModelEntry,
         outcome: &Result<bindings::Score, ModelError>,
         tier: Option<CacheTier>,
+        breakdown: bool,
     ) -> Self {
         match outcome {
-            Ok(score) => Self::scored(entry, score, tier),
+            Ok(score) => Self::scored(entry, score, tier, breakdown),
             Err(error) => Self::failed(&ScoreError::from_model_error(
                 entry.model.name(),
                 error.clone(),
@@ -145,24 +151,38 @@ impl CellOutcome {
         }
     }
 
-    fn scored(entry: &ModelEntry, score: &bindings::Score, tier: Option<CacheTier>) -> Self {
+    fn scored(
+        entry: &ModelEntry,
+        score: &bindings::Score,
+        tier: Option<CacheTier>,
+        breakdown: bool,
+    ) -> Self {
         CellOutcome::Score(CellScore {
             version: entry.model.version().to_owned(),
             digest: entry.model.digest.clone(),
             value: score.value,
             unit: unit_name(score.unit),
-            breakdown: score
-                .breakdown
-                .iter()
-                .map(|c| BreakdownEntry {
-                    name: c.name.clone(),
-                    value: c.value,
-                })
-                .collect(),
+            breakdown: if breakdown {
+                breakdown_entries(score)
+            } else {
+                Vec::new()
+            },
             cached: tier.is_some(),
             cache_tier: tier,
         })
     }
+}
+
+/// A score's breakdown as the API answers it.
+pub(crate) fn breakdown_entries(score: &bindings::Score) -> Vec<BreakdownEntry> {
+    score
+        .breakdown
+        .iter()
+        .map(|c| BreakdownEntry {
+            name: c.name.clone(),
+            value: c.value,
+        })
+        .collect()
 }
 
 /// Why a whole batch request is refused (as opposed to one of its cells).
@@ -210,6 +230,7 @@ impl ScoringService {
     ) -> Result<BatchResponse, BatchError> {
         let started = std::time::Instant::now();
         let limits = self.settings.batch;
+        let breakdown = request.breakdown;
         if request.models.is_empty() {
             return Err(BatchError::Empty("model"));
         }
@@ -307,7 +328,7 @@ impl ScoringService {
                 snapshot: self.market.snapshot(),
             };
             match self
-                .score_cells(&models, &portfolios, &pin, None, Lane::Live)
+                .score_cells(&models, &portfolios, &pin, None, Lane::Live, breakdown)
                 .await
             {
                 Some(cells) => break (pin, cells),
@@ -380,7 +401,9 @@ impl ScoringService {
     /// Scores every cell of a batch on the data of `pin`: memo lookups, one
     /// window for the misses (`given`, or fetched), the calls. `None` when
     /// the data moved before the window was read (nothing was computed or
-    /// stored). The calls run on `lane`.
+    /// stored). The calls run on `lane`; the cells carry breakdowns when
+    /// `breakdown` is set.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn score_cells(
         &self,
         models: &[(Arc<ModelEntry>, Vec<f64>, usize)],
@@ -388,6 +411,7 @@ impl ScoringService {
         pin: &DataPin,
         given: Option<Arc<IndexedWindow>>,
         lane: Lane,
+        breakdown: bool,
     ) -> Option<Vec<Option<CellOutcome>>> {
         let limits = self.settings.batch;
         // Every cell, its memo key, and one memo lookup for all of them.
@@ -441,7 +465,12 @@ impl ScoringService {
             for (cell, hit) in cells_of_model.into_iter().zip(hits) {
                 match hit {
                     Some((memo, tier)) => {
-                        cells[cell] = Some(CellOutcome::memoized(entry, &memo.outcome, Some(tier)))
+                        cells[cell] = Some(CellOutcome::memoized(
+                            entry,
+                            &memo.outcome,
+                            Some(tier),
+                            breakdown,
+                        ))
                     }
                     None => misses.push(cell),
                 }
@@ -512,7 +541,12 @@ impl ScoringService {
                             }
                         };
                         let memo = Arc::new(CachedScore { outcome });
-                        cells[cell] = Some(CellOutcome::memoized(&entry, &memo.outcome, None));
+                        cells[cell] = Some(CellOutcome::memoized(
+                            &entry,
+                            &memo.outcome,
+                            None,
+                            breakdown,
+                        ));
                         if let (Some((_, job)), Some(ttl)) = (
                             &jobs[cell],
                             self.settings.cache.ttl_for(name, &memo.outcome),

@@ -493,7 +493,14 @@ impl ScoringService {
             })
             .collect();
         let Some(cells) = self
-            .score_cells(&models, &portfolios, &first.pin, None, Lane::Background)
+            .score_cells(
+                &models,
+                &portfolios,
+                &first.pin,
+                None,
+                Lane::Background,
+                false,
+            )
             .await
         else {
             return vec![None; group.len()];

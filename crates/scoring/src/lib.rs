@@ -349,7 +349,14 @@ impl ScoringService {
                 pin.as_of,
             );
             let result = self
-                .score_pinned(&entry, params.clone(), &portfolio, &pin, key)
+                .score_pinned(
+                    &entry,
+                    params.clone(),
+                    &portfolio,
+                    &pin,
+                    key,
+                    request.breakdown,
+                )
                 .await;
             match result {
                 Err(error) if error.is_snapshot_moved() && attempt < jobs::SNAPSHOT_ATTEMPTS => {
@@ -377,6 +384,7 @@ impl ScoringService {
         portfolio: &PreparedPortfolio,
         pin: &DataPin,
         key: ScoreKey,
+        breakdown: bool,
     ) -> Result<ScoreResponse, ScoreError> {
         let description = &entry.model.description;
         let as_of = pin.as_of;
@@ -395,14 +403,11 @@ impl ScoringService {
             snapshot: pin.snapshot.to_string(),
             value: score.value,
             unit: unit_name(score.unit),
-            breakdown: score
-                .breakdown
-                .iter()
-                .map(|c| BreakdownEntry {
-                    name: c.name.clone(),
-                    value: c.value,
-                })
-                .collect(),
+            breakdown: if breakdown {
+                batch::breakdown_entries(score)
+            } else {
+                Vec::new()
+            },
             params: BTreeMap::clone(&named_params),
             cached: tier.is_some(),
             cache_tier: tier,

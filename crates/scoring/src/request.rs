@@ -24,6 +24,16 @@ pub struct ScoreRequest {
     /// is not a trading day resolves to the previous trading day.
     #[serde(default)]
     pub as_of: Option<NaiveDate>,
+    /// `false` answers an empty `breakdown`: less to build, encode and
+    /// send when only the value is wanted.
+    #[serde(default = "with_breakdown")]
+    #[cfg_attr(feature = "schema", schema(default = true))]
+    pub breakdown: bool,
+}
+
+/// Answers carry their breakdown unless asked not to.
+pub(crate) fn with_breakdown() -> bool {
+    true
 }
 
 /// A portfolio given inline (`positions`), or by `id` alone when the data

@@ -178,6 +178,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<()> {
             portfolio: case.input.clone(),
             params: params.clone(),
             as_of: args.as_of,
+            breakdown: true,
         };
         let mut report = PortfolioReport {
             portfolio: case.label.clone(),
