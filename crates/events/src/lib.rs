@@ -315,6 +315,12 @@ pub trait EventSink: Send + Sync + 'static {
     /// as safe as the sink promises: handed to its writer (at once), or, in
     /// the ClickHouse sink's durable mode, fsynced in the local spool.
     async fn record(&self, events: Vec<ScoreEvent>);
+    /// Whether [`EventSink::record`] keeps anything: when not, producers
+    /// skip building events (an L1 hit would spend a good part of its time
+    /// on an event nobody reads).
+    fn records(&self) -> bool {
+        true
+    }
     /// Writes or spools everything recorded so far, waiting at most `timeout`.
     async fn flush(&self, timeout: Duration);
     /// A portfolio's recorded scores, oldest first.
@@ -372,6 +378,9 @@ pub struct NoSink;
 #[async_trait::async_trait]
 impl EventSink for NoSink {
     async fn record(&self, _events: Vec<ScoreEvent>) {}
+    fn records(&self) -> bool {
+        false
+    }
     async fn flush(&self, _timeout: Duration) {}
     async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {
         Err(HistoryError::NotConfigured)
@@ -400,6 +409,9 @@ impl EventSink for LogSink {
                 "score"
             );
         }
+    }
+    fn records(&self) -> bool {
+        tracing::enabled!(target: "riskhost::events", tracing::Level::DEBUG)
     }
     async fn flush(&self, _timeout: Duration) {}
     async fn history(&self, _query: &HistoryQuery) -> Result<Vec<HistoryEntry>, HistoryError> {

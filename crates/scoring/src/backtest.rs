@@ -466,30 +466,32 @@ impl ScoringService {
                         .score_cells(models, portfolios, &pin, Some(cut), Lane::Live, true)
                         .await
                         .unwrap_or_default();
-                    let recorded: Vec<BatchCell> = cells
-                        .iter()
-                        .enumerate()
-                        .map(|(i, outcome)| BatchCell {
-                            portfolio_index: i,
-                            portfolio_id: portfolios[i].0.clone(),
-                            model: resolved.entry.model.name().to_owned(),
-                            outcome: outcome.clone().unwrap_or_else(|| {
-                                CellOutcome::failed(&ScoreError::Internal(
-                                    "the cell was never computed".into(),
-                                ))
-                            }),
-                        })
-                        .collect();
-                    let events = crate::events::batch(
-                        &recorded,
-                        models,
-                        portfolios,
-                        &pin,
-                        started.elapsed(),
-                        "backtest",
-                        self.events.keeps_replay_data(),
-                    );
-                    self.events.record(events).await;
+                    if self.events.records() {
+                        let recorded: Vec<BatchCell> = cells
+                            .iter()
+                            .enumerate()
+                            .map(|(i, outcome)| BatchCell {
+                                portfolio_index: i,
+                                portfolio_id: portfolios[i].0.clone(),
+                                model: resolved.entry.model.name().to_owned(),
+                                outcome: outcome.clone().unwrap_or_else(|| {
+                                    CellOutcome::failed(&ScoreError::Internal(
+                                        "the cell was never computed".into(),
+                                    ))
+                                }),
+                            })
+                            .collect();
+                        let events = crate::events::batch(
+                            &recorded,
+                            models,
+                            portfolios,
+                            &pin,
+                            started.elapsed(),
+                            "backtest",
+                            self.events.keeps_replay_data(),
+                        );
+                        self.events.record(events).await;
+                    }
                     (day, cells)
                 }
             })

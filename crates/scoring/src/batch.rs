@@ -378,19 +378,21 @@ impl ScoringService {
                 }
             })
             .collect::<Vec<_>>();
-        let events = crate::events::batch(
-            &results,
-            &models,
-            &portfolios,
-            &DataPin {
-                as_of,
-                snapshot: snapshot.clone(),
-            },
-            started.elapsed(),
-            path,
-            self.events.keeps_replay_data(),
-        );
-        self.events.record(events).await;
+        if self.events.records() {
+            let events = crate::events::batch(
+                &results,
+                &models,
+                &portfolios,
+                &DataPin {
+                    as_of,
+                    snapshot: snapshot.clone(),
+                },
+                started.elapsed(),
+                path,
+                self.events.keeps_replay_data(),
+            );
+            self.events.record(events).await;
+        }
         Ok(BatchResponse {
             as_of,
             snapshot: snapshot.to_string(),

@@ -278,6 +278,9 @@ impl ScoringService {
 
     /// Scores one portfolio with one model, and records the score event.
     pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
+        if !self.events.records() {
+            return self.score_unrecorded(request).await.0;
+        }
         let started = std::time::Instant::now();
         let (model, id, params, as_of) = (
             request.model.clone(),
