@@ -107,7 +107,8 @@ fn breakdown_false_answers_the_same_values_without_breakdowns() {
         );
     }
     // The single route likewise.
-    let request = json!({"model": "var-historical", "portfolio": portfolios[0], "breakdown": false});
+    let request =
+        json!({"model": "var-historical", "portfolio": portfolios[0], "breakdown": false});
     let (status, single) = server.post("/v1/score", &request);
     assert_eq!(status, 200, "{single}");
     assert_eq!(single["breakdown"], json!([]));

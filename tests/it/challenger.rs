@@ -53,26 +53,27 @@ fn challenger_request(
     })
 }
 
+/// Waits until the challenger's evidence satisfies `done`; the evidence.
+fn evidence_when(server: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    wait_until(what, Duration::from_secs(120), || {
+        last = challenger_request(
+            server,
+            reqwest::Method::GET,
+            "/v1/models/versioned/challenger",
+            None,
+        )
+        .1;
+        done(&last)
+    });
+    last
+}
+
 /// Waits until the challenger has compared `n` cells; its evidence.
 fn evidence_after(server: &Server, n: u64) -> Value {
-    let mut last = Value::Null;
-    wait_until(
-        "the challenger compared every cell",
-        Duration::from_secs(60),
-        || {
-            last = challenger_request(
-                server,
-                reqwest::Method::GET,
-                "/v1/models/versioned/challenger",
-                None,
-            )
-            .1;
-            let seen = last["compared"].as_u64().unwrap_or(0)
-                + last["errors"]["both"].as_u64().unwrap_or(0);
-            seen >= n
-        },
-    );
-    last
+    evidence_when(server, "the challenger compared every cell", |e| {
+        e["compared"].as_u64().unwrap_or(0) + e["errors"]["both"].as_u64().unwrap_or(0) >= n
+    })
 }
 
 #[test]
@@ -385,33 +386,20 @@ fn answer_raw(server: &Server, path: &str, body: &'static str) -> (u16, Value) {
 /// Waits until the challenger has accounted for `n` cells (compared, failed
 /// on either side, or dropped); its evidence.
 fn evidence_accounting_for(server: &Server, n: u64) -> Value {
-    let mut last = Value::Null;
-    wait_until(
-        "the challenger accounted for every cell",
-        Duration::from_secs(120),
-        || {
-            last = challenger_request(
-                server,
-                reqwest::Method::GET,
-                "/v1/models/versioned/challenger",
-                None,
-            )
-            .1;
-            let sum = |errors: &Value| -> u64 {
-                errors
-                    .as_object()
-                    .map(|codes| codes.values().filter_map(Value::as_u64).sum())
-                    .unwrap_or(0)
-            };
-            let seen = last["compared"].as_u64().unwrap_or(0)
-                + last["dropped"].as_u64().unwrap_or(0)
-                + last["errors"]["both"].as_u64().unwrap_or(0)
-                + sum(&last["errors"]["challenger_only"])
-                + sum(&last["errors"]["champion_only"]);
-            seen >= n
-        },
-    );
-    last
+    let sum = |errors: &Value| -> u64 {
+        errors
+            .as_object()
+            .map(|codes| codes.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+    evidence_when(server, "the challenger accounted for every cell", |e| {
+        e["compared"].as_u64().unwrap_or(0)
+            + e["dropped"].as_u64().unwrap_or(0)
+            + e["errors"]["both"].as_u64().unwrap_or(0)
+            + sum(&e["errors"]["challenger_only"])
+            + sum(&e["errors"]["champion_only"])
+            >= n
+    })
 }
 
 #[test]

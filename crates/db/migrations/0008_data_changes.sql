@@ -40,22 +40,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION __SCHEMA__.log_inserted_closes() RETURNS trigger
+-- Inserts and deletes alike: `changed` is the NEW or the OLD table.
+CREATE FUNCTION __SCHEMA__.log_inserted_or_deleted_closes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO __SCHEMA__.data_changes (version, instrument, change, first_date, last_date, closes)
-    SELECT (SELECT version FROM __SCHEMA__.data_version), instrument, 'inserted',
-           min(date), max(date), count(*)
-    FROM changed GROUP BY instrument;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION __SCHEMA__.log_deleted_closes() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO __SCHEMA__.data_changes (version, instrument, change, first_date, last_date, closes)
-    SELECT (SELECT version FROM __SCHEMA__.data_version), instrument, 'deleted',
+    SELECT (SELECT version FROM __SCHEMA__.data_version), instrument,
+           CASE TG_OP WHEN 'INSERT' THEN 'inserted' ELSE 'deleted' END,
            min(date), max(date), count(*)
     FROM changed GROUP BY instrument;
     RETURN NULL;
@@ -76,9 +67,9 @@ CREATE TRIGGER prices_updated_logged AFTER UPDATE ON __SCHEMA__.prices
     EXECUTE FUNCTION __SCHEMA__.log_restated_closes();
 CREATE TRIGGER prices_inserted_logged AFTER INSERT ON __SCHEMA__.prices
     REFERENCING NEW TABLE AS changed FOR EACH STATEMENT
-    EXECUTE FUNCTION __SCHEMA__.log_inserted_closes();
+    EXECUTE FUNCTION __SCHEMA__.log_inserted_or_deleted_closes();
 CREATE TRIGGER prices_deleted_logged AFTER DELETE ON __SCHEMA__.prices
     REFERENCING OLD TABLE AS changed FOR EACH STATEMENT
-    EXECUTE FUNCTION __SCHEMA__.log_deleted_closes();
+    EXECUTE FUNCTION __SCHEMA__.log_inserted_or_deleted_closes();
 CREATE TRIGGER prices_truncated_logged AFTER TRUNCATE ON __SCHEMA__.prices
     FOR EACH STATEMENT EXECUTE FUNCTION __SCHEMA__.log_truncated_closes();

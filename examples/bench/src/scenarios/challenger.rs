@@ -47,34 +47,13 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     )?;
     // The rebuild, stored and rolled back from, so the original serves.
     let original = std::fs::read(ctx.dist.join(format!("{MODEL}.wasm")))?;
-    let (status, body) = send(
+    let rebuild = upload(
         ctx,
         &server,
-        Method::PUT,
-        &format!("/v1/models/{MODEL}"),
-        "application/wasm",
-        Bytes::from(with_custom_section(&original, "challenger")),
+        MODEL,
+        with_custom_section(&original, "challenger"),
     )?;
-    anyhow::ensure!(
-        status == 201,
-        "upload: {status} {}",
-        String::from_utf8_lossy(&body)
-    );
-    let rebuild: Value = serde_json::from_slice(&body)?;
-    let rebuild = rebuild["digest"].as_str().unwrap_or_default().to_owned();
-    let (status, body) = send(
-        ctx,
-        &server,
-        Method::POST,
-        &format!("/v1/models/{MODEL}/rollback"),
-        "application/json",
-        Bytes::new(),
-    )?;
-    anyhow::ensure!(
-        status == 200,
-        "rollback: {status} {}",
-        String::from_utf8_lossy(&body)
-    );
+    rollback(ctx, &server, MODEL, Bytes::new())?;
 
     let fixed = score_body(MODEL, 10);
     server.post_ok("/v1/score", fixed.clone())?;
@@ -187,38 +166,14 @@ fn misbehaving(ctx: &Context, data: &Scratch) -> anyhow::Result<Vec<Row>> {
     let mut stored = Vec::new();
     for build in ["failing", "hanging"] {
         let bytes = std::fs::read(test_models.join(format!("versioned-{build}.wasm")))?;
-        let (status, body) = send(
-            ctx,
-            &server,
-            Method::PUT,
-            "/v1/models/versioned",
-            "application/wasm",
-            Bytes::from(bytes),
-        )?;
-        anyhow::ensure!(
-            status == 201,
-            "upload of {build}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
-        let answer: Value = serde_json::from_slice(&body)?;
-        stored.push((
-            build,
-            answer["digest"].as_str().unwrap_or_default().to_owned(),
-        ));
+        stored.push((build, upload(ctx, &server, "versioned", bytes)?));
     }
-    let (status, body) = send(
+    rollback(
         ctx,
         &server,
-        Method::POST,
-        "/v1/models/versioned/rollback",
-        "application/json",
+        "versioned",
         Bytes::from_static(br#"{"to": "1.0.0"}"#),
     )?;
-    anyhow::ensure!(
-        status == 200,
-        "rollback: {status} {}",
-        String::from_utf8_lossy(&body)
-    );
 
     let plan = ctx.load.closed(CONNECTIONS);
     let mut rows = Vec::new();
@@ -285,6 +240,43 @@ fn versioned_body(offset: u64) -> Bytes {
     Bytes::from(format!(
         r#"{{"model":"versioned","portfolio":{{"positions":[{{"instrument":"SPX","quantity":10}},{{"instrument":"TLT","quantity":-200}},{{"instrument":"AAPL","quantity":50}}]}},"params":{{"offset":{offset}}}}}"#
     ))
+}
+
+/// Stores `bytes` as a version of `model` (which activates it); its digest.
+fn upload(ctx: &Context, server: &Server, model: &str, bytes: Vec<u8>) -> anyhow::Result<String> {
+    let (status, body) = send(
+        ctx,
+        server,
+        Method::PUT,
+        &format!("/v1/models/{model}"),
+        "application/wasm",
+        Bytes::from(bytes),
+    )?;
+    anyhow::ensure!(
+        status == 201,
+        "upload of a {model} version: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let answer: Value = serde_json::from_slice(&body)?;
+    Ok(answer["digest"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `POST /v1/models/{model}/rollback` with `body`.
+fn rollback(ctx: &Context, server: &Server, model: &str, body: Bytes) -> anyhow::Result<()> {
+    let (status, answer) = send(
+        ctx,
+        server,
+        Method::POST,
+        &format!("/v1/models/{model}/rollback"),
+        "application/json",
+        body,
+    )?;
+    anyhow::ensure!(
+        status == 200,
+        "rollback of {model}: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
 }
 
 fn challenger_path() -> String {
