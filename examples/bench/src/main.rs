@@ -37,7 +37,7 @@ usage: cargo xtask bench [--quick] [--write] [--only LIST] [--dist DIR]
   --write      put the results at the top of the Results section of BENCHMARKS.md
   --only LIST  run only these scenarios (comma-separated keys: compute, overhead,
                http, batch, batching, hotswap, startup, memory, events, backtest,
-               fleet, analytics, runs, challenger, sizes);
+               fleet, analytics, runs, challenger, platform, sizes);
                cannot be combined with --write
   --dist DIR   benchmark DIR/<model>.wasm instead of building plugins/dist/
                (to compare build settings; cannot be combined with --write)";

@@ -7,7 +7,8 @@
 //!
 //! The first three run the engine in this process; the others start the real
 //! `riskhost serve` (release build) on loopback ([`crate::service`]) and load
-//! it with [`crate::loadgen`].
+//! it with [`crate::loadgen`]; `platform` loads a Python reference service
+//! (`examples/bench/reference-fastapi/`) the same way.
 
 pub(crate) mod analytics;
 pub(crate) mod backtest;
@@ -21,6 +22,7 @@ pub(crate) mod hotswap;
 pub(crate) mod http;
 pub(crate) mod memory;
 pub(crate) mod overhead;
+pub(crate) mod platform;
 pub(crate) mod runs;
 pub(crate) mod sizes;
 pub(crate) mod startup;
@@ -116,6 +118,11 @@ pub(crate) const ALL: &[Scenario] = &[
         key: "challenger",
         name: "14. live scores with a challenger in their shadow",
         run: challenger::run,
+    },
+    Scenario {
+        key: "platform",
+        name: "15. riskhost vs the platform it replaces (FastAPI + NumPy + Redis)",
+        run: platform::run,
     },
     Scenario {
         key: "sizes",
