@@ -26,14 +26,14 @@ const UNIQUE_FROM: u64 = 1_000_000;
 
 /// How many answers came from each tier.
 #[derive(Default)]
-struct Tiers {
+pub(crate) struct Tiers {
     l1: AtomicU64,
     l2: AtomicU64,
     computed: AtomicU64,
 }
 
 impl Tiers {
-    fn counting(self: &Arc<Self>, target: Target) -> Target {
+    pub(crate) fn counting(self: &Arc<Self>, target: Target) -> Target {
         let tiers = Arc::clone(self);
         target.inspect(Arc::new(move |body: &[u8], _: std::time::Instant| {
             let body = String::from_utf8_lossy(body);
@@ -48,7 +48,7 @@ impl Tiers {
         }))
     }
 
-    fn take(&self) -> String {
+    pub(crate) fn take(&self) -> String {
         format!(
             "answers (warm-up included): l1 {}, l2 {}, computed {}",
             self.l1.swap(0, Ordering::Relaxed),

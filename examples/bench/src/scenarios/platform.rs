@@ -16,14 +16,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hyper::Method;
 
-use super::http::{measure, median};
+use super::http::{Tiers, measure, median};
 use super::{Context, load_row, ratio, score_body};
 use crate::loadgen::{Outcome, Target};
 use crate::report::{Row, number};
@@ -253,41 +252,6 @@ fn agree(ours: &[u8], theirs: &[u8]) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// How many riskhost answers were L1 hits and how many were computed (a
-/// miss with the Redis tier on could also be an L2 hit; counted apart).
-#[derive(Default)]
-struct Tiers {
-    l1: AtomicU64,
-    l2: AtomicU64,
-    computed: AtomicU64,
-}
-
-impl Tiers {
-    fn counting(self: &Arc<Self>, target: Target) -> Target {
-        let tiers = Arc::clone(self);
-        target.inspect(Arc::new(move |body: &[u8], _: Instant| {
-            let body = String::from_utf8_lossy(body);
-            let counter = if body.contains(r#""cache_tier":"l1""#) {
-                &tiers.l1
-            } else if body.contains(r#""cache_tier":"l2""#) {
-                &tiers.l2
-            } else {
-                &tiers.computed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }))
-    }
-
-    fn take(&self) -> String {
-        format!(
-            "answers (warm-up included): l1 {}, l2 {}, computed {}",
-            self.l1.swap(0, Ordering::Relaxed),
-            self.l2.swap(0, Ordering::Relaxed),
-            self.computed.swap(0, Ordering::Relaxed)
-        )
-    }
 }
 
 /// The port of a `redis://127.0.0.1:PORT/` URL.
