@@ -73,6 +73,16 @@ fn wait_recorded(ch: &ChDatabase, id: &str, n: u64) {
     );
 }
 
+/// `riskhost replay ARGS` against `server`, as the admin.
+fn replay_cli(server: &Server, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .arg("replay")
+        .args(args)
+        .args(["--server", &server.url(""), "--token", TOKEN])
+        .output()
+        .expect("run riskhost replay")
+}
+
 fn replay(server: &Server, id: &str) -> (u16, Value) {
     answer(
         admin_request(server, TOKEN, reqwest::Method::POST, "/v1/replay")
@@ -263,17 +273,7 @@ fn replay_reproduces_every_path_bit_for_bit() {
     );
 
     // The same through the command line, as a table and as JSON.
-    let out = std::process::Command::new(binary())
-        .args([
-            "replay",
-            "batch",
-            "--server",
-            &server.url(""),
-            "--token",
-            TOKEN,
-        ])
-        .output()
-        .expect("run riskhost replay");
+    let out = replay_cli(&server, &["batch"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -285,18 +285,7 @@ fn replay_reproduces_every_path_bit_for_bit() {
         stdout.contains("request batch: 8 recorded scores, 8 identical"),
         "{stdout}"
     );
-    let out = std::process::Command::new(binary())
-        .args([
-            "replay",
-            "single-mc",
-            "--json",
-            "--server",
-            &server.url(""),
-            "--token",
-            TOKEN,
-        ])
-        .output()
-        .expect("run riskhost replay --json");
+    let out = replay_cli(&server, &["single-mc", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(
@@ -347,17 +336,7 @@ fn replay_reproduces_every_path_bit_for_bit() {
         "unknown_request",
         "never-sent",
     );
-    let out = std::process::Command::new(binary())
-        .args([
-            "replay",
-            "never-sent",
-            "--server",
-            &server.url(""),
-            "--token",
-            TOKEN,
-        ])
-        .output()
-        .expect("run riskhost replay");
+    let out = replay_cli(&server, &["never-sent"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_request"));
     assert_error(

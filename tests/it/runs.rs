@@ -593,18 +593,7 @@ fn sigterm_lets_the_chunk_being_scored_finish_and_a_restart_completes_the_run() 
         assert!(Instant::now() < deadline, "no chunk was scored");
         std::thread::sleep(Duration::from_millis(20));
     }
-    server.terminate();
-    let exit = server
-        .wait_exit(Duration::from_secs(90))
-        .expect("the server exits");
-    assert!(exit.success(), "{exit:?}");
-    assert!(
-        server
-            .logs()
-            .iter()
-            .any(|l| l["message"] == "runs drained: every chunk being scored was written"),
-        "no drain in the logs"
-    );
+    terminate_drained(&mut server);
     // One worker scores the chunks in order: the written ones are a prefix,
     // and no half-written file is left.
     let chunks = data.path().join("runs").join(&id).join("chunks");
@@ -938,18 +927,7 @@ fn a_nats_replica_drains_on_sigterm_and_the_other_finishes_the_run() {
         assert!(Instant::now() < deadline, "the replica never took a chunk");
         std::thread::sleep(Duration::from_millis(5));
     }
-    leaving.terminate();
-    let exit = leaving
-        .wait_exit(Duration::from_secs(90))
-        .expect("the replica exits");
-    assert!(exit.success(), "{exit:?}");
-    assert!(
-        leaving
-            .logs()
-            .iter()
-            .any(|l| l["message"] == "runs drained: every chunk being scored was written"),
-        "no drain in the logs"
-    );
+    terminate_drained(&mut leaving);
     let run = wait_final(&staying, &id, Duration::from_secs(180));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["cells"], json!({"ok": 60, "failed": 0}), "{run}");
@@ -966,4 +944,21 @@ fn a_nats_replica_drains_on_sigterm_and_the_other_finishes_the_run() {
         );
         assert_eq!(restarted, "0", "a chunk was begun twice");
     }
+}
+
+/// Sends `server` SIGTERM and checks it exits cleanly after draining the
+/// chunks it was scoring.
+fn terminate_drained(server: &mut Server) {
+    server.terminate();
+    let exit = server
+        .wait_exit(Duration::from_secs(90))
+        .expect("the server exits");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|l| l["message"] == "runs drained: every chunk being scored was written"),
+        "no drain in the logs"
+    );
 }

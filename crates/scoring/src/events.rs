@@ -51,6 +51,17 @@ fn params_json<'a>(params: impl IntoIterator<Item = (&'a str, f64)>) -> String {
     serde_json::to_string(&named).unwrap_or_default()
 }
 
+/// A model's resolved parameter vector by name.
+fn named<'a>(entry: &'a ModelEntry, params: &'a [f64]) -> impl Iterator<Item = (&'a str, f64)> {
+    entry
+        .model
+        .description
+        .params
+        .iter()
+        .zip(params)
+        .map(|(spec, v)| (spec.name.as_str(), *v))
+}
+
 /// What a single request asked, for the event of a request that failed
 /// before its model or parameters resolved.
 pub(crate) struct Asked<'a> {
@@ -148,32 +159,12 @@ pub(crate) fn batch(
     let key_id = current_key_id();
     let hashes: Vec<String> = models
         .iter()
-        .map(|(entry, params, _)| {
-            params_hash(
-                entry
-                    .model
-                    .description
-                    .params
-                    .iter()
-                    .zip(params)
-                    .map(|(spec, v)| (spec.name.as_str(), *v)),
-            )
-        })
+        .map(|(entry, params, _)| params_hash(named(entry, params)))
         .collect();
     let param_texts: Vec<String> = if replay {
         models
             .iter()
-            .map(|(entry, params, _)| {
-                params_json(
-                    entry
-                        .model
-                        .description
-                        .params
-                        .iter()
-                        .zip(params)
-                        .map(|(spec, v)| (spec.name.as_str(), *v)),
-                )
-            })
+            .map(|(entry, params, _)| params_json(named(entry, params)))
             .collect()
     } else {
         Vec::new()
