@@ -711,6 +711,10 @@ impl CompileArgs {
         Ok(Compilation::Isolated(Isolated {
             program,
             args: vec!["compile-worker".into()],
+            env: crate::allocator::COMPILE_WORKER_ENV
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
             budget: CompileBudget {
                 timeout: Duration::from_millis(self.compile_timeout_ms),
                 memory_mib: self.compile_memory_mib,

@@ -20,6 +20,7 @@
 //! May not: hold domain logic. What scores, caches, stores or answers HTTP
 //! lives in the crates under `crates/` (ARCHITECTURE.md).
 
+mod allocator;
 mod cli;
 mod config;
 mod db;

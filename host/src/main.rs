@@ -3,6 +3,11 @@
 
 use clap::{CommandFactory, FromArgMatches};
 
+/// See `allocator.rs` of the library for why, and what the compile worker
+/// is told about it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let from_secret_files = match riskhost::apply_secret_files(&riskhost::Cli::command()) {

@@ -70,6 +70,10 @@ pub struct Isolated {
     /// arguments that select its worker command.
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// The worker's whole environment (nothing of the server's is passed
+    /// on): what the program needs to run as a worker, e.g. its allocator's
+    /// settings.
+    pub env: Vec<(OsString, OsString)>,
     pub budget: CompileBudget,
 }
 
@@ -121,6 +125,7 @@ impl Isolated {
             // Nothing of the server's environment (its settings file, keys)
             // reaches the worker.
             .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
