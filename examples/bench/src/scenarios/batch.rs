@@ -40,12 +40,16 @@ pub(crate) struct Portfolio {
 /// for every run (a fixed seed).
 pub(crate) fn portfolios(n: usize) -> Vec<Portfolio> {
     let table = riskhost_market::sample_table();
-    let names: Vec<String> = table.instruments().to_vec();
+    portfolios_on(table.instruments(), n)
+}
+
+/// `n` portfolios of `POSITIONS` distinct instruments among `names`.
+fn portfolios_on(names: &[String], n: usize) -> Vec<Portfolio> {
     let mut rng = Rng::new(7);
     (0..n)
         .map(|i| {
             // A partial Fisher–Yates shuffle picks POSITIONS distinct names.
-            let mut pool = names.clone();
+            let mut pool = names.to_vec();
             let positions = (0..POSITIONS.min(pool.len()))
                 .map(|k| {
                     let j = k + (rng.next_u64() as usize) % (pool.len() - k);
@@ -275,7 +279,197 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     )));
     drop((embedded, postgres));
     drop(schema);
+    rows.extend(wide(ctx, &data)?);
     Ok(rows)
+}
+
+/// Instruments and dates of the wide batch's synthetic table.
+const WIDE_INSTRUMENTS: usize = 50;
+const WIDE_DATES: usize = 800;
+
+/// Issue 20's batch: the same 10,000 × 3 cells on a synthetic table of 50
+/// instruments × 800 dates (lookback 250), timed by curl (a C client, JSON
+/// in and out, the answer written to a file), all misses and then the same
+/// body again (all hits), with breakdowns and without. The reference is
+/// the model CPU the server's own metrics count for the batch.
+fn wide(ctx: &Context, data: &Scratch) -> anyhow::Result<Vec<Row>> {
+    let table = crate::data::synthetic_table(WIDE_INSTRUMENTS, WIDE_DATES)?;
+    let prices = data.join("wide-prices.csv");
+    table.write_csv(std::fs::File::create(&prices)?)?;
+    let portfolios = portfolios_on(table.instruments(), PORTFOLIOS);
+    let dist = ctx.dist_arg();
+    let prices_arg = prices.display().to_string();
+    let server = ctx.host.serve(
+        &data.join("wide"),
+        &[
+            "--plugins",
+            dist.as_str(),
+            "--watch",
+            "false",
+            "--events",
+            "none",
+            "--cache-max-mib",
+            "1024",
+            "--prices",
+            prices_arg.as_str(),
+        ],
+    )?;
+    let list: Vec<Value> = portfolios.iter().map(inline).collect();
+    let body_path = data.join("wide-body.json");
+    let answer_path = data.join("wide-answer.json");
+    let url = format!("http://{}/v1/score/batch", server.addr);
+
+    let runs = ctx.load.runs.min(3);
+    // (breakdown, all hits) → client-side seconds and model CPU seconds.
+    let shapes = [(true, false), (true, true), (false, false), (false, true)];
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
+    let mut model_cpu: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
+    let mut answer_bytes = vec![0u64; shapes.len()];
+    for run in 0..runs {
+        for breakdown in [true, false] {
+            // A confidence of its own per run and shape: the first POST misses
+            // every cell, the second (the same body) hits every cell.
+            let confidence = 0.97 - 0.0001 * (2 * run + usize::from(breakdown)) as f64;
+            let body = json!({"models": MODELS, "portfolios": list, "breakdown": breakdown,
+                              "params": {"confidence": confidence, "lookback_days": 250}});
+            std::fs::write(&body_path, serde_json::to_vec(&body)?)?;
+            for hit in [false, true] {
+                let shape = shapes
+                    .iter()
+                    .position(|s| *s == (breakdown, hit))
+                    .context("unknown shape")?;
+                let cpu_before = model_cpu_seconds(&server)?;
+                seconds[shape].push(curl_post(&url, &body_path, &answer_path)?);
+                model_cpu[shape].push(model_cpu_seconds(&server)? - cpu_before);
+                let answer = std::fs::read(&answer_path)?;
+                answer_bytes[shape] = answer.len() as u64;
+                check("wide batch", &answer)?;
+                check_tier(&answer, hit)?;
+            }
+        }
+    }
+    drop(server);
+
+    let mut rows = Vec::new();
+    let miss_rate = |breakdown: bool| -> f64 {
+        let shape = usize::from(!breakdown) * 2;
+        CELLS as f64 / Row::sampled("", String::new(), &seconds[shape], "").median
+    };
+    let with_breakdowns = miss_rate(true);
+    for (shape, (breakdown, hit)) in shapes.iter().enumerate() {
+        let what = format!(
+            "{} instruments × {} dates, lookback 250 · {} · breakdowns {} · timed by curl",
+            WIDE_INSTRUMENTS,
+            WIDE_DATES,
+            if *hit {
+                "all hits (the same body again)"
+            } else {
+                "all misses"
+            },
+            if *breakdown { "on" } else { "off" },
+        );
+        let row = Row::sampled(SCENARIO, what, &seconds[shape], "s");
+        let rate = CELLS as f64 / row.median;
+        let cpu = Row::sampled("", String::new(), &model_cpu[shape], "").median;
+        let mut row = row
+            .reference(format!(
+                "{} evaluations/s; model CPU {} s ({} µs/cell), {} of the time",
+                number(rate),
+                number(cpu),
+                number(cpu * 1e6 / CELLS as f64),
+                ratio(cpu, CELLS as f64 / rate),
+            ))
+            .note(format!(
+                "one POST of {PORTFOLIOS} portfolios × {} models ({POSITIONS} positions), answer {} MB; {runs} runs",
+                MODELS.len(),
+                number(answer_bytes[shape] as f64 / 1e6),
+            ));
+        if !hit {
+            row = if *breakdown {
+                row.goal("≥ 60,000 evaluations/s", rate >= 60_000.0)
+            } else {
+                row.goal(
+                    "≥ 2× the same with breakdowns, ≥ 120,000 evaluations/s",
+                    rate >= 2.0 * with_breakdowns && rate >= 120_000.0,
+                )
+            };
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// POSTs the file `body` to `url` with curl and writes the answer to
+/// `answer`; returns curl's own `time_total` in seconds.
+fn curl_post(url: &str, body: &std::path::Path, answer: &std::path::Path) -> anyhow::Result<f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-o"])
+        .arg(answer)
+        .args([
+            "-w",
+            "%{time_total}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args([
+            "-H",
+            &format!("authorization: Bearer {}", crate::loadgen::bearer_token()),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(url)
+        .output()
+        .context("cannot run curl (the batch scenario's client; apt install curl)")?;
+    if !out.status.success() {
+        bail!(
+            "curl POST {url} failed: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&std::fs::read(answer).unwrap_or_default())
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .with_context(|| {
+            format!(
+                "curl's time_total: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+}
+
+/// The model CPU the server has counted so far, over every model.
+fn model_cpu_seconds(server: &crate::service::Server) -> anyhow::Result<f64> {
+    let (status, text) = server.get("/metrics")?;
+    if status != 200 {
+        bail!("GET /metrics: HTTP {status}");
+    }
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with("riskhost_model_cpu_seconds_sum"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Every cell came from the memo (`hit`) or none did.
+fn check_tier(answer: &[u8], hit: bool) -> anyhow::Result<()> {
+    let answer: Value = serde_json::from_slice(answer)?;
+    let results = answer["results"].as_array().context("no results")?;
+    let cached = results
+        .iter()
+        .filter(|r| r["cached"] == json!(true))
+        .count();
+    let expected = if hit { results.len() } else { 0 };
+    if cached != expected {
+        bail!(
+            "{cached} of {} cells were memo hits, expected {expected}",
+            results.len()
+        );
+    }
+    Ok(())
 }
 
 /// Every cell of a batch answer must be a score.

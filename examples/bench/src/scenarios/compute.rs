@@ -132,10 +132,12 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
                     "µs/call",
                 )
                 .reference(format!(
-                    "native {} µs; wasm − native {} µs",
+                    "{:.2}× native {} µs; wasm − native {} µs",
+                    wasm_fixed / native_fixed,
                     number(native_fixed),
                     number(wasm_fixed - native_fixed)
                 ))
+                .goal("≤ 2× native", wasm_fixed <= 2.0 * native_fixed)
                 .note("derived: (batch 1 − batch 100 per job) × 100/99".to_owned()),
             );
         }

@@ -3,7 +3,7 @@
 //! has been instantiated), the peak while 64 connections send misses
 //! (sampled every 20 ms), and per loaded model: the idle difference to the
 //! empty server, divided by the number of models; the same for the Python
-//! model alone.
+//! model alone, and what one call of it costs against its Rust twin.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,8 +129,20 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
                     rss - base,
                     "MiB",
                 )
+                .goal("≤ 100 MiB", rss - base <= 100.0)
                 .note("(host with var-parametric-py only − no model), after one score".into()),
             );
+            drop(server);
+            // The same data directory: the restart loads the compiled artifact.
+            std::fs::copy(
+                ctx.dist.join("var-parametric.wasm"),
+                plugins.join("var-parametric.wasm"),
+            )?;
+            let server = ctx.host.serve(
+                &data.join("python"),
+                &["--plugins", arg.as_str(), "--watch", "false"],
+            )?;
+            rows.push(python_versus_rust(&server)?);
         }
         Err(e) => rows.push(
             Row::reading(
@@ -143,4 +155,59 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
         ),
     }
     Ok(rows)
+}
+
+/// Model CPU per call (one job, a memo miss each) of the Python
+/// `var-parametric-py` against the Rust `var-parametric` on one server, as
+/// the server's `riskhost_model_cpu_seconds` counts it.
+fn python_versus_rust(server: &Server) -> anyhow::Result<Row> {
+    const CALLS: u64 = 200;
+    const MODELS: [&str; 2] = ["var-parametric-py", "var-parametric"];
+    for model in MODELS {
+        for n in 0..CALLS {
+            // One at a time, so each is a call of one job.
+            server.post_ok("/v1/score", score_body(model, 1_000 + n))?;
+        }
+    }
+    let (status, text) = server.get("/metrics")?;
+    if status != 200 {
+        anyhow::bail!("GET /metrics: HTTP {status}");
+    }
+    let text = String::from_utf8_lossy(&text);
+    let [python, rust] = MODELS.map(|model| mean_cpu_micros(&text, model));
+    let (python, rust) = (python?, rust?);
+    Ok(Row::reading(
+        SCENARIO,
+        "Python var-parametric-py · model CPU per call (1 job)".into(),
+        python,
+        "µs/call",
+    )
+    .reference(format!(
+        "{:.0}× its Rust twin var-parametric ({} µs)",
+        python / rust.max(1e-9),
+        number(rust)
+    ))
+    .note(format!(
+        "mean of riskhost_model_cpu_seconds over {CALLS} calls each (+1 warm-up), one server"
+    )))
+}
+
+/// Mean of a model's `riskhost_model_cpu_seconds` histogram, in µs.
+fn mean_cpu_micros(metrics: &str, model: &str) -> anyhow::Result<f64> {
+    let label = format!("model=\"{model}\"");
+    let read = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(series) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum, count) = (
+        read("riskhost_model_cpu_seconds_sum"),
+        read("riskhost_model_cpu_seconds_count"),
+    );
+    if count == 0.0 {
+        anyhow::bail!("no model CPU recorded for {model}");
+    }
+    Ok(sum / count * 1e6)
 }
