@@ -279,7 +279,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     )));
     drop((embedded, postgres));
     drop(schema);
-    rows.extend(wide(ctx, &data)?);
+    rows.extend(wide(ctx, &data, &common)?);
     Ok(rows)
 }
 
@@ -292,28 +292,15 @@ const WIDE_DATES: usize = 800;
 /// in and out, the answer written to a file), all misses and then the same
 /// body again (all hits), with breakdowns and without. The reference is
 /// the model CPU the server's own metrics count for the batch.
-fn wide(ctx: &Context, data: &Scratch) -> anyhow::Result<Vec<Row>> {
+fn wide(ctx: &Context, data: &Scratch, common: &[&str]) -> anyhow::Result<Vec<Row>> {
     let table = crate::data::synthetic_table(WIDE_INSTRUMENTS, WIDE_DATES)?;
     let prices = data.join("wide-prices.csv");
     table.write_csv(std::fs::File::create(&prices)?)?;
     let portfolios = portfolios_on(table.instruments(), PORTFOLIOS);
-    let dist = ctx.dist_arg();
     let prices_arg = prices.display().to_string();
-    let server = ctx.host.serve(
-        &data.join("wide"),
-        &[
-            "--plugins",
-            dist.as_str(),
-            "--watch",
-            "false",
-            "--events",
-            "none",
-            "--cache-max-mib",
-            "1024",
-            "--prices",
-            prices_arg.as_str(),
-        ],
-    )?;
+    let mut args = common.to_vec();
+    args.extend(["--prices", prices_arg.as_str()]);
+    let server = ctx.host.serve(&data.join("wide"), &args)?;
     let list: Vec<Value> = portfolios.iter().map(inline).collect();
     let body_path = data.join("wide-body.json");
     let answer_path = data.join("wide-answer.json");
