@@ -133,6 +133,32 @@ impl Server {
             .block_on(loadgen::request(self.addr, Method::GET, path, Bytes::new()))
     }
 
+    /// The model CPU the server has counted so far (`riskhost_model_cpu_seconds`):
+    /// `(seconds, calls)`, of `model` or of every model.
+    pub(crate) fn model_cpu(&self, model: Option<&str>) -> anyhow::Result<(f64, f64)> {
+        let (status, text) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("GET /metrics: HTTP {status}");
+        }
+        let text = String::from_utf8_lossy(&text);
+        let label = model.map(|m| format!("model=\"{m}\""));
+        let total = |series: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(series))
+                .filter(|l| {
+                    label
+                        .as_ref()
+                        .is_none_or(|label| l.contains(label.as_str()))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Ok((
+            total("riskhost_model_cpu_seconds_sum"),
+            total("riskhost_model_cpu_seconds_count"),
+        ))
+    }
+
     pub(crate) fn post(&self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         self.rt
             .block_on(loadgen::request(self.addr, Method::POST, path, body))

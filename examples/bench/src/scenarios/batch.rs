@@ -307,8 +307,9 @@ fn wide(ctx: &Context, data: &Scratch, common: &[&str]) -> anyhow::Result<Vec<Ro
     let url = format!("http://{}/v1/score/batch", server.addr);
 
     let runs = ctx.load.runs.min(3);
-    // (breakdown, all hits) → client-side seconds and model CPU seconds.
+    // (breakdown, all hits), in the order of `shape_index`.
     let shapes = [(true, false), (true, true), (false, false), (false, true)];
+    let shape_index = |breakdown: bool, hit: bool| 2 * usize::from(!breakdown) + usize::from(hit);
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
     let mut model_cpu: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
     let mut answer_bytes = vec![0u64; shapes.len()];
@@ -321,13 +322,10 @@ fn wide(ctx: &Context, data: &Scratch, common: &[&str]) -> anyhow::Result<Vec<Ro
                               "params": {"confidence": confidence, "lookback_days": 250}});
             std::fs::write(&body_path, serde_json::to_vec(&body)?)?;
             for hit in [false, true] {
-                let shape = shapes
-                    .iter()
-                    .position(|s| *s == (breakdown, hit))
-                    .context("unknown shape")?;
-                let cpu_before = model_cpu_seconds(&server)?;
+                let shape = shape_index(breakdown, hit);
+                let (cpu_before, _) = server.model_cpu(None)?;
                 seconds[shape].push(curl_post(&url, &body_path, &answer_path)?);
-                model_cpu[shape].push(model_cpu_seconds(&server)? - cpu_before);
+                model_cpu[shape].push(server.model_cpu(None)?.0 - cpu_before);
                 let answer = std::fs::read(&answer_path)?;
                 answer_bytes[shape] = answer.len() as u64;
                 check("wide batch", &answer)?;
@@ -339,7 +337,7 @@ fn wide(ctx: &Context, data: &Scratch, common: &[&str]) -> anyhow::Result<Vec<Ro
 
     let mut rows = Vec::new();
     let miss_rate = |breakdown: bool| -> f64 {
-        let shape = usize::from(!breakdown) * 2;
+        let shape = shape_index(breakdown, false);
         CELLS as f64 / Row::sampled("", String::new(), &seconds[shape], "").median
     };
     let with_breakdowns = miss_rate(true);
@@ -426,19 +424,6 @@ fn curl_post(url: &str, body: &std::path::Path, answer: &std::path::Path) -> any
                 String::from_utf8_lossy(&out.stdout)
             )
         })
-}
-
-/// The model CPU the server has counted so far, over every model.
-fn model_cpu_seconds(server: &crate::service::Server) -> anyhow::Result<f64> {
-    let (status, text) = server.get("/metrics")?;
-    if status != 200 {
-        bail!("GET /metrics: HTTP {status}");
-    }
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with("riskhost_model_cpu_seconds_sum"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
 }
 
 /// Every cell came from the memo (`hit`) or none did.

@@ -169,12 +169,7 @@ fn python_versus_rust(server: &Server) -> anyhow::Result<Row> {
             server.post_ok("/v1/score", score_body(model, 1_000 + n))?;
         }
     }
-    let (status, text) = server.get("/metrics")?;
-    if status != 200 {
-        anyhow::bail!("GET /metrics: HTTP {status}");
-    }
-    let text = String::from_utf8_lossy(&text);
-    let [python, rust] = MODELS.map(|model| mean_cpu_micros(&text, model));
+    let [python, rust] = MODELS.map(|model| mean_cpu_micros(server, model));
     let (python, rust) = (python?, rust?);
     Ok(Row::reading(
         SCENARIO,
@@ -193,21 +188,10 @@ fn python_versus_rust(server: &Server) -> anyhow::Result<Row> {
 }
 
 /// Mean of a model's `riskhost_model_cpu_seconds` histogram, in µs.
-fn mean_cpu_micros(metrics: &str, model: &str) -> anyhow::Result<f64> {
-    let label = format!("model=\"{model}\"");
-    let read = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(series) && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let (sum, count) = (
-        read("riskhost_model_cpu_seconds_sum"),
-        read("riskhost_model_cpu_seconds_count"),
-    );
-    if count == 0.0 {
+fn mean_cpu_micros(server: &Server, model: &str) -> anyhow::Result<f64> {
+    let (seconds, calls) = server.model_cpu(Some(model))?;
+    if calls == 0.0 {
         anyhow::bail!("no model CPU recorded for {model}");
     }
-    Ok(sum / count * 1e6)
+    Ok(seconds / calls * 1e6)
 }
