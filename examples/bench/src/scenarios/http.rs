@@ -25,6 +25,12 @@ const SCENARIO: &str = "HTTP single score";
 const MODEL: &str = "var-historical";
 /// The first quantity of the miss bodies, far from the fixed body's 10.
 const UNIQUE_FROM: u64 = 1_000_000;
+/// Positions in the variants of [`run`]; the logging-cost row runs at 64
+/// connections only.
+const L1_HIT: usize = 0;
+const L2_HIT: usize = 1;
+const MISS: usize = 2;
+const LOGGING_COST: usize = 4;
 
 /// How many answers came from each tier.
 #[derive(Default)]
@@ -121,8 +127,6 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             tiers.counting(Target::post_fixed(quiet.addr, "/v1/score", fixed.clone())),
         ),
     ];
-    // The logging-cost row runs at 64 connections only.
-    const LOGGING_COST: usize = 4;
 
     let mut rows = Vec::new();
     for connections in [64, 1000] {
@@ -176,7 +180,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             rows.push(row);
             // The fixed-rate check of the platform riskhost replaces
             // (1,000 users, p95 < 200 ms, < 0.1 % errors): L1 hit and miss.
-            if connections == 1000 && (i == 0 || i == 2) {
+            if connections == 1000 && (i == L1_HIT || i == MISS) {
                 let rate = (rps / 2.0).max(100.0);
                 let paced = Plan {
                     rate: Some(rate),
@@ -208,7 +212,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
 
 /// The goals of issue 20 at 64 connections: an L1 hit at ≥ 0.6× the
 /// trivial endpoint with p99 ≤ 5 ms, an L2 hit at ≥ 0.4×, a miss at ≥ 0.6×
-/// the native model. `variant` indexes the variants of [`run`].
+/// the native model. `variant` is a position in the variants of [`run`].
 fn issue_goal(
     row: Row,
     variant: usize,
@@ -219,12 +223,12 @@ fn issue_goal(
 ) -> Row {
     let no_errors = outcome.errors == 0;
     match (variant, native_rps) {
-        (0, _) => row.goal(
+        (L1_HIT, _) => row.goal(
             "≥ 0.6× reference, p99 ≤ 5 ms, 0 errors",
             to_trivial >= 0.6 && outcome.ms(0.99) <= 5.0 && no_errors,
         ),
-        (1, _) => row.goal("≥ 0.4× reference, 0 errors", to_trivial >= 0.4 && no_errors),
-        (2, Some(native)) => {
+        (L2_HIT, _) => row.goal("≥ 0.4× reference, 0 errors", to_trivial >= 0.4 && no_errors),
+        (MISS, Some(native)) => {
             let reference = row.reference.clone();
             row.reference(format!(
                 "{reference}; {} native ({} req/s)",
