@@ -447,6 +447,13 @@ where
                 "expected a body with `Content-Type: application/json`",
             ));
         }
+        // Plain serde_json for the body that parses, which is nearly every
+        // body: axum's `Json` tracks the path of every field it visits, which
+        // only its error text needs. A body that fails is parsed again
+        // through it, so errors still name the field.
+        if let Ok(value) = serde_json::from_slice::<T>(&body) {
+            return Ok(ApiJson(value));
+        }
         Json::<T>::from_bytes(&body)
             .map(|Json(v)| ApiJson(v))
             .map_err(ApiError::from)
