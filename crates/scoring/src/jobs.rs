@@ -5,7 +5,7 @@
 //! price window, each call gets the series its jobs hold, and a call that
 //! fails as a whole is re-run job by job, so one bad job fails alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -126,29 +126,43 @@ impl IndexedWindow {
         })
     }
 
+    /// The largest |close| of each series over its last `lookback + 1`
+    /// closes, in series order.
+    fn largest_closes(&self, lookback: usize) -> Vec<f64> {
+        self.window
+            .series
+            .iter()
+            .map(|s| {
+                // NaN (before an instrument's first close) is ignored by max.
+                s.closes[s.closes.len().saturating_sub(lookback + 1)..]
+                    .iter()
+                    .fold(0.0_f64, |max, c| max.max(c.abs()))
+            })
+            .collect()
+    }
+
     /// Refuses a job whose gross exposure, Σ |quantity| × the largest close
     /// over the job's own lookback, exceeds [`MAX_GROSS_EXPOSURE`]: no model
     /// could value it (the request's fault, 422), so it never runs.
-    fn check_exposure(&self, job: &PreparedJob) -> Result<(), ScoreError> {
+    /// `largest` is [`Self::largest_closes`] of the job's lookback: the
+    /// jobs of a batch share a few lookbacks, and scanning the window per
+    /// position was a sixth of a 30,000-job batch's CPU.
+    fn check_exposure(&self, job: &PreparedJob, largest: &[f64]) -> Result<(), ScoreError> {
         let mut gross = 0.0_f64;
         // The position that contributes most, to name it.
-        let mut largest: Option<(&CanonicalPosition, f64, f64)> = None;
+        let mut largest_position: Option<(&CanonicalPosition, f64, f64)> = None;
         for p in job.positions.iter() {
-            let Some(series) = self.by_instrument.get(&p.instrument) else {
+            let Some(&series) = self.by_instrument.get(&p.instrument) else {
                 continue;
             };
-            let closes = &self.window.series[*series].closes;
-            // NaN (before an instrument's first close) is ignored by max.
-            let close = closes[closes.len().saturating_sub(job.lookback + 1)..]
-                .iter()
-                .fold(0.0_f64, |max, c| max.max(c.abs()));
+            let close = largest[series];
             let exposure = p.quantity.abs() * close;
             gross += exposure;
-            if largest.is_none_or(|(_, _, e)| exposure > e) {
-                largest = Some((p, close, exposure));
+            if largest_position.is_none_or(|(_, _, e)| exposure > e) {
+                largest_position = Some((p, close, exposure));
             }
         }
-        match largest {
+        match largest_position {
             Some((p, close, _)) if gross > MAX_GROSS_EXPOSURE => {
                 Err(ScoreError::Portfolio(format!(
                     "the gross exposure Σ|quantity × close| over the window is {gross:e}, more than the {MAX_GROSS_EXPOSURE:e} a model can value; most of it is the position in {} (quantity {:e}, closes up to {close})",
@@ -245,17 +259,21 @@ impl Executor {
     ) -> (Option<Arc<IndexedWindow>>, Vec<Option<ScoreError>>) {
         let mut errors: Vec<Option<ScoreError>> = vec![None; jobs.len()];
         for _attempt in 0..2 {
+            // Deduplicated before sorting: a batch names the same few
+            // instruments hundreds of thousands of times, and sorting them
+            // all took 7 % of its serial CPU.
             let mut instruments: Vec<&str> = jobs
                 .iter()
                 .zip(&errors)
                 .filter(|(_, e)| e.is_none())
                 .flat_map(|(j, _)| j.positions.iter().map(|p| p.instrument.as_str()))
+                .collect::<HashSet<&str>>()
+                .into_iter()
                 .collect();
             if instruments.is_empty() {
                 return (None, errors);
             }
             instruments.sort_unstable();
-            instruments.dedup();
             let lookback = jobs.iter().map(|j| j.lookback).max().unwrap_or(0);
             let started = Instant::now();
             let span = tracing::info_span!(
@@ -276,9 +294,13 @@ impl Executor {
             match fetched {
                 Ok(window) => {
                     let window = IndexedWindow::new(window);
+                    let mut largest_by_lookback: HashMap<usize, Vec<f64>> = HashMap::new();
                     for (job, error) in jobs.iter().zip(errors.iter_mut()) {
                         if error.is_none() {
-                            *error = window.check_exposure(job).err();
+                            let largest = largest_by_lookback
+                                .entry(job.lookback)
+                                .or_insert_with(|| window.largest_closes(job.lookback));
+                            *error = window.check_exposure(job, largest).err();
                         }
                     }
                     return (Some(Arc::new(window)), errors);
@@ -496,5 +518,67 @@ mod tests {
         ];
         let answered: Vec<_> = outcomes.iter().map(job_outcome).collect();
         assert_eq!(answered, JOB_OUTCOMES);
+    }
+
+    fn window() -> IndexedWindow {
+        let start = NaiveDate::from_ymd_opt(2024, 1, 1).expect("date");
+        let dates: Vec<NaiveDate> = (0..5).map(|d| start + chrono::Days::new(d)).collect();
+        let series = |instrument: &str, closes: [f64; 5]| WindowSeries {
+            instrument: instrument.to_owned(),
+            closes: closes.to_vec(),
+        };
+        IndexedWindow::new(PriceWindow {
+            as_of: dates[4],
+            dates,
+            series: vec![
+                // The largest close is outside a lookback of 2 (3 closes).
+                series("AAA", [90.0, 20.0, -30.0, 10.0, 5.0]),
+                // Not quoted yet at the start: NaN is ignored.
+                series("BBB", [f64::NAN, f64::NAN, 2.0, 3.0, 1e149]),
+            ],
+        })
+    }
+
+    fn job(lookback: usize, positions: &[(&str, f64)]) -> PreparedJob {
+        PreparedJob {
+            key: ScoreKey([0; 32]),
+            portfolio_id: None,
+            positions: Arc::new(
+                positions
+                    .iter()
+                    .map(|(instrument, quantity)| CanonicalPosition {
+                        instrument: (*instrument).to_owned(),
+                        quantity: *quantity,
+                    })
+                    .collect(),
+            ),
+            params: Vec::new(),
+            lookback,
+        }
+    }
+
+    #[test]
+    fn the_largest_closes_are_taken_over_each_lookback() {
+        let window = window();
+        assert_eq!(window.largest_closes(2), [30.0, 1e149]);
+        assert_eq!(window.largest_closes(4), [90.0, 1e149]);
+        // A lookback longer than the window takes all of it.
+        assert_eq!(window.largest_closes(100), [90.0, 1e149]);
+    }
+
+    #[test]
+    fn a_gross_exposure_past_the_bound_is_refused_naming_its_largest_position() {
+        let window = window();
+        let largest = window.largest_closes(2);
+        let fine = job(2, &[("AAA", 1e6), ("BBB", 1.0)]);
+        assert!(window.check_exposure(&fine, &largest).is_ok());
+        // 20 × 1e149 = 2e150 > 1e150; AAA's part is negligible.
+        let huge = job(2, &[("AAA", -3.0), ("BBB", -20.0)]);
+        let error = window
+            .check_exposure(&huge, &largest)
+            .expect_err("over the bound");
+        let message = error.to_string();
+        assert!(message.contains("position in BBB"), "{message}");
+        assert!(matches!(error, ScoreError::Portfolio(_)), "{error:?}");
     }
 }
