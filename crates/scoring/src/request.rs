@@ -156,7 +156,6 @@ pub fn canonicalize(
             limits.max_positions
         ));
     }
-    let mut parts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (index, p) in positions.iter().enumerate() {
         check_instrument(&p.instrument).map_err(|e| format!("position {index}: {e}"))?;
         if !p.quantity.is_finite() {
@@ -165,21 +164,23 @@ pub fn canonicalize(
                 p.instrument, p.quantity
             ));
         }
-        parts
-            .entry(p.instrument.as_str())
-            .or_default()
-            .push(p.quantity);
     }
-    let merged: BTreeMap<&str, f64> = parts
-        .into_iter()
-        .map(|(instrument, mut quantities)| {
-            quantities.sort_by(f64::total_cmp);
-            (
-                instrument,
-                quantities.into_iter().fold(0.0, |sum, q| sum + q),
-            )
-        })
-        .collect();
+    // By instrument, each one's quantities in ascending order, and each sum
+    // taken in that order from 0.0: the same portfolio in any order of its
+    // positions merges to the same bits (and so the same memo key).
+    let mut sorted: Vec<&PositionInput> = positions.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        a.instrument
+            .cmp(&b.instrument)
+            .then(a.quantity.total_cmp(&b.quantity))
+    });
+    let mut merged: Vec<(&str, f64)> = Vec::with_capacity(sorted.len());
+    for p in sorted {
+        match merged.last_mut() {
+            Some((instrument, sum)) if *instrument == p.instrument => *sum += p.quantity,
+            _ => merged.push((p.instrument.as_str(), 0.0 + p.quantity)),
+        }
+    }
     if let Some((instrument, _)) = merged.iter().find(|(_, q)| !q.is_finite()) {
         return Err(format!(
             "the quantities of {instrument} overflow when added up"
