@@ -229,7 +229,7 @@ impl LeaseSlot {
     }
 
     /// Records a grant of `granted` requests, one of them spent now.
-    fn granted(&self, granted: u64, now: Instant) {
+    fn record_grant(&self, granted: u64, now: Instant) {
         *self.lease() = Lease {
             left: granted - 1,
             granted,
@@ -379,7 +379,7 @@ impl SharedRate {
         }
         match self.decide(bucket, quota, slot.wanted(now, limit)).await? {
             Decision::Granted(granted) => {
-                slot.granted(granted, Instant::now());
+                slot.record_grant(granted, Instant::now());
                 Ok(None)
             }
             Decision::Refused(wait) => Ok(Some(wait)),
