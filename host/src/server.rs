@@ -109,6 +109,7 @@ impl Server {
                 artifact_cache: args.hot_swap.artifact_cache,
                 compilation: Arc::new(args.hot_swap.compile.compilation()?),
                 signatures: Arc::new(signatures),
+                release_freed_memory: Some(crate::allocator::release_freed_memory),
             },
         );
         let fleet = shared_registry(args, &models)?;

@@ -50,6 +50,12 @@ pub struct DeploySettings {
     pub artifact_cache: bool,
     /// Whether versions must be signed, and by whom.
     pub signatures: Arc<SignaturePolicy>,
+    /// Called on a loading thread when it is done with a version's
+    /// component and compiled code (tens of MiB for a Python model): the
+    /// process's allocator returns what they freed to the OS. Allocators
+    /// keep freed memory for the thread that freed it, and a loading thread
+    /// goes idle before it would reuse or purge any of it.
+    pub release_freed_memory: Option<fn()>,
 }
 
 /// Why a version could not be deployed, rolled back or removed.
@@ -262,8 +268,10 @@ impl ModelManager {
             .map_err(|e| self.refuse(&source, digest, e))?;
         let started = Instant::now();
         let (engine, compilation) = (self.engine.clone(), self.settings.compilation.clone());
+        let release = self.settings.release_freed_memory;
         let (bytes, loaded) = tokio::task::spawn_blocking(move || {
             let loaded = compilation.load(&engine, &bytes);
+            release_freed_memory(release);
             (bytes, loaded)
         })
         .await
@@ -548,25 +556,18 @@ impl ModelManager {
         let (key, use_cache) = (self.engine_key.clone(), self.settings.artifact_cache);
         let digest = digest.to_owned();
         let size = record.size_bytes;
-        let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel, DeployError> {
-            if use_cache && let Some(path) = store.verified_artifact(&key, &digest) {
-                // SAFETY: verified_artifact only returns files this process
-                // family wrote with write_artifact into the private data dir,
-                // matching the checksum written with them (see store.rs).
-                match unsafe { engine.load_precompiled(&path, digest.clone(), size) } {
-                    Ok(model) => return Ok(model),
-                    Err(error) => {
-                        tracing::warn!(%digest, %error, "compiled artifact unusable; compiling");
-                        store.discard_artifact(&key, &digest);
-                    }
-                }
-            }
-            let bytes = store.read_bytes(&digest)?;
-            let model = compilation.load(&engine, &bytes)?;
-            if use_cache {
-                write_artifact(&store, &key, &model);
-            }
-            Ok(model)
+        let release = self.settings.release_freed_memory;
+        let model = tokio::task::spawn_blocking(move || {
+            let loaded = load_from_store(
+                &engine,
+                &store,
+                &compilation,
+                (&key, use_cache),
+                &digest,
+                size,
+            );
+            release_freed_memory(release);
+            loaded
         })
         .await
         .map_err(|e| DeployError::Internal(format!("loading panicked: {e}")))??;
@@ -578,8 +579,12 @@ impl ModelManager {
             return;
         }
         let (store, key) = (self.store.clone(), self.engine_key.clone());
+        let release = self.settings.release_freed_memory;
         // Not on the swap path: the version is live already.
-        tokio::task::spawn_blocking(move || write_artifact(&store, &key, &entry.model));
+        tokio::task::spawn_blocking(move || {
+            write_artifact(&store, &key, &entry.model);
+            release_freed_memory(release);
+        });
     }
 
     /// Makes every model's active version from the store active again.
@@ -946,6 +951,44 @@ fn restore_source(name: &str) -> String {
     format!("store:{name}")
 }
 
+/// Loads a stored version on a blocking thread: from its compiled
+/// artifact when `cache` allows and a verified one exists, else compiled
+/// (and its artifact written when `cache` allows).
+fn load_from_store(
+    engine: &ModelEngine,
+    store: &ModelStore,
+    compilation: &Compilation,
+    (key, cache): (&str, bool),
+    digest: &str,
+    size: usize,
+) -> Result<LoadedModel, DeployError> {
+    if cache && let Some(path) = store.verified_artifact(key, digest) {
+        // SAFETY: verified_artifact only returns files this process
+        // family wrote with write_artifact into the private data dir,
+        // matching the checksum written with them (see store.rs).
+        match unsafe { engine.load_precompiled(&path, digest.to_owned(), size) } {
+            Ok(model) => return Ok(model),
+            Err(error) => {
+                tracing::warn!(%digest, %error, "compiled artifact unusable; compiling");
+                store.discard_artifact(key, digest);
+            }
+        }
+    }
+    let bytes = store.read_bytes(digest)?;
+    let model = compilation.load(engine, &bytes)?;
+    if cache {
+        write_artifact(store, key, &model);
+    }
+    Ok(model)
+}
+
+/// Runs the allocator's release hook, if the process set one.
+fn release_freed_memory(release: Option<fn()>) {
+    if let Some(release) = release {
+        release();
+    }
+}
+
 fn write_artifact(store: &ModelStore, key: &str, model: &LoadedModel) {
     let result = model
         .serialize_compiled()
@@ -1065,8 +1108,52 @@ mod tests {
                 artifact_cache: false,
                 compilation: Arc::new(Compilation::InProcess),
                 signatures: Arc::new(SignaturePolicy::default()),
+                release_freed_memory: None,
             },
         )
+    }
+
+    static RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn count_release() {
+        RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn every_load_runs_the_release_hook_on_its_thread() {
+        let root = Scratch::new("release");
+        let engine = Arc::new(ModelEngine::new(SandboxLimits::default()).expect("engine"));
+        let store = Arc::new(ModelStore::open(&root.0).expect("store"));
+        let with_hook = || {
+            ModelManager::new(
+                engine.clone(),
+                Arc::new(ModelRegistry::new()),
+                store.clone(),
+                DeploySettings {
+                    bulkhead: BulkheadLimits {
+                        max_concurrent: 1,
+                        max_queued: 1,
+                    },
+                    artifact_cache: false,
+                    compilation: Arc::new(Compilation::InProcess),
+                    signatures: Arc::new(SignaturePolicy::default()),
+                    release_freed_memory: Some(count_release),
+                },
+            )
+        };
+        let count = || RELEASES.load(std::sync::atomic::Ordering::SeqCst);
+        let first = with_hook();
+        let before = count();
+        first
+            .install(test_model("a"), "test:a".into(), Some("versioned"), None)
+            .await
+            .expect("install");
+        assert_eq!(count(), before + 1, "a compiled upload releases once");
+        drop(first);
+        let restarted = with_hook();
+        let before = count();
+        restarted.restore().await;
+        assert_eq!(count(), before + 1, "a restored version releases once");
     }
 
     /// A store holding versions A (1.0.0) and B (2.0.0, active) of

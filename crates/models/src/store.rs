@@ -543,8 +543,7 @@ impl ModelStore {
         }
         let (artifact, checksum) = self.artifact_paths(engine_key, digest).ok()?;
         let expected = std::fs::read_to_string(&checksum).ok()?;
-        let bytes = std::fs::read(&artifact).ok()?;
-        if hex::encode(Sha256::digest(&bytes)) == expected.trim() {
+        if file_sha256_hex(&artifact).ok()? == expected.trim() {
             Some(artifact)
         } else {
             tracing::warn!(artifact = %artifact.display(), "discarding an artifact that does not match its checksum");
@@ -576,6 +575,15 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
         _ => Ok(()),
     }
+}
+
+/// The SHA-256 of a file's contents, read in pieces: a compiled artifact
+/// is tens of MiB, and a whole-file buffer would stay with the allocator
+/// after the check.
+fn file_sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
