@@ -194,6 +194,27 @@ impl SandboxArgs {
     }
 }
 
+/// `--access-log`: which answers get a `request finished` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AccessLogArg {
+    /// Every answer.
+    All,
+    /// Answers with a 4xx or 5xx status.
+    Errors,
+    /// None.
+    Off,
+}
+
+impl From<AccessLogArg> for riskhost_http::AccessLog {
+    fn from(arg: AccessLogArg) -> Self {
+        match arg {
+            AccessLogArg::All => riskhost_http::AccessLog::All,
+            AccessLogArg::Errors => riskhost_http::AccessLog::Errors,
+            AccessLogArg::Off => riskhost_http::AccessLog::Off,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
@@ -225,6 +246,15 @@ pub(crate) struct ServeArgs {
     /// Calls that may wait per model before new ones get 503.
     #[arg(long, env = "RISKHOST_MAX_QUEUED_CALLS", default_value_t = 1024)]
     pub(crate) max_queued_calls: usize,
+    /// Which answers get a `request finished` log line: `all`, `errors`
+    /// (4xx and 5xx) or `off`.
+    #[arg(
+        long,
+        env = "RISKHOST_ACCESS_LOG",
+        value_enum,
+        default_value = "errors"
+    )]
+    pub(crate) access_log: AccessLogArg,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "RISKHOST_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     pub(crate) max_body_bytes: usize,

@@ -172,6 +172,7 @@ impl Server {
                     usize::try_from(args.max_concurrent_requests).unwrap_or(usize::MAX),
                     Duration::from_millis(args.request_timeout_ms),
                 ),
+                access_log: args.access_log.into(),
             },
         );
         let engine_limits = services.engine.limits();

@@ -278,6 +278,8 @@ fn every_answer_carries_a_request_id_and_each_request_is_logged_in_its_span() {
             common::plugins_dir().to_str().unwrap_or_default(),
             "--max-body-bytes",
             "2048",
+            "--access-log",
+            "all",
         ],
         "info,riskhost=debug",
     );
@@ -435,5 +437,49 @@ fn every_answer_carries_a_request_id_and_each_request_is_logged_in_its_span() {
     assert!(
         spans[0]["key_id"].is_null(),
         "key_id is recorded only by authentication"
+    );
+}
+
+#[test]
+fn by_default_only_error_answers_are_logged() {
+    let server = Server::start_logging(
+        &[
+            "--plugins",
+            common::plugins_dir().to_str().unwrap_or_default(),
+        ],
+        "info",
+    );
+    let score = json!({"model": "var-historical", "portfolio": {"positions": [{"instrument": "SPX", "quantity": 3}]}});
+    let send = |id: &str, body: &Value| {
+        let answer = server
+            .client
+            .post(server.url("/v1/score"))
+            .header("x-request-id", id)
+            .json(body)
+            .send()
+            .expect("POST");
+        answer.status().as_u16()
+    };
+    assert_eq!(send("default-ok", &score), 200);
+    let unknown = json!({"model": "nope", "portfolio": {"positions": [{"instrument": "SPX", "quantity": 3}]}});
+    assert_eq!(send("default-404", &unknown), 404);
+    let line_of = |id: &str| {
+        server
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "request finished" && l["spans"][0]["request_id"] == id)
+    };
+    // The 404 was answered after the 200, and each line is written before
+    // its answer: once the 404's line is there, a 200's line would be too.
+    common::db::wait_until(
+        "the 404 is logged",
+        std::time::Duration::from_secs(30),
+        || line_of("default-404").is_some(),
+    );
+    let not_found = line_of("default-404").unwrap_or_default();
+    assert_eq!(not_found["status"], 404);
+    assert!(
+        line_of("default-ok").is_none(),
+        "a 200 is not logged under --access-log errors (the default)"
     );
 }

@@ -5,6 +5,7 @@
 //! status that says whose fault it was (4xx: the request; 5xx: the host or a
 //! model; 503 with Retry-After: try again).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -69,6 +70,8 @@ pub struct HttpLimits {
     pub max_batch_body_bytes: usize,
     /// Global concurrency limit and request timeout of the `/v1` routes.
     pub requests: crate::limits::RequestLimits,
+    /// Which answers get a `request finished` line.
+    pub access_log: crate::request_log::AccessLog,
 }
 
 /// The command line's defaults (`--max-body-bytes`, `--max-batch-body-bytes`,
@@ -79,6 +82,7 @@ impl Default for HttpLimits {
             max_body_bytes: 8 << 20,
             max_batch_body_bytes: 64 << 20,
             requests: crate::limits::RequestLimits::new(1024, std::time::Duration::from_secs(60)),
+            access_log: crate::request_log::AccessLog::default(),
         }
     }
 }
@@ -127,6 +131,7 @@ pub(crate) fn documented_routes(
 /// line of the request is inside a span naming it.
 pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
     let max_component_bytes = state.models.max_component_bytes();
+    let access_log = limits.access_log;
     let (routes, document) =
         documented_routes(limits.clone(), max_component_bytes).split_for_parts();
     // Every route's error series exist from start-up, so a rate or an
@@ -152,11 +157,16 @@ pub fn router(state: Arc<AppState>, limits: HttpLimits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(HttpMeters::new()),
+            track_http,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(crate::request_log::request_span)
-                .on_response(crate::request_log::log_response)
+                .on_response(move |response: &Response, latency, span: &tracing::Span| {
+                    crate::request_log::log_response(access_log, response, latency, span)
+                })
                 .on_failure(()),
         )
         .layer(middleware::from_fn(crate::request_log::request_id))
@@ -839,40 +849,88 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts and times requests by route, method and status, each label from
-/// a bounded set: the route template (`unmatched` when none matched), the
-/// method (`method_label`) and the status code; and error answers by route
-/// and [`ErrorCause`].
-async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+/// The HTTP metrics' handles. Each answer's labels come from bounded sets
+/// (the route template, `unmatched` when none matched; the method,
+/// `method_label`; the status code), so their handles are looked up once
+/// per combination and kept: building three labels and searching the
+/// recorder's registry on every request was a few per cent of a memo hit.
+pub(crate) struct HttpMeters {
+    in_flight: metrics::Gauge,
+    answers: std::sync::RwLock<AnswersByMethodAndStatus>,
+}
+
+/// By (method, status), then by route: a route is found by `&str`.
+type AnswersByMethodAndStatus = HashMap<(&'static str, u16), HashMap<Box<str>, AnswerMeters>>;
+
+struct AnswerMeters {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HttpMeters {
+    /// Handles of the recorder installed now: build after it.
+    pub(crate) fn new() -> Self {
+        HttpMeters {
+            in_flight: metrics::gauge!("riskhost_http_requests_in_flight"),
+            answers: std::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, route: &str, method: &'static str, status: StatusCode, seconds: f64) {
+        let key = (method, status.as_u16());
+        if let Ok(answers) = self.answers.read()
+            && let Some(meters) = answers.get(&key).and_then(|routes| routes.get(route))
+        {
+            meters.requests.increment(1);
+            meters.duration.record(seconds);
+            return;
+        }
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.as_u16().to_string()),
+        ];
+        let meters = AnswerMeters {
+            requests: metrics::counter!("riskhost_http_requests_total", &labels),
+            duration: metrics::histogram!("riskhost_http_request_duration_seconds", &labels),
+        };
+        meters.requests.increment(1);
+        meters.duration.record(seconds);
+        if let Ok(mut answers) = self.answers.write() {
+            answers.entry(key).or_default().insert(route.into(), meters);
+        }
+    }
+}
+
+/// Counts and times requests by route, method and status (`HttpMeters`),
+/// and error answers by route and [`ErrorCause`].
+async fn track_http(
+    State(meters): State<Arc<HttpMeters>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
     let started = Instant::now();
-    let in_flight = metrics::gauge!("riskhost_http_requests_in_flight");
-    in_flight.increment(1.0);
+    meters.in_flight.increment(1.0);
     let response = next.run(request).await;
-    in_flight.decrement(1.0);
+    meters.in_flight.decrement(1.0);
     let cause = response
         .extensions()
         .get::<ErrorCause>()
         .copied()
         .or_else(|| ErrorCause::of_status(response.status()));
     if let Some(cause) = cause {
-        metrics::counter!("riskhost_http_errors_total", "route" => route.clone(), "cause" => cause.as_str())
+        metrics::counter!("riskhost_http_errors_total", "route" => route.to_owned(), "cause" => cause.as_str())
             .increment(1);
     }
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("route", route),
-        ("method", method.to_owned()),
-        ("status", status),
-    ];
-    metrics::counter!("riskhost_http_requests_total", &labels).increment(1);
-    metrics::histogram!("riskhost_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    meters.record(
+        route,
+        method,
+        response.status(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 

@@ -38,3 +38,4 @@ mod stats;
 pub use self::api::{ApiError, AppState, HttpLimits, router};
 pub use self::limits::RequestLimits;
 pub use self::openapi::document as openapi_document;
+pub use self::request_log::AccessLog;

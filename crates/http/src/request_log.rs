@@ -79,11 +79,42 @@ pub(crate) fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// The completion line of a request (the access log), inside its span.
-/// Its own target, so `RUST_LOG=info,riskhost::access=warn` turns it off
-/// where a line per request costs too much.
-pub(crate) fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
-    if span.is_disabled() {
+/// Which answers get a `request finished` line (`--access-log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// Every answer.
+    All,
+    /// Answers with a 4xx or 5xx status. The default: a line per answer
+    /// was a tenth of the server's CPU on a memo hit (BENCHMARKS.md), and at
+    /// tens of thousands of requests a second it is a volume few operators
+    /// ship; every request is still counted by route and status in the
+    /// metrics, and every score is a score event.
+    #[default]
+    Errors,
+    /// None.
+    Off,
+}
+
+impl AccessLog {
+    fn logs(self, status: StatusCode) -> bool {
+        match self {
+            AccessLog::All => true,
+            AccessLog::Errors => status.is_client_error() || status.is_server_error(),
+            AccessLog::Off => false,
+        }
+    }
+}
+
+/// The completion line of a request (the access log), inside its span,
+/// when `policy` logs its status. Its own target, so
+/// `RUST_LOG=info,riskhost::access=warn` also turns it off.
+pub(crate) fn log_response(
+    policy: AccessLog,
+    response: &Response,
+    latency: Duration,
+    span: &tracing::Span,
+) {
+    if span.is_disabled() || !policy.logs(response.status()) {
         // A probe's debug-level span below the log level: no line either.
         return;
     }
