@@ -49,33 +49,19 @@ impl Host {
     /// Starts `riskhost serve` with `args` on a free loopback port and the
     /// data directory `data_dir`, and waits until `/readyz` answers 200.
     pub(crate) fn serve(&self, data_dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
-        self.serve_logging(data_dir, args, None)
-    }
-
-    /// [`Host::serve`] with the log filter `rust_log` instead of the
-    /// default level (to measure what logging costs).
-    pub(crate) fn serve_logging(
-        &self,
-        data_dir: &Path,
-        args: &[&str],
-        rust_log: Option<&str>,
-    ) -> anyhow::Result<Server> {
         let started = Instant::now();
         let mut command = Command::new(&self.bin);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
-            // The default log level, as deployed: one access-log line per
-            // request is part of the measured cost (written to /dev/null).
+            // The default log level and access log, as deployed: what they
+            // write is part of the measured cost (to /dev/null).
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         command.args(["--api-key", &self.key_spec]);
-        if let Some(filter) = rust_log {
-            command.env("RUST_LOG", filter);
-        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;

@@ -5,8 +5,9 @@
 //! a closed loop, then at 1,000 connections at a fixed rate (half the
 //! closed-loop throughput) for latencies free of coordinated omission. Every
 //! response's `cache_tier` is counted, so a row that claims L2 hits shows
-//! that the answers were L2 hits. One more row, L1 hits from a server at
-//! `RUST_LOG=warn`, prices the default access log and info-level spans.
+//! that the answers were L2 hits. One more row, L1 hits from a server with
+//! `--access-log all`, prices a log line per answer (the default logs only
+//! 4xx and 5xx answers).
 //! At 64 connections the miss is also measured against the native model
 //! ([`Reference::native`]), whose values must agree with riskhost's first.
 
@@ -83,10 +84,11 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     let no_l1_args = with_redis(&["--cache-max-mib", "0"]);
     let no_l1 = ctx.host.serve(&data.join("no-l1"), &refs(&no_l1_args))?;
     let local = ctx.host.serve(&data.join("local"), &common)?;
-    // The same as `local` at RUST_LOG=warn: no access-log line, no info spans.
-    let quiet = ctx
+    // The same as `tiered` with a `request finished` line per answer.
+    let logging_args = with_redis(&["--access-log", "all"]);
+    let logging = ctx
         .host
-        .serve_logging(&data.join("quiet"), &common, Some("warn"))?;
+        .serve(&data.join("logging"), &refs(&logging_args))?;
     let reference = Reference::start()?;
     let native = Reference::native(Arc::new(riskhost_market::sample_table()))?;
 
@@ -94,7 +96,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
     // Computes once and fills both tiers, so the hit rows only hit.
     tiered.post_ok("/v1/score", fixed.clone())?;
     no_l1.post_ok("/v1/score", fixed.clone())?;
-    quiet.post_ok("/v1/score", fixed.clone())?;
+    logging.post_ok("/v1/score", fixed.clone())?;
     let agreement = same_value(
         &local.post_ok("/v1/score", score_body(MODEL, 7))?,
         &native_answer(ctx, &native, score_body(MODEL, 7))?,
@@ -123,8 +125,8 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             tiers.counting(Target::post(tiered.addr, "/v1/score", unique())),
         ),
         (
-            "L1 hit at RUST_LOG=warn (no access log, no info spans)",
-            tiers.counting(Target::post_fixed(quiet.addr, "/v1/score", fixed.clone())),
+            "L1 hit with --access-log all (a log line per answer)",
+            tiers.counting(Target::post_fixed(logging.addr, "/v1/score", fixed.clone())),
         ),
     ];
 
@@ -206,7 +208,7 @@ pub(crate) fn run(ctx: &Context) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    drop((tiered, no_l1, local, quiet));
+    drop((tiered, no_l1, local, logging));
     Ok(rows)
 }
 
