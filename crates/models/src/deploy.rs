@@ -1095,6 +1095,14 @@ mod tests {
     }
 
     fn manager(engine: &Arc<ModelEngine>, store: &Arc<ModelStore>) -> Arc<ModelManager> {
+        manager_releasing(engine, store, None)
+    }
+
+    fn manager_releasing(
+        engine: &Arc<ModelEngine>,
+        store: &Arc<ModelStore>,
+        release_freed_memory: Option<fn()>,
+    ) -> Arc<ModelManager> {
         ModelManager::new(
             engine.clone(),
             Arc::new(ModelRegistry::new()),
@@ -1108,7 +1116,7 @@ mod tests {
                 artifact_cache: false,
                 compilation: Arc::new(Compilation::InProcess),
                 signatures: Arc::new(SignaturePolicy::default()),
-                release_freed_memory: None,
+                release_freed_memory,
             },
         )
     }
@@ -1124,23 +1132,7 @@ mod tests {
         let root = Scratch::new("release");
         let engine = Arc::new(ModelEngine::new(SandboxLimits::default()).expect("engine"));
         let store = Arc::new(ModelStore::open(&root.0).expect("store"));
-        let with_hook = || {
-            ModelManager::new(
-                engine.clone(),
-                Arc::new(ModelRegistry::new()),
-                store.clone(),
-                DeploySettings {
-                    bulkhead: BulkheadLimits {
-                        max_concurrent: 1,
-                        max_queued: 1,
-                    },
-                    artifact_cache: false,
-                    compilation: Arc::new(Compilation::InProcess),
-                    signatures: Arc::new(SignaturePolicy::default()),
-                    release_freed_memory: Some(count_release),
-                },
-            )
-        };
+        let with_hook = || manager_releasing(&engine, &store, Some(count_release));
         let count = || RELEASES.load(std::sync::atomic::Ordering::SeqCst);
         let first = with_hook();
         let before = count();
