@@ -23,7 +23,8 @@ pub(crate) const COMPILE_WORKER_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_EAGER_
 /// worker, the artifact written to the store), and mimalloc only purges
 /// freed pages when the thread that holds them allocates again: a loading
 /// thread goes idle first, so without this a Python model left about
-/// 130 MiB of freed heap resident (BENCHMARKS.md, "Python model memory").
+/// 130 MiB of freed heap resident (BENCHMARKS.md, issue 20's full run of
+/// 2026-12-08).
 pub(crate) fn release_freed_memory() {
     // SAFETY: `mi_collect` walks only mimalloc's own structures, is safe on
     // any thread at any time, and frees nothing in use.

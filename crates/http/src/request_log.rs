@@ -85,7 +85,7 @@ pub enum AccessLog {
     /// Every answer.
     All,
     /// Answers with a 4xx or 5xx status. The default: a line per answer
-    /// was a tenth of the server's CPU on a memo hit (BENCHMARKS.md), and at
+    /// cost a memo hit 7–10 % of its throughput (BENCHMARKS.md), and at
     /// tens of thousands of requests a second it is a volume few operators
     /// ship; every request is still counted by route and status in the
     /// metrics, and every score is a score event.
