@@ -271,9 +271,17 @@ fn concurrent_single_requests_are_coalesced_without_changing_results() {
         "20000",
     ]));
     let reference = Server::start(&["--dynamic-batch-max", "1"]);
+    // Two as-of dates interleaved: a coalesced batch holds jobs on two
+    // pins, which must be split into one call per pin.
     let requests: Vec<Value> = (0..32)
         .map(|i| {
+            let as_of = if i % 2 == 0 {
+                "2018-12-31"
+            } else {
+                "2018-06-29"
+            };
             json!({"model": "var-historical", "portfolio": sample("balanced"),
+                   "as_of": as_of,
                    "params": {"confidence": 0.9 + f64::from(i) / 1000.0}})
         })
         .collect();
@@ -291,6 +299,7 @@ fn concurrent_single_requests_are_coalesced_without_changing_results() {
         .collect();
     for (request, (status, answer)) in requests.iter().zip(&answers) {
         assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["as_of"], request["as_of"]);
         let (_, alone) = reference.post("/v1/score", request);
         assert_eq!(answer["value"], alone["value"]);
         assert_eq!(answer["breakdown"], alone["breakdown"]);
