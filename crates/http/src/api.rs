@@ -854,7 +854,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// `method_label`; the status code), so their handles are looked up once
 /// per combination and kept: building three labels and searching the
 /// recorder's registry on every request was a few per cent of a memo hit.
-pub(crate) struct HttpMeters {
+struct HttpMeters {
     in_flight: metrics::Gauge,
     answers: std::sync::RwLock<AnswersByMethodAndStatus>,
 }
@@ -869,7 +869,7 @@ struct AnswerMeters {
 
 impl HttpMeters {
     /// Handles of the recorder installed now: build after it.
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         HttpMeters {
             in_flight: metrics::gauge!("riskhost_http_requests_in_flight"),
             answers: std::sync::RwLock::new(HashMap::new()),
